@@ -207,7 +207,7 @@ def with_password(url: str, password_env: str | None) -> str:
 
 def _canonical_type(t: pa.DataType) -> pa.DataType:
     """The normalized type a column of type ``t`` is digested (and stored) as."""
-    if isinstance(t, pa.ExtensionType):
+    if isinstance(t, pa.BaseExtensionType):
         if _is_pg_numeric(t):
             return pa.float64()
         return _canonical_type(t.storage_type)
@@ -243,7 +243,7 @@ def _is_pg_numeric(t: pa.DataType) -> bool:
     return (
         isinstance(t, pa.OpaqueType)
         and t.type_name == "numeric"
-        and pa.types.is_string(t.storage_type) | pa.types.is_large_string(t.storage_type)
+        and (pa.types.is_string(t.storage_type) or pa.types.is_large_string(t.storage_type))
     )
 
 
@@ -266,8 +266,8 @@ def canonical_schema(schema: pa.Schema) -> pa.Schema:
 
 def _canonical_array(arr: pa.Array, target: pa.DataType) -> pa.Array:
     t = arr.type
-    if isinstance(t, pa.ExtensionType):
-        arr = arr.storage if isinstance(arr, pa.ExtensionArray) else arr.cast(t.storage_type)
+    if isinstance(t, pa.BaseExtensionType):
+        arr = arr.storage
         t = arr.type
     if pa.types.is_dictionary(t):
         arr = arr.dictionary_decode()
@@ -905,7 +905,8 @@ def _csv_batches(path: Path, batch_size: int) -> Iterator[pa.RecordBatch]:
     import pyarrow.csv as pacsv
 
     read = pacsv.ReadOptions(block_size=max(1 << 20, min(batch_size * 64, 1 << 26)))
-    convert = pacsv.ConvertOptions(strings_can_be_null=False, quoted_strings_can_be_null=False)
+    # An unquoted empty field is NULL, a quoted one ("") an empty string, as PostgreSQL's COPY.
+    convert = pacsv.ConvertOptions(strings_can_be_null=True, quoted_strings_can_be_null=False)
     reader = pacsv.open_csv(path, read_options=read, convert_options=convert)
     any_batch = False
     for batch in reader:

@@ -1,0 +1,5 @@
+"""``python -m relayml`` is the ``relay`` command."""
+
+from relayml.cli import main
+
+main()

@@ -1,0 +1,70 @@
+"""The ``relay`` command line: thin, it parses, calls the public API, and prints.
+
+Exit codes: 0 on success, 1 on a failed step, 2 on bad input (one ``Error: ...`` line on
+stderr), 130 when interrupted. Heavy libraries (MLflow, pandas, scikit-learn) are imported
+inside the commands that need them, so ``relay --help`` answers at once.
+
+Each area registers its commands from its own module: :mod:`relayml.cli.core` (init, run,
+runs, show, steps), and the chain, serving, lifecycle and team modules.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from relayml.cli.app import app, console, err_console
+
+__all__ = ["app", "console", "err_console", "main"]
+
+
+def main() -> None:
+    """Entry point of the ``relay`` script."""
+    from relayml.errors import RelayError
+
+    _quiet_libraries()
+    _register()
+    try:
+        app(standalone_mode=False)
+    except RelayError as e:
+        err_console.print(f"[red]Error:[/red] {e}", highlight=False, markup=True, soft_wrap=True)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        err_console.print("[red]Error:[/red] interrupted; the running step was marked KILLED")
+        sys.exit(130)
+    except SystemExit:
+        raise
+    except Exception as e:  # click's own usage errors and aborts
+        import click
+
+        if isinstance(e, click.exceptions.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        if isinstance(e, click.exceptions.Abort):
+            err_console.print("Aborted.")
+            sys.exit(1)
+        raise
+
+
+def _quiet_libraries() -> None:
+    """Keep MLflow's and alembic's info logs and warnings off the terminal (RELAY_DEBUG=1 shows)."""
+    import logging
+    import os
+    import warnings
+
+    if os.environ.get("RELAY_DEBUG"):
+        return
+    warnings.simplefilter("ignore")
+    os.environ.setdefault("PYTHONWARNINGS", "ignore")  # worker processes too
+    for name in ("mlflow", "alembic", "distributed", "uvicorn.error"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _register() -> None:
+    import importlib
+
+    for module in ("core", "chains", "serving", "lifecycle", "team"):
+        try:
+            importlib.import_module(f"relayml.cli.{module}")
+        except ModuleNotFoundError as e:
+            if e.name != f"relayml.cli.{module}":
+                raise

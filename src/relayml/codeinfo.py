@@ -1,0 +1,103 @@
+"""The code a run executes: git commit, dirty state, uncommitted diff, and fingerprints.
+
+Reads the project's git repository with the ``git`` command; writes nothing.
+
+Example:
+    >>> state = code_state(Path("."))  # doctest: +SKIP
+    >>> state.commit[:7], state.dirty  # doctest: +SKIP
+    ('3f2a1b9', False)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["CodeState", "canonical", "code_state", "digest"]
+
+
+def canonical(value: Any) -> str:
+    """Canonical JSON: sorted keys, no spaces; floats as Python's shortest repr.
+
+    Example:
+        >>> canonical({"b": 1.0, "a": [True, None]})
+        '{"a":[true,null],"b":1.0}'
+    """
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def digest(*parts: str) -> str:
+    """A short (128-bit) sha256-based hex digest of strings.
+
+    Example:
+        >>> len(digest("a", "b"))
+        32
+    """
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(p.encode())
+        h.update(b"\x00")
+    return h.hexdigest()[:32]
+
+
+@dataclass(frozen=True)
+class CodeState:
+    """Where the project's code stands.
+
+    Attributes:
+        commit: HEAD's commit, or None outside a git repository.
+        dirty: uncommitted changes exist in the project's folder.
+        diff: those changes as a patch (tracked changes and untracked files), "" when clean.
+        repo_root: the repository's top folder, or None.
+    """
+
+    commit: str | None
+    dirty: bool
+    diff: str
+    repo_root: Path | None
+
+    @property
+    def fingerprint(self) -> str:
+        """A digest of the commit and the uncommitted diff."""
+        return digest(self.commit or "no-git", self.diff)
+
+
+def _git(root: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", *args], cwd=root, capture_output=True, text=True, check=True
+    ).stdout
+
+
+def code_state(root: Path) -> CodeState:
+    """Read the git state of the project folder ``root`` (limited to that folder).
+
+    Untracked files that git does not ignore are part of the diff, so a new file that the
+    steps import is not lost.
+
+    Example:
+        >>> code_state(Path("/tmp")).commit is None  # doctest: +SKIP
+        True
+    """
+    try:
+        top = Path(_git(root, "rev-parse", "--show-toplevel").strip())
+    except (subprocess.CalledProcessError, FileNotFoundError):
+        return CodeState(None, False, "", None)
+    try:
+        commit = _git(root, "rev-parse", "HEAD").strip()
+    except subprocess.CalledProcessError:
+        commit = None  # a repository without commits yet
+    diff = _git(root, "diff", "HEAD", "--binary", "--", ".") if commit else ""
+    untracked = _git(root, "ls-files", "--others", "--exclude-standard", "--", ".").split("\n")
+    for name in filter(None, untracked):
+        proc = subprocess.run(
+            ["git", "diff", "--no-index", "--binary", "--", "/dev/null", name],
+            cwd=root,
+            capture_output=True,
+            text=True,
+        )
+        diff += proc.stdout
+    return CodeState(commit, bool(diff), diff, top)

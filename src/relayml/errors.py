@@ -1,0 +1,78 @@
+"""The one exception hierarchy of relayml.
+
+Every error a user can cause derives from :class:`RelayError`. The CLI catches only
+``RelayError``: a :class:`UsageError` (bad input) exits 2, a :class:`StepFailed` exits 1.
+Messages name the object, what was received, what was expected and how to fix it.
+
+Example:
+    >>> try:
+    ...     raise UnknownName("variant", "lgreg", ["logreg", "rf"])
+    ... except RelayError as e:
+    ...     print(e)
+    unknown variant 'lgreg'; did you mean 'logreg'? (valid: logreg, rf)
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+__all__ = [
+    "ConfigError",
+    "NotFound",
+    "RelayError",
+    "SourceError",
+    "StepFailed",
+    "UnknownName",
+    "UsageError",
+]
+
+
+class RelayError(Exception):
+    """Base class of every error relayml raises on purpose."""
+
+    exit_code = 1
+
+
+class UsageError(RelayError):
+    """Bad input from the user (a malformed key, an unknown name, a wrong type). Exit code 2."""
+
+    exit_code = 2
+
+
+class ConfigError(UsageError):
+    """``relay.toml`` is missing, malformed, or names something that does not exist."""
+
+
+class NotFound(UsageError, LookupError):
+    """A reference that matches no run (exit code 2)."""
+
+
+class UnknownName(UsageError, KeyError):
+    """A name (step, variant, parameter, source) that is not declared.
+
+    Args:
+        kind: what was looked up, e.g. ``"variant"``.
+        name: what the user typed.
+        valid: the names that exist; the closest ones are suggested.
+    """
+
+    def __init__(self, kind: str, name: str, valid: Iterable[str], where: str = "") -> None:
+        valid = sorted(valid)
+        close = difflib.get_close_matches(name, valid, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        listing = ", ".join(valid) if valid else "none declared"
+        scope = f" {where}" if where else ""
+        super().__init__(f"unknown {kind} {name!r}{scope}{hint} (valid: {listing})")
+        self.kind, self.name, self.valid = kind, name, valid
+
+    def __str__(self) -> str:  # KeyError would add quotes around the message
+        return str(self.args[0])
+
+
+class SourceError(RelayError):
+    """A data source failed: unreachable database, bad query, unreadable file (exit code 1)."""
+
+
+class StepFailed(RelayError):
+    """A step's own code raised; its run is FAILED and the traceback is an artifact."""

@@ -1,0 +1,806 @@
+"""Executes one step run: code version, params, upstream, snapshots, outputs, status.
+
+:func:`prepare` validates a request without touching the tracking store's runs (unknown
+names and wrong types fail here, before anything is created); :func:`execute` runs it inside
+an MLflow run; :func:`run` does both.
+
+Run keys are unique even when two processes start the same variant in the same second: a
+new run is created with its key, then the store is searched for that key; a run that finds
+another run holding the same key withdraws (its run is deleted before any work) and tries
+again one second later. Whichever search comes last sees both runs, so two runs can never
+both keep a key.
+
+Example:
+    >>> import relayml as relay
+    >>> run = relay.run("processing", "plain", params={"fill": "median"})  # doctest: +SKIP
+    >>> run.key  # doctest: +SKIP
+    RunKey(step='processing', variant='plain', time='20190209101500')
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import random
+import shutil
+import signal
+import tempfile
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from relayml.codeinfo import CodeState, canonical, code_state, digest
+from relayml.config import Settings
+from relayml.errors import NotFound, RelayError, SourceError, StepFailed, UnknownName, UsageError
+from relayml.keys import RunKey, format_time, parse_reference
+from relayml.outputs import as_dict, cache_dir, handed_down, save_outputs
+from relayml.runs import Project, Run, get, open_project
+from relayml.steps import Pipeline, Variant, load_pipeline
+from relayml.store import Store, get_store, quote
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from relayml.data import Snapshot
+
+__all__ = ["Context", "Request", "execute", "pipeline_of", "prepare", "run"]
+
+SNAPSHOTS = "snapshots"
+
+
+def pipeline_of(settings: Settings) -> Pipeline:
+    """The project's steps (its steps module imported once per process)."""
+    return load_pipeline(settings.root, settings.module)
+
+
+# -- the request -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Request:
+    """A validated step run, not yet executed.
+
+    Attributes:
+        settings: the project.
+        variant: the variant to run.
+        params: coerced params, defaults included.
+        upstream: the chosen upstream run of each upstream step.
+        code: the project's code state.
+        as_of: the retrieval time to repeat (load steps), or None for now.
+    """
+
+    settings: Settings
+    pipeline: Pipeline
+    variant: Variant
+    params: dict[str, Any]
+    upstream: dict[str, Run]
+    code: CodeState
+    as_of: datetime | None = None
+
+    @property
+    def step(self) -> str:
+        """The step's name."""
+        return self.variant.step
+
+    @property
+    def code_fingerprint(self) -> str:
+        """Digest of the variant's source, the steps module, the commit and the diff."""
+        return digest(self.variant.source, self.pipeline.module_digest, self.code.fingerprint)
+
+    @property
+    def params_digest(self) -> str:
+        """Digest of the canonical encoding of every param (defaults included)."""
+        return digest(canonical(self.params))
+
+    @property
+    def fingerprint(self) -> str:
+        """What a reusable run must match: step, variant, params, upstream ids, code."""
+        ups = {s: r.run_id for s, r in sorted(self.upstream.items())}
+        asof = format_time(self.as_of) if self.as_of else ""
+        return digest(
+            self.step, self.variant.name, self.params_digest, canonical(ups),
+            self.code_fingerprint, asof,
+        )  # fmt: skip
+
+    @property
+    def data_parts(self) -> dict[str, str]:
+        """``{load key: digest}`` of every load run behind the upstream runs."""
+        parts: dict[str, str] = {}
+        for r in self.upstream.values():
+            parts.update(json.loads(r.tags.get("relay.data.parts", "{}")))
+        return parts
+
+
+def prepare(
+    step: str,
+    variant: str,
+    params: Mapping[str, Any] | None = None,
+    *,
+    upstream: Iterable[str | Run] | Mapping[str, str | Run] | None = None,
+    as_of: datetime | str | None = None,
+    require_clean: bool = False,
+    project: Project = None,
+) -> Request:
+    """Validate a step run request; nothing is written.
+
+    Args:
+        step: the step's name.
+        variant: the variant's name.
+        params: parameter values (strings are coerced to the declared types).
+        upstream: references (or Runs) of upstream runs; each upstream step not given
+            defaults to its ``@latest``.
+        as_of: repeat a load for an earlier retrieval time.
+        require_clean: refuse when the project has uncommitted changes.
+        project: the project (default: around the working folder).
+
+    Raises:
+        UsageError: unknown step/variant/parameter, a wrong type, an upstream run that is not
+            FINISHED or of another step, a dirty tree with ``require_clean``.
+
+    Example:
+        >>> req = prepare("training", "logreg", {"C": "10"})  # doctest: +SKIP
+        >>> req.params["C"], req.upstream["processing"].key  # doctest: +SKIP
+        (10.0, RunKey(step='processing', variant='plain', time='20190209101500'))
+    """
+    settings = open_project(project)
+    pipeline = pipeline_of(settings)
+    var = pipeline.variant(step, variant)
+    bound = var.bind(params)
+    chosen = _choose_upstream(settings, pipeline, step, upstream)
+    when = _as_of(as_of)
+    if when is not None and pipeline.get(step).upstream:
+        raise UsageError(f"--as-of applies to load steps (steps without upstream), not {step!r}")
+    code = code_state(settings.root)
+    if require_clean and code.dirty:
+        raise UsageError(
+            f"the project has uncommitted changes in {settings.root}; commit them, or drop "
+            "--require-clean to record the diff as code/uncommitted.diff"
+        )
+    return Request(settings, pipeline, var, bound, chosen, code, when)
+
+
+def _as_of(value: datetime | str | None) -> datetime | None:
+    if value is None or isinstance(value, datetime):
+        return value if value is None or value.tzinfo else value.replace(tzinfo=UTC)
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise UsageError(
+            f"invalid --as-of {value!r}: expected an ISO date or time like 2019-02-09T00:00:00"
+        ) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _choose_upstream(
+    settings: Settings,
+    pipeline: Pipeline,
+    step: str,
+    given: Iterable[str | Run] | Mapping[str, str | Run] | None,
+) -> dict[str, Run]:
+    wanted = pipeline.get(step).upstream
+    refs: list[str | Run] = list(given.values() if isinstance(given, Mapping) else given or [])
+    chosen: dict[str, Run] = {}
+    for ref in refs:
+        r = ref if isinstance(ref, Run) else get(ref, project=settings)
+        if r.step not in wanted:
+            valid = ", ".join(wanted) or "none"
+            raise UsageError(
+                f"--from {r.key}: step {step!r} does not consume step {r.step!r} "
+                f"(its upstream steps: {valid})"
+            )
+        if r.step in chosen:
+            raise UsageError(f"--from names two runs of step {r.step!r}")
+        chosen[r.step] = r
+    for up in wanted:
+        if up not in chosen:
+            try:
+                chosen[up] = get(f"{up}@latest", project=settings)
+            except NotFound:
+                raise NotFound(
+                    f"step {step!r} needs a finished run of {up!r} and there is none; "
+                    f"run 'relay run {up} VARIANT' first"
+                ) from None
+    for r in chosen.values():
+        if r.status != "FINISHED":
+            raise UsageError(
+                f"upstream run {r.key} is {r.status}, not FINISHED; pick another with --from"
+            )
+    return chosen
+
+
+# -- the context handed to variants -------------------------------------------------------
+
+
+@dataclass
+class Context:
+    """What a variant's ``ctx`` parameter receives: logging, data access, the run's identity.
+
+    Example:
+        >>> @load.variant("transactions")  # doctest: +SKIP
+        ... def transactions(ctx, days: int = 30):
+        ...     df = ctx.query("fraud", "SELECT * FROM tx WHERE ts <= :retrieval_time")
+        ...     ctx.log_metric("rows", len(df))
+        ...     return df
+    """
+
+    key: RunKey
+    run_id: str
+    settings: Settings
+    retrieval_time: datetime
+    params: dict[str, Any]
+    _store: Store
+    _snapshots: list[tuple[str, Snapshot, int]] = field(default_factory=list)
+    _tmp: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="relay-run-")))
+    show_progress: bool = True
+
+    def log_metric(self, name: str, value: float, step: int = 0) -> None:
+        """Log one metric of the run.
+
+        Example:
+            >>> ctx.log_metric("test_roc_auc", 0.97)  # doctest: +SKIP
+        """
+        self._store.log(self.run_id, metrics={name: value}, step=step)
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
+        """Log several metrics at once.
+
+        Example:
+            >>> ctx.log_metrics({"precision": 0.8, "recall": 0.7})  # doctest: +SKIP
+        """
+        self._store.log(self.run_id, metrics=dict(metrics), step=step)
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        """Upload a file or folder as an artifact of the run."""
+        self._store.upload(self.run_id, Path(path), artifact_path)
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        """Write a text artifact (a report, a note)."""
+        self._store.log_text(self.run_id, text, artifact_file)
+
+    def query(self, source: str, sql: str, **params: Any) -> pd.DataFrame:
+        """Run a SQL query on a named source; the result is the run's snapshot.
+
+        Parameters are bound, never formatted into the SQL. ``:retrieval_time`` is bound to the
+        run's retrieval time unless given.
+
+        Example:
+            >>> ctx.query("fraud", "SELECT * FROM tx WHERE ts <= :retrieval_time")  # doctest: +SKIP
+        """
+        from relayml import data
+
+        src = self._source(source)
+        if not src.url:
+            raise UsageError(f"source {source!r} is a file; use ctx.read({source!r})")
+        if ":retrieval_time" in sql and "retrieval_time" not in params:
+            params["retrieval_time"] = self.retrieval_time.replace(tzinfo=None)
+        url = data.with_password(src.url, src.password_env)
+        out = self._tmp / f"{source}-{len(self._snapshots)}.parquet"
+        with self._progress(f"{source}: rows") as tick:
+            snap = data.snapshot_query(url, sql, params, out, progress=tick)
+        return self._keep(source, snap)
+
+    def read(self, source_or_path: str | Path) -> pd.DataFrame:
+        """Read a CSV or Parquet file (a named file source or a path) as the run's snapshot.
+
+        Example:
+            >>> ctx.read("customers")  # doctest: +SKIP
+        """
+        from relayml import data
+
+        name = str(source_or_path)
+        if name in self.settings.sources and self.settings.sources[name].path:
+            path = self.settings.sources[name].path
+        else:
+            path = Path(source_or_path)
+            if not path.is_absolute():
+                path = self.settings.root / path
+            name = path.stem
+        out = self._tmp / f"{name}-{len(self._snapshots)}.parquet"
+        with self._progress(f"{name}: rows") as tick:
+            snap = data.snapshot_file(path, out, progress=tick)  # type: ignore[arg-type]
+        return self._keep(name, snap)
+
+    def _keep(self, name: str, snap: Snapshot) -> pd.DataFrame:
+        from relayml import data
+
+        if snap.rows == 0:
+            _warn(f"{self.key}: {name} returned 0 rows")
+        frame = data.read_snapshot(snap.path)
+        self._snapshots.append((name, snap, id(frame)))
+        return frame
+
+    def _source(self, name: str):  # noqa: ANN202 - config.Source
+        try:
+            return self.settings.sources[name]
+        except KeyError:
+            raise UnknownName("source", name, self.settings.sources, where="in relay.toml") from None
+
+    @contextmanager
+    def _progress(self, label: str) -> Iterator[Callable[[int], None]]:
+        if not self.show_progress:
+            yield lambda rows: None
+            return
+        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        with Progress(
+            SpinnerColumn(), TextColumn("{task.description} {task.completed:,}"),
+            TimeElapsedColumn(), transient=True,
+        ) as bar:  # fmt: skip
+            task = bar.add_task(label, total=None)
+            yield lambda rows: bar.update(task, completed=rows)
+
+    @contextmanager
+    def parallel(self) -> Iterator[None]:
+        """Run joblib-parallel work (a grid search's ``n_jobs``) on the project's executor.
+
+        Locally it changes nothing; with ``[execution] backend = "dask"`` the work inside the
+        block is distributed on the Dask cluster through joblib.
+
+        Example:
+            >>> with ctx.parallel():  # doctest: +SKIP
+            ...     search.fit(X, y)
+        """
+        if self.settings.executor == "local":
+            yield
+            return
+        from relayml.executor import joblib_backend
+
+        with joblib_backend(self.settings):
+            yield
+
+    def progress(self, items: Iterable[Any], description: str = "", total: int | None = None):
+        """Iterate with a progress bar (hidden when progress is off).
+
+        Example:
+            >>> for fold in ctx.progress(range(5), "folds"):  # doctest: +SKIP
+            ...     ...
+        """
+        if not self.show_progress:
+            return items
+        from rich.progress import track
+
+        return track(items, description=description, total=total, transient=True)
+
+
+# -- executing --------------------------------------------------------------------------
+
+
+class Terminated(KeyboardInterrupt):
+    """Raised in the main thread when the process receives SIGTERM."""
+
+
+def execute(req: Request, *, show_progress: bool = True) -> Run:
+    """Execute a prepared request inside a new MLflow run and return the finished Run.
+
+    Raises:
+        StepFailed: the variant (or its data source) raised; the run is FAILED with the
+            traceback as the artifact ``error/traceback.txt``.
+        KeyboardInterrupt: Ctrl-C or SIGTERM; the run is KILLED.
+    """
+    settings = req.settings
+    store = get_store(settings)
+    run_id, key = _create_run(store, req)
+    beat = _Heartbeat(store, run_id, settings.stale_after)
+    retrieval = req.as_of or key.moment
+    ctx = Context(key, run_id, settings, retrieval, req.params, store, show_progress=show_progress)
+    try:
+        with _sigterm_raises(), beat:
+            _record_code(store, run_id, req)
+            args = _arguments(req, ctx)
+            returned = req.variant.func(**args)
+            _finish(store, req, ctx, as_dict(returned))
+    except KeyboardInterrupt:
+        _end(store, run_id, "KILLED", "interrupted (Ctrl-C or SIGTERM)")
+        raise
+    except Exception as e:
+        tb = traceback.format_exc()
+        with _quiet():
+            store.log_text(run_id, tb, "error/traceback.txt")
+        msg = _short(e)
+        _end(store, run_id, "FAILED", msg)
+        if isinstance(e, RelayError) and not isinstance(e, SourceError):
+            raise
+        raise StepFailed(f"{key} failed: {msg} (traceback: relay show {key})") from e
+    finally:
+        shutil.rmtree(ctx._tmp, ignore_errors=True)
+    entity = store.get_run(run_id)
+    assert entity is not None
+    return Run(settings, entity)
+
+
+def run(
+    step: str,
+    variant: str,
+    params: Mapping[str, Any] | None = None,
+    *,
+    upstream: Iterable[str | Run] | Mapping[str, str | Run] | None = None,
+    as_of: datetime | str | None = None,
+    require_clean: bool = False,
+    show_progress: bool = False,
+    project: Project = None,
+) -> Run:
+    """Run one variant of a step and return its finished :class:`~relayml.runs.Run`.
+
+    Args:
+        step: the step's name.
+        variant: the variant's name.
+        params: parameter values; defaults fill the rest.
+        upstream: references of upstream runs (default: ``@latest`` of each upstream step).
+        as_of: repeat a load for an earlier retrieval time.
+        require_clean: refuse to run with uncommitted changes.
+        show_progress: show progress bars on the terminal.
+        project: the project (default: around the working folder).
+
+    Example:
+        >>> import relayml as relay
+        >>> load = relay.run("load", "transactions")  # doctest: +SKIP
+        >>> relay.run("processing", "plain", upstream=[str(load.key)]).status  # doctest: +SKIP
+        'FINISHED'
+    """
+    req = prepare(
+        step, variant, params, upstream=upstream, as_of=as_of,
+        require_clean=require_clean, project=project,
+    )  # fmt: skip
+    return execute(req, show_progress=show_progress)
+
+
+def _base_tags(req: Request, key: RunKey) -> dict[str, str]:
+    tags = {
+        "relay.project": req.settings.project,
+        "relay.step": req.step,
+        "relay.variant": req.variant.name,
+        "relay.key": str(key),
+        "relay.time": key.time,
+        "relay.heartbeat": f"{time.time():.3f}",
+        "relay.code": req.code_fingerprint,
+        "relay.params": req.params_digest,
+        "relay.fingerprint": req.fingerprint,
+        "mlflow.user": _user(),
+        "mlflow.source.type": "LOCAL",
+        "mlflow.source.name": str(req.pipeline.module_file or req.settings.module),
+    }
+    if req.code.commit:
+        tags["relay.git.commit"] = req.code.commit
+        tags["mlflow.source.git.commit"] = req.code.commit
+        tags["relay.git.dirty"] = str(req.code.dirty).lower()
+    for s, r in req.upstream.items():
+        tags[f"relay.upstream.{s}"] = r.run_id
+        tags[f"relay.upstream.{s}.key"] = str(r.key)
+    parts = req.data_parts
+    if parts:
+        tags.update(_data_tags(parts))
+    if req.as_of:
+        tags["relay.as_of"] = req.as_of.isoformat()
+    return tags
+
+
+def _version(digest: str) -> str:
+    """TEMPORARY until data.py emits it: the 32-hex (128-bit) form MLflow's datasets accept."""
+    return digest.removeprefix("blake3:")[:32]
+
+
+def _data_tags(parts: Mapping[str, str]) -> dict[str, str]:
+    from relayml.data import combine_digests
+
+    version = next(iter(parts.values())) if len(parts) == 1 else _version(combine_digests(parts))
+    return {
+        "relay.data": version,
+        "relay.data.keys": ",".join(sorted(parts)),
+        "relay.data.parts": canonical(dict(sorted(parts.items()))),
+    }
+
+
+def _create_run(store: Store, req: Request) -> tuple[str, RunKey]:
+    """Create the run under a key no other active run holds (see the module docstring)."""
+    now = time.time()
+    key = RunKey.at(req.step, req.variant.name, datetime.fromtimestamp(now, UTC))
+    millis = int(now * 1000) % 1000
+    for _ in range(60):
+        start_ms = int(key.moment.timestamp()) * 1000 + millis
+        entity = store.create_run(
+            req.step, start_ms=start_ms, run_name=str(key), tags=_base_tags(req, key)
+        )
+        run_id = entity.info.run_id
+        holders = store.search([req.step], f"tags.`relay.key` = {quote(str(key))}", limit=3)
+        if [e.info.run_id for e in holders] == [run_id]:
+            store.log(run_id, params=_logged_params(req))
+            return run_id, key
+        store.set_tag(run_id, "relay.withdrawn", "key collision")
+        store.finish(run_id, "KILLED")
+        store.delete_run(run_id)
+        key = key.next_second()
+        time.sleep(random.uniform(0.0, 0.05))
+    raise RelayError(f"could not allocate a unique key for {req.step}/{req.variant.name}")
+
+
+def _logged_params(req: Request) -> dict[str, Any]:
+    params = dict(req.params)
+    if req.as_of:
+        params["as_of"] = req.as_of.isoformat()
+    return params
+
+
+def _record_code(store: Store, run_id: str, req: Request) -> None:
+    if req.code.dirty:
+        store.log_text(run_id, req.code.diff, "code/uncommitted.diff")
+
+
+def _arguments(req: Request, ctx: Context) -> dict[str, Any]:
+    args: dict[str, Any] = dict(req.params)
+    if req.variant.wants_ctx:
+        args["ctx"] = ctx
+    for name in req.variant.inputs:
+        args[name] = handed_down(req.upstream[name])
+    return args
+
+
+def _finish(store: Store, req: Request, ctx: Context, outputs: dict[str, Any]) -> None:
+    """Persist snapshots and outputs, record the data version, bundle a model, end FINISHED."""
+    import pandas as pd
+
+    from relayml import data
+
+    snaps = list(ctx._snapshots)
+    by_frame = {fid: name for name, _, fid in snaps}
+    if not req.pipeline.get(req.step).upstream:  # a root step: its DataFrames are data
+        for name, value in outputs.items():
+            if isinstance(value, pd.DataFrame) and id(value) not in by_frame:
+                snap = data.snapshot_frame(value, ctx._tmp / f"out-{name}.parquet")
+                snaps.append((name, snap, id(value)))
+                by_frame[id(value)] = name
+    holders: dict[str, str] = {}
+    for name, snap, _ in snaps:
+        holders[name] = _store_snapshot(store, req.settings, snap)
+        _log_snapshot(store, ctx.run_id, name, snap, holders[name], ctx.retrieval_time)
+    tags: dict[str, str] = {}
+    if snaps:
+        digests = {name: _version(snap.digest) for name, snap, _ in snaps}
+        own = (
+            next(iter(digests.values()))
+            if len(digests) == 1
+            else _version(data.combine_digests(digests))
+        )
+        tags.update(_data_tags({str(ctx.key): own}))
+        tags["relay.retrieval_time"] = ctx.retrieval_time.isoformat()
+    else:
+        _log_upstream_datasets(store, ctx.run_id, req)
+    from_snapshot = {
+        out: holders[by_frame[id(v)]] for out, v in outputs.items() if id(v) in by_frame
+    }
+    manifest = save_outputs(store, ctx.run_id, outputs, snapshots=from_snapshot)
+    tags["relay.outputs"] = canonical(manifest)
+    store.log(ctx.run_id, tags=tags)
+    if "model" in outputs:
+        uri = _bundle(store, req, ctx, outputs)
+        if uri:
+            store.set_tag(ctx.run_id, "relay.model", uri)
+    store.finish(ctx.run_id, "FINISHED")
+
+
+def _store_snapshot(store: Store, settings: Settings, snap: Snapshot) -> str:
+    """The holder run of a snapshot's bytes: an existing one with the same digest, or new."""
+    found = store.search(
+        [SNAPSHOTS],
+        f"tags.`relay.digest` = {quote(_version(snap.digest))} AND attributes.status = 'FINISHED'",
+        limit=1,
+    )
+    if found:
+        return found[0].info.run_id
+    entity = store.create_run(
+        SNAPSHOTS,
+        start_ms=int(time.time() * 1000),
+        run_name=f"snapshot {_version(snap.digest)[:12]}",
+        tags={
+            "relay.project": settings.project,
+            "relay.digest": _version(snap.digest),
+            "relay.rows": str(snap.rows),
+            "relay.bytes": str(snap.bytes),
+        },
+    )
+    holder = entity.info.run_id
+    staged = snap.path.with_name("snapshot.parquet")
+    snap.path.replace(staged)
+    try:
+        store.upload(holder, staged)
+    except Exception:
+        store.finish(holder, "FAILED")
+        store.delete_run(holder)
+        raise
+    store.finish(holder, "FINISHED")
+    local = cache_dir(settings.root, holder) / "snapshot.parquet"
+    local.parent.mkdir(parents=True, exist_ok=True)
+    staged.replace(local)
+    return holder
+
+
+def _log_snapshot(
+    store: Store, run_id: str, name: str, snap: Snapshot, holder: str, retrieval: datetime
+) -> None:
+    info = {
+        "name": name,
+        "source": snap.source,
+        "query": snap.query,
+        "retrieval_time": retrieval.isoformat(),
+        "rows": snap.rows,
+        "bytes": snap.bytes,
+        "schema": snap.schema,
+        "digest": _version(snap.digest),
+        "uri": f"runs:/{holder}/snapshot.parquet",
+    }
+    store.log_text(run_id, json.dumps(info, indent=2), f"snapshots/{name}.json")
+    if snap.query:
+        store.log_text(run_id, snap.query, f"snapshots/{name}.sql")
+    store.log(
+        run_id,
+        tags={
+            f"relay.snapshot.{name}": holder,
+            f"relay.snapshot.{name}.digest": _version(snap.digest),
+            f"relay.snapshot.{name}.rows": str(snap.rows),
+            f"relay.snapshot.{name}.bytes": str(snap.bytes),
+            f"relay.snapshot.{name}.source": snap.source,
+        },
+    )
+    store.log_dataset(
+        run_id,
+        name=name,
+        digest=_version(snap.digest),
+        source=canonical({"uri": info["uri"], "source": snap.source, "query": snap.query}),
+        schema=_mlflow_schema(snap.schema),
+        profile=canonical({"num_rows": snap.rows, "bytes": snap.bytes}),
+        context="load",
+    )
+
+
+def _mlflow_schema(schema: Mapping[str, str]) -> str:
+    kinds = {"int64": "long", "int32": "integer", "double": "double", "float": "float",
+             "bool": "boolean", "string": "string", "large_string": "string"}  # fmt: skip
+    cols = [
+        {"name": n, "type": kinds.get(t, "datetime" if t.startswith("timestamp") else "string")}
+        for n, t in schema.items()
+    ]
+    return canonical({"mlflow_colspec": cols})
+
+
+def _log_upstream_datasets(store: Store, run_id: str, req: Request) -> None:
+    """Downstream runs log the datasets of the load runs they descend from as inputs."""
+    seen: set[tuple[str, str]] = set()
+    for up in req.upstream.values():
+        for di in up.mlflow.inputs.dataset_inputs if up.mlflow.inputs else []:
+            ds = di.dataset
+            if (ds.name, ds.digest) in seen:
+                continue
+            seen.add((ds.name, ds.digest))
+            store.log_dataset(
+                run_id, name=ds.name, digest=ds.digest, source=ds.source,
+                schema=ds.schema, profile=ds.profile, context=req.step,
+            )  # fmt: skip
+
+
+def _ancestors(runs: Iterable[Run]) -> Iterator[Run]:
+    """Breadth-first walk up the upstream runs."""
+    queue = list(runs)
+    seen: set[str] = set()
+    while queue:
+        r = queue.pop(0)
+        if r.run_id in seen:
+            continue
+        seen.add(r.run_id)
+        yield r
+        queue.extend(r.upstream.values())
+
+
+def _bundle(store: Store, req: Request, ctx: Context, outputs: dict[str, Any]) -> str | None:
+    """Log the model of a training run bundled with the nearest upstream processor."""
+    from relayml.bundle import log_bundle
+    from relayml.outputs import load_output
+
+    processor = None
+    raw_example = None
+    provenance = {"training": str(ctx.key)}
+    for r in _ancestors(req.upstream.values()):
+        provenance.setdefault(r.step, str(r.key))
+        if processor is None and "processor" in r.outputs:
+            processor = load_output(r, "processor")
+        if raw_example is None and not r.upstream_ids:
+            frames = [n for n, how in r.outputs.items() if how != "pickle"]
+            if frames:
+                raw_example = load_output(r, frames[0]).head(5)
+    code_paths = [str(req.pipeline.module_file)] if req.pipeline.module_file else None
+    tags = {f"relay.provenance.{k}": v for k, v in provenance.items()}
+    if "relay.data" in (d := _data_tags(req.data_parts) if req.data_parts else {}):
+        tags["relay.data"] = d["relay.data"]
+    return log_bundle(
+        processor,
+        outputs["model"],
+        raw_example=raw_example,
+        run_id=ctx.run_id,
+        threshold=outputs.get("threshold"),
+        code_paths=code_paths,
+        tags=tags,
+    )
+
+
+def _end(store: Store, run_id: str, status: str, message: str) -> None:
+    with _quiet():
+        store.set_tag(run_id, "relay.error", message[:4000])
+    store.finish(run_id, status)
+
+
+def _short(e: BaseException) -> str:
+    text = str(e).strip().split("\n")[0] or type(e).__name__
+    return f"{type(e).__name__}: {text}" if not isinstance(e, RelayError) else text
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:
+        return "unknown"
+
+
+def _warn(message: str) -> None:
+    import sys
+
+    print(f"Warning: {message}", file=sys.stderr)
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    try:
+        yield
+    except Exception:  # best effort: never hide the original error behind a logging error
+        pass
+
+
+@contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """Turn SIGTERM into :class:`Terminated` while a step runs (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class _Heartbeat:
+    """A daemon thread that stamps ``relay.heartbeat`` while the step runs.
+
+    A run whose heartbeat stops (the process was SIGKILLed) is shown as STALE and never
+    reused.
+    """
+
+    def __init__(self, store: Store, run_id: str, stale_after: float) -> None:
+        self.store, self.run_id = store, run_id
+        self.every = max(0.5, min(30.0, stale_after / 4))
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="relay-heartbeat")
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.every):
+            with _quiet():
+                self.store.set_tag(self.run_id, "relay.heartbeat", f"{time.time():.3f}")
+
+    def __enter__(self) -> _Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")  # MLflow's git probe must not warn

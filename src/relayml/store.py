@@ -1,0 +1,301 @@
+"""The only module that talks to MLflow's tracking API (``mlflow.tracking``).
+
+Experiments are found by name (``<project>/<step>``) and created on first use; runs are
+searched inside the tracking store with MLflow filter strings and paging, never by listing
+every run and filtering in Python. Everything relayml writes is plain MLflow: tags under
+``relay.``, params, metrics, artifacts, dataset inputs.
+
+Example:
+    >>> store = get_store(load_settings())  # doctest: +SKIP
+    >>> store.experiment_id("load")  # doctest: +SKIP
+    '1'
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from relayml.config import Settings
+from relayml.errors import RelayError
+
+if TYPE_CHECKING:
+    from mlflow.entities import Run as MlflowRun
+    from mlflow.tracking import MlflowClient
+
+__all__ = ["PAGE", "Store", "get_store", "quote"]
+
+PAGE = 1000
+_STORES: dict[tuple[str, str, str], Store] = {}
+_LOCK = threading.Lock()
+
+
+def quote(value: str) -> str:
+    """Quote a value for an MLflow filter string.
+
+    Example:
+        >>> quote("it's")
+        "'it\\\\'s'"
+    """
+    return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def get_store(settings: Settings) -> Store:
+    """The store of a project's tracking URI (one per process and URI).
+
+    Example:
+        >>> get_store(settings).client.tracking_uri  # doctest: +SKIP
+        'sqlite:////work/fraud/.relay/mlflow.db'
+    """
+    ident = (settings.tracking_uri, settings.project, settings.artifact_location)
+    with _LOCK:
+        if ident not in _STORES:
+            _STORES[ident] = Store(settings)
+        return _STORES[ident]
+
+
+class Store:
+    """A project's view of the MLflow tracking store.
+
+    Attributes:
+        settings: the project's settings.
+        client: the underlying ``MlflowClient`` (for what this class does not wrap).
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        import mlflow
+        from mlflow.tracking import MlflowClient
+
+        self.settings = settings
+        uri = settings.tracking_uri
+        if uri.startswith("sqlite:///"):
+            _prepare_sqlite(Path(uri.removeprefix("sqlite:///")))
+        mlflow.set_tracking_uri(uri)
+        self.client: MlflowClient = MlflowClient(tracking_uri=uri, registry_uri=uri)
+        self._experiments: dict[str, str] = {}
+
+    # -- experiments -----------------------------------------------------------------------
+
+    def experiment_id(self, step: str, *, create: bool = True) -> str | None:
+        """The id of the experiment ``<project>/<step>``, created on first use.
+
+        Returns None when it does not exist and ``create`` is False.
+        """
+        name = self.settings.experiment(step)
+        if name in self._experiments:
+            return self._experiments[name]
+        from mlflow.exceptions import MlflowException
+
+        exp = self.client.get_experiment_by_name(name)
+        if exp is not None and exp.lifecycle_stage == "deleted":
+            self.client.restore_experiment(exp.experiment_id)
+        if exp is None:
+            if not create:
+                return None
+            location = self.settings.artifact_location if self.settings.is_local_store else None
+            if location:
+                location = f"{location.rstrip('/')}/{self.settings.project}/{step}"
+            try:
+                exp_id = self.client.create_experiment(
+                    name,
+                    artifact_location=location,
+                    tags={"relay.project": self.settings.project, "relay.step": step},
+                )
+            except MlflowException as e:  # another process created it meanwhile
+                exp = self.client.get_experiment_by_name(name)
+                if exp is None:
+                    raise RelayError(f"cannot create experiment {name!r}: {e}") from e
+                exp_id = exp.experiment_id
+        else:
+            exp_id = exp.experiment_id
+        self._experiments[name] = exp_id
+        return exp_id
+
+    def step_experiments(self) -> dict[str, str]:
+        """All step experiments of the project: ``{step: experiment_id}``.
+
+        Relay's own bookkeeping experiments (``chains``, ``snapshots``, ``refresh``) included.
+        """
+        prefix = f"{self.settings.project}/"
+        exps = self.client.search_experiments(filter_string=f"name LIKE {quote(prefix + '%')}")
+        out = {}
+        for e in exps:
+            if e.name.startswith(prefix):
+                self._experiments[e.name] = e.experiment_id
+                out[e.name.removeprefix(prefix)] = e.experiment_id
+        return out
+
+    # -- searching -------------------------------------------------------------------------
+
+    def search(
+        self,
+        steps: Sequence[str] | None,
+        filter_string: str = "",
+        *,
+        order_by: Sequence[str] = ("attributes.start_time DESC",),
+        limit: int | None = None,
+        deleted: bool = False,
+    ) -> list[MlflowRun]:
+        """Search runs of the given steps (None: every step) inside the tracking store.
+
+        Args:
+            steps: step names; unknown steps simply have no runs.
+            filter_string: an MLflow filter string (``tags.relay.variant = 'plain'``).
+            order_by: MLflow order clauses; newest first by default.
+            limit: the most runs to return (None: all, fetched page by page).
+            deleted: search deleted runs instead of active ones.
+
+        Example:
+            >>> store.search(["processing"], "tags.relay.variant = 'plain'", limit=1)  # doctest: +SKIP
+        """
+        from mlflow.entities import ViewType
+
+        if steps is None:
+            ids = list(self.step_experiments().values())
+        else:
+            ids = [i for s in steps if (i := self.experiment_id(s, create=False))]
+        if not ids:
+            return []
+        view = ViewType.DELETED_ONLY if deleted else ViewType.ACTIVE_ONLY
+        out: list[MlflowRun] = []
+        token = None
+        while True:
+            page = PAGE if limit is None else min(PAGE, limit - len(out))
+            result = self.client.search_runs(
+                ids,
+                filter_string=filter_string,
+                run_view_type=view,
+                max_results=page,
+                order_by=list(order_by),
+                page_token=token,
+            )
+            out.extend(result)
+            token = result.token
+            if not token or (limit is not None and len(out) >= limit):
+                return out
+
+    def get_run(self, run_id: str) -> MlflowRun | None:
+        """The MLflow run with this id, or None when there is none."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self.client.get_run(run_id)
+        except MlflowException:
+            return None
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def create_run(
+        self, step: str, *, start_ms: int, run_name: str, tags: Mapping[str, str]
+    ) -> MlflowRun:
+        """Create a RUNNING run in the step's experiment."""
+        exp_id = self.experiment_id(step)
+        return self.client.create_run(
+            exp_id, start_time=start_ms, tags=dict(tags), run_name=run_name
+        )
+
+    def log(
+        self,
+        run_id: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        metrics: Mapping[str, float] | None = None,
+        tags: Mapping[str, str] | None = None,
+        step: int = 0,
+    ) -> None:
+        """Log params, metrics and tags in one batch call."""
+        from mlflow.entities import Metric, Param, RunTag
+
+        now = int(time.time() * 1000)
+        self.client.log_batch(
+            run_id,
+            metrics=[Metric(k, float(v), now, step) for k, v in (metrics or {}).items()],
+            params=[Param(k, _param_value(v)) for k, v in (params or {}).items()],
+            tags=[RunTag(k, str(v)) for k, v in (tags or {}).items()],
+        )
+
+    def set_tag(self, run_id: str, key: str, value: str) -> None:
+        """Set one tag."""
+        self.client.set_tag(run_id, key, value)
+
+    def finish(self, run_id: str, status: str) -> None:
+        """End a run as FINISHED, FAILED or KILLED."""
+        self.client.set_terminated(run_id, status=status)
+
+    def upload(self, run_id: str, local: Path, artifact_path: str | None = None) -> None:
+        """Upload a file or a folder's contents as artifacts of a run."""
+        if local.is_dir():
+            self.client.log_artifacts(run_id, str(local), artifact_path)
+        else:
+            self.client.log_artifact(run_id, str(local), artifact_path)
+
+    def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
+        """Write a text artifact."""
+        self.client.log_text(run_id, text, artifact_file)
+
+    def download(self, run_id: str, path: str, dst: Path) -> Path:
+        """Download an artifact file or folder of a run into ``dst``; returns the local path."""
+        dst.mkdir(parents=True, exist_ok=True)
+        return Path(self.client.download_artifacts(run_id, path, str(dst)))
+
+    def list_artifacts(self, run_id: str, path: str | None = None) -> list[tuple[str, int]]:
+        """``(path, size)`` of every artifact file of a run, recursively."""
+        out = []
+        for info in self.client.list_artifacts(run_id, path):
+            if info.is_dir:
+                out.extend(self.list_artifacts(run_id, info.path))
+            else:
+                out.append((info.path, info.file_size or 0))
+        return out
+
+    def log_dataset(
+        self,
+        run_id: str,
+        *,
+        name: str,
+        digest: str,
+        source: str,
+        schema: str | None,
+        profile: str | None,
+        context: str,
+    ) -> None:
+        """Record an input dataset on a run (``mlflow.log_input`` semantics, any digest)."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        ds = Dataset(
+            name=name,
+            digest=digest,
+            source_type="relay",
+            source=source,
+            schema=schema,
+            profile=profile,
+        )
+        self.client.log_inputs(
+            run_id, [DatasetInput(ds, tags=[InputTag("mlflow.data.context", context)])]
+        )
+
+    def delete_run(self, run_id: str) -> None:
+        """Mark a run deleted (MLflow's soft delete)."""
+        self.client.delete_run(run_id)
+
+
+def _param_value(value: Any) -> str:
+    text = "None" if value is None else str(value)
+    return text if len(text) <= 6000 else text[:5997] + "..."
+
+
+def _prepare_sqlite(path: Path) -> None:
+    """Create the folder and switch the database to WAL so readers never block writers."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        con = sqlite3.connect(path, timeout=30)
+        try:
+            con.execute("PRAGMA journal_mode=WAL")
+        finally:
+            con.close()
+    except sqlite3.Error:
+        pass  # MLflow reports a real problem with the file itself

@@ -1,0 +1,223 @@
+"""Shared fixtures: a temporary copy of the fraud example, the CLI, PostgreSQL, MLflow servers.
+
+Tests talk to relayml through its public API and CLI. Everything a test creates lives in its
+``tmp_path``; servers bind to 127.0.0.1 and are stopped by the fixtures.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "fraud"
+sys.path.insert(0, str(EXAMPLE))  # generate.py
+
+PROJECT_FILES = ("relay.toml", "steps.py", "generate.py")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("RELAY_TRACKING_URI", "MLFLOW_TRACKING_URI", "RELAY_PROJECT", "RELAY_EXECUTOR"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("GIT_AUTHOR_NAME", "relay-tests")
+    monkeypatch.setenv("GIT_AUTHOR_EMAIL", "tests@relay.invalid")
+    monkeypatch.setenv("GIT_COMMITTER_NAME", "relay-tests")
+    monkeypatch.setenv("GIT_COMMITTER_EMAIL", "tests@relay.invalid")
+
+
+def git(root: Path, *args: str) -> str:
+    """Run git in ``root`` and return its output."""
+    return subprocess.run(
+        ["git", *args], cwd=root, check=True, capture_output=True, text=True
+    ).stdout
+
+
+def make_project(
+    root: Path, *, days: int = 3, rows_per_day: int = 1500, commit: bool = True
+) -> Path:
+    """Copy the fraud example into ``root``, generate its data, and commit it to a git repo."""
+    import generate
+
+    root.mkdir(parents=True, exist_ok=True)
+    for name in PROJECT_FILES:
+        shutil.copy(EXAMPLE / name, root / name)
+    (root / ".gitignore").write_text(".relay/\ndata/\n__pycache__/\n")
+    (root / "data").mkdir(exist_ok=True)
+    generate.generate(f"sqlite:///{root / 'data' / 'fraud.db'}", days=days, rows_per_day=rows_per_day)
+    if commit:
+        git(root, "init", "-q", "-b", "main")
+        git(root, "add", "-A")
+        git(root, "commit", "-qm", "fraud example")
+    return root
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh fraud project (small data, committed to git); the cwd is set to it."""
+    root = make_project(tmp_path / "fraud")
+    monkeypatch.chdir(root)
+    return root
+
+
+@dataclass
+class Result:
+    """What one CLI invocation did."""
+
+    code: int
+    out: str
+    err: str
+
+    def __repr__(self) -> str:
+        return f"<exit {self.code}\nstdout:\n{self.out}\nstderr:\n{self.err}>"
+
+
+@pytest.fixture
+def relay(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Callable[..., Result]:
+    """Run the ``relay`` CLI in-process: ``relay("runs", "--json")`` → Result."""
+    from relayml.cli import main
+
+    def invoke(*args: str) -> Result:
+        capsys.readouterr()
+        monkeypatch.setattr(sys, "argv", ["relay", *args])
+        code = 0
+        try:
+            main()
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        captured = capsys.readouterr()
+        return Result(code, captured.out, captured.err)
+
+    return invoke
+
+
+def relay_process(*args: str, cwd: Path, env: dict[str, str] | None = None, **kw) -> subprocess.Popen:
+    """Start the CLI as a real separate process (for concurrency and signal tests)."""
+    full = {**os.environ, **(env or {})}
+    return subprocess.Popen(
+        [sys.executable, "-m", "relayml", *args], cwd=cwd, env=full,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw,
+    )  # fmt: skip
+
+
+# -- PostgreSQL and MLflow servers ---------------------------------------------------------
+
+
+def _postgres_url() -> str | None:
+    url = os.environ.get("RELAY_TEST_POSTGRES_URL")
+    reason = None
+    if not url:
+        reason = "RELAY_TEST_POSTGRES_URL is not set"
+    else:
+        import sqlalchemy as sa
+
+        try:
+            engine = sa.create_engine(url)
+            with engine.connect():
+                pass
+            engine.dispose()
+        except Exception as e:  # unreachable server
+            reason = f"PostgreSQL at RELAY_TEST_POSTGRES_URL is unreachable: {e}"
+    if reason:
+        if os.environ.get("RELAY_REQUIRE_POSTGRES") == "1":
+            pytest.fail(f"{reason} (RELAY_REQUIRE_POSTGRES=1)")
+        pytest.skip(reason)
+    return url
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    """The URL of the test PostgreSQL server (skips, or fails with RELAY_REQUIRE_POSTGRES=1)."""
+    return _postgres_url()  # type: ignore[return-value]
+
+
+@pytest.fixture
+def pg_database(postgres_url: str) -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for one test; dropped afterwards. Yields its URL."""
+    import sqlalchemy as sa
+
+    name = f"relay_test_{uuid.uuid4().hex[:10]}"
+    admin = sa.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as con:
+        con.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    url = sa.engine.make_url(postgres_url).set(database=name).render_as_string(hide_password=False)
+    try:
+        yield url
+    finally:
+        with admin.connect() as con:
+            con.execute(
+                sa.text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n"
+                ),
+                {"n": name},
+            )
+            con.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}"'))
+        admin.dispose()
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float = 60.0, proc: subprocess.Popen | None = None) -> None:
+    """Wait until ``url`` answers (any status below 500)."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}: {proc.stderr and proc.stderr.read()}")
+        try:
+            if httpx.get(url, timeout=2).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise TimeoutError(f"{url} did not answer within {timeout}s")
+
+
+@pytest.fixture
+def mlflow_server(pg_database: str, tmp_path: Path) -> Iterator[str]:
+    """A real MLflow tracking server on a fresh PostgreSQL database, with proxied artifacts.
+
+    Yields its URL (``http://127.0.0.1:PORT``); the server is stopped afterwards.
+    """
+    port = free_port()
+    artifacts = tmp_path / "server-artifacts"
+    proc = subprocess.Popen(
+        [
+            sys.executable, "-m", "mlflow", "server",
+            "--backend-store-uri", pg_database,
+            "--artifacts-destination", str(artifacts),
+            "--host", "127.0.0.1", "--port", str(port), "--workers", "2",
+        ],  # fmt: skip
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(f"{url}/health", timeout=120, proc=proc)
+        yield url
+    finally:
+        import signal
+
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=20)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            os.killpg(proc.pid, signal.SIGKILL)

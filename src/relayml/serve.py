@@ -1,0 +1,822 @@
+"""Serving a bundle: the REST scoring app, its server, and batch scoring of files.
+
+The app is a raw ASGI application (no framework on the request path) that speaks MLflow's
+scoring protocol, so clients of ``mlflow models serve`` work unchanged:
+
+- ``POST /invocations`` with ``application/json`` holding exactly one of ``dataframe_split``,
+  ``dataframe_records``, ``instances`` (a list of records) or ``inputs`` (records, or
+  ``{column: [values]}``), or with ``text/csv`` (a header line, then rows), or
+  ``application/vnd.apache.parquet``. The answer is ``{"predictions": ...}`` exactly as
+  ``mlflow models serve`` gives it for the same model and payload: a list of labels, or a list
+  of ``{"label": ..., "score": ...}`` records for a bundle that carries a decision threshold.
+- ``GET /ping`` and ``GET /health``: liveness, always open.
+- ``GET /version``: relayml's and MLflow's versions, the model URI and the model's provenance.
+- ``GET /openapi.json``: an OpenAPI 3 description whose request schema lists the raw columns.
+
+Extra columns: ignored, as MLflow's schema enforcement does (it keeps only the signature's
+columns). Integers are accepted in ``double`` columns. Missing columns, values of the wrong
+type, nulls, empty inputs, malformed JSON, unknown content types, oversize bodies and missing
+or wrong bearer tokens get a JSON error ``{"error": {"code", "message", "field"}}`` with a 4xx
+status, never a stack trace; the server keeps serving.
+
+Speed: for numeric bundles the records go straight from ``orjson`` into one float64 matrix and
+through the pipeline's steps (see :func:`relayml.bundle.load_bundle`); requests of up to
+``_INLINE_ROWS`` rows are scored on the event loop, bigger ones in a worker thread.
+
+This module must not write to MLflow: it only reads models.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import io
+import json
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import pandas as pd
+
+from relayml import __version__
+from relayml.bundle import Bundle, BundleInputError, load_bundle
+from relayml.errors import UsageError
+
+__all__ = ["create_app", "predict_file", "predictions_payload", "run_server"]
+
+_log = logging.getLogger("relayml.serve")
+
+_INLINE_ROWS = 2048
+_FORMATS = ("dataframe_split", "dataframe_records", "instances", "inputs")
+_JSON_TYPES = {
+    "double": {"type": "number"},
+    "float": {"type": "number"},
+    "long": {"type": "integer"},
+    "integer": {"type": "integer"},
+    "boolean": {"type": "boolean"},
+    "string": {"type": "string"},
+    "datetime": {"type": "string", "format": "date-time"},
+    "binary": {"type": "string", "format": "byte"},
+}
+_PANDAS_TYPES = {
+    "double": "float64",
+    "float": "float32",
+    "long": "int64",
+    "integer": "int32",
+    "boolean": "bool",
+    "string": "object",
+}
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+class _HTTPError(Exception):
+    def __init__(self, status: int, code: str, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.field = status, code, message, field
+
+
+def _error_body(code: str, message: str, field: str | None) -> bytes:
+    return orjson.dumps({"error": {"code": code, "message": message, "field": field}})
+
+
+# --------------------------------------------------------------------------------------------
+# parsing requests into a matrix (numeric bundles) or a DataFrame
+
+
+def _check_matrix(values: Any, columns: list[str], where: str) -> np.ndarray:
+    """A float64 matrix from nested lists, or a 400 naming the first bad column."""
+    try:
+        X = np.array(values, dtype=None)
+    except ValueError:  # ragged
+        X = np.array(values, dtype=object)
+    if X.ndim == 2 and X.shape[1] == len(columns) and X.dtype.kind in "fi":
+        return np.ascontiguousarray(X, dtype=np.float64)
+    for j, name in enumerate(columns):
+        for i, row in enumerate(values):
+            v = row[j] if isinstance(row, list | tuple) and len(row) > j else None
+            if v is None:
+                raise _HTTPError(
+                    400, "missing_value", f"{where}[{i}]: column {name!r} is null or absent", name
+                )
+            if type(v) not in (float, int):
+                raise _HTTPError(
+                    400,
+                    "wrong_type",
+                    f"{where}[{i}]: column {name!r} must be a number; got {type(v).__name__} "
+                    f"{str(v)[:40]!r}",
+                    name,
+                )
+    raise _HTTPError(400, "bad_input", f"{where}: rows must be lists of numbers", where)
+
+
+def _missing(columns: list[str], present: Any, where: str) -> _HTTPError:
+    name = next(c for c in columns if c not in present)
+    return _HTTPError(
+        400,
+        "missing_column",
+        f"{where}: missing column {name!r} (the model needs: {', '.join(columns)})",
+        name,
+    )
+
+
+def _records_matrix(records: Any, columns: list[str], where: str) -> np.ndarray:
+    if not isinstance(records, list):
+        raise _HTTPError(400, "bad_input", f"{where} must be a list of records", where)
+    if not records:
+        raise _HTTPError(400, "empty_input", f"{where} is empty: send at least one record", where)
+    try:
+        rows = [[r[c] for c in columns] for r in records]
+    except (KeyError, TypeError):
+        for i, r in enumerate(records):
+            if not isinstance(r, dict):
+                raise _HTTPError(
+                    400, "bad_input", f"{where}[{i}] must be an object {{column: value}}", where
+                ) from None
+            if any(c not in r for c in columns):
+                raise _missing(columns, r, f"{where}[{i}]") from None
+        raise
+    return _check_matrix(rows, columns, where)
+
+
+def _split_matrix(split: Any, columns: list[str]) -> np.ndarray:
+    where = "dataframe_split"
+    if not isinstance(split, dict) or not isinstance(split.get("data"), list):
+        raise _HTTPError(
+            400, "bad_input", 'dataframe_split must be {"columns": [...], "data": [[...]]}', where
+        )
+    cols = split.get("columns")
+    if not isinstance(cols, list):
+        raise _HTTPError(
+            400, "bad_input", "dataframe_split.columns is required", "dataframe_split.columns"
+        )
+    data = split["data"]
+    if not data:
+        raise _HTTPError(400, "empty_input", "dataframe_split.data is empty", "dataframe_split")
+    position = {c: i for i, c in enumerate(cols) if isinstance(c, str)}
+    if any(c not in position for c in columns):
+        raise _missing(columns, position, "dataframe_split")
+    if cols == columns:
+        return _check_matrix(data, columns, "dataframe_split.data")
+    idx = [position[c] for c in columns]
+    try:
+        rows = [[row[j] for j in idx] for row in data]
+    except (IndexError, TypeError, KeyError):
+        raise _HTTPError(
+            400,
+            "bad_input",
+            f"dataframe_split.data rows must be lists of {len(cols)} values (one per column)",
+            "dataframe_split.data",
+        ) from None
+    return _check_matrix(rows, columns, "dataframe_split.data")
+
+
+def _columnar_matrix(inputs: dict[str, Any], columns: list[str]) -> np.ndarray:
+    if any(c not in inputs for c in columns):
+        raise _missing(columns, inputs, "inputs")
+    cols = [inputs[c] if isinstance(inputs[c], list) else [inputs[c]] for c in columns]
+    n = len(cols[0])
+    if n == 0:
+        raise _HTTPError(400, "empty_input", "inputs is empty: send at least one value", "inputs")
+    if any(len(c) != n for c in cols):
+        raise _HTTPError(
+            400, "bad_input", "inputs: all columns must have the same length", "inputs"
+        )
+    return _check_matrix([list(r) for r in zip(*cols, strict=True)], columns, "inputs")
+
+
+def _payload_frame(fmt: str, value: Any, columns: list[str]) -> pd.DataFrame:
+    """The DataFrame of a JSON payload (bundles with non-numeric columns)."""
+    if fmt == "dataframe_split":
+        if not isinstance(value, dict) or "data" not in value:
+            raise _HTTPError(
+                400, "bad_input", 'dataframe_split must be {"columns": [...], "data": [[...]]}', fmt
+            )
+        return pd.DataFrame(value["data"], columns=value.get("columns"))
+    if isinstance(value, dict) and fmt == "inputs":
+        return pd.DataFrame({k: v if isinstance(v, list) else [v] for k, v in value.items()})
+    if not isinstance(value, list) or not all(isinstance(r, dict) for r in value):
+        raise _HTTPError(400, "bad_input", f"{fmt} must be a list of records", fmt)
+    return pd.DataFrame.from_records(value)
+
+
+def _parse_json(body: bytes, bundle: Bundle) -> np.ndarray | pd.DataFrame:
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as e:
+        raise _HTTPError(400, "malformed_json", f"the body is not valid JSON: {e}") from None
+    if not isinstance(doc, dict):
+        raise _HTTPError(
+            400,
+            "bad_input",
+            f"the body must be a JSON object with exactly one of {', '.join(_FORMATS)}",
+        )
+    found = [k for k in _FORMATS if k in doc]
+    if len(found) != 1:
+        raise _HTTPError(
+            400,
+            "bad_input",
+            f"the body must hold exactly one of {', '.join(_FORMATS)}; got keys "
+            f"{', '.join(map(str, doc)) or 'none'}",
+        )
+    fmt = found[0]
+    value = doc[fmt]
+    columns = bundle.columns
+    if not bundle.numeric:
+        return _payload_frame(fmt, value, columns)
+    if fmt == "dataframe_split":
+        return _split_matrix(value, columns)
+    if fmt == "inputs" and isinstance(value, dict):
+        return _columnar_matrix(value, columns)
+    return _records_matrix(value, columns, fmt)
+
+
+def _parse_csv(body: bytes, bundle: Bundle) -> pd.DataFrame:
+    if not body.strip():
+        raise _HTTPError(400, "empty_input", "the CSV body is empty")
+    dtypes = {n: _PANDAS_TYPES[t] for n, t in bundle.input_schema if t in _PANDAS_TYPES}
+    try:
+        frame = pd.read_csv(io.BytesIO(body), dtype=dtypes)
+    except ValueError as e:
+        message = str(e).splitlines()[0]
+        field = next((n for n in bundle.columns if repr(n) in message or n in message), None)
+        raise _HTTPError(400, "wrong_type", f"CSV: {message}", field) from None
+    except Exception as e:  # pandas' parser errors
+        raise _HTTPError(400, "bad_input", f"CSV: {str(e).splitlines()[0]}") from None
+    return frame
+
+
+def _parse_parquet(body: bytes) -> pd.DataFrame:
+    try:
+        return pd.read_parquet(io.BytesIO(body))
+    except Exception as e:
+        raise _HTTPError(400, "bad_input", f"Parquet: {str(e).splitlines()[0]}") from None
+
+
+def predictions_payload(predictions: Any) -> Any:
+    """Predictions as MLflow's scoring server puts them under ``"predictions"``.
+
+    Args:
+        predictions: what :meth:`Bundle.predict` returned.
+
+    Returns:
+        A JSON-ready list: labels, or ``{"label", "score"}`` records.
+
+    Example:
+        >>> predictions_payload(np.array([0, 1]))
+        [0, 1]
+        >>> predictions_payload(pd.DataFrame({"label": [1], "score": [0.75]}))
+        [{'label': 1, 'score': 0.75}]
+    """
+    if isinstance(predictions, pd.DataFrame):
+        names = [str(c) for c in predictions.columns]
+        cols = [predictions[c].to_numpy().tolist() for c in predictions.columns]
+        return [dict(zip(names, row, strict=True)) for row in zip(*cols, strict=True)]
+    if isinstance(predictions, pd.Series):
+        return predictions.to_numpy().tolist()
+    if isinstance(predictions, np.ndarray):
+        return predictions.tolist()
+    return predictions
+
+
+# --------------------------------------------------------------------------------------------
+# the ASGI app
+
+
+def _openapi(bundle: Bundle) -> dict[str, Any]:
+    properties = {n: _JSON_TYPES.get(t, {}) for n, t in bundle.input_schema}
+    record = {
+        "type": "object",
+        "properties": properties,
+        "required": bundle.columns,
+        "additionalProperties": True,
+    }
+    if bundle.output_columns:
+        prediction: dict[str, Any] = {
+            "type": "object",
+            "properties": {"label": {}, "score": {"type": "number"}},
+        }
+    else:
+        prediction = {}
+    error = {
+        "type": "object",
+        "properties": {
+            "error": {
+                "type": "object",
+                "properties": {
+                    "code": {"type": "string"},
+                    "message": {"type": "string"},
+                    "field": {"type": "string", "nullable": True},
+                },
+            }
+        },
+    }
+    body = {
+        "oneOf": [
+            {
+                "type": "object",
+                "properties": {
+                    "dataframe_records": {
+                        "type": "array",
+                        "items": {"$ref": "#/components/schemas/Record"},
+                    }
+                },
+                "required": ["dataframe_records"],
+            },
+            {
+                "type": "object",
+                "properties": {
+                    "dataframe_split": {
+                        "type": "object",
+                        "properties": {
+                            "columns": {"type": "array", "items": {"type": "string"}},
+                            "data": {"type": "array", "items": {"type": "array"}},
+                        },
+                        "required": ["columns", "data"],
+                    }
+                },
+                "required": ["dataframe_split"],
+            },
+            {
+                "type": "object",
+                "properties": {
+                    "instances": {"type": "array", "items": {"$ref": "#/components/schemas/Record"}}
+                },
+                "required": ["instances"],
+            },
+            {
+                "type": "object",
+                "properties": {"inputs": {}},
+                "required": ["inputs"],
+            },
+        ]
+    }
+    answers = {"$ref": "#/components/responses/Error"}
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": f"relayml scoring: {bundle.uri}", "version": __version__},
+        "paths": {
+            "/invocations": {
+                "post": {
+                    "summary": "Score raw records",
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {"schema": body},
+                            "text/csv": {"schema": {"type": "string"}},
+                        },
+                    },
+                    "responses": {
+                        "200": {
+                            "description": "predictions, one per record",
+                            "content": {
+                                "application/json": {
+                                    "schema": {
+                                        "type": "object",
+                                        "properties": {
+                                            "predictions": {"type": "array", "items": prediction}
+                                        },
+                                    }
+                                }
+                            },
+                        },
+                        "400": answers,
+                        "401": answers,
+                        "413": answers,
+                        "415": answers,
+                    },
+                }
+            },
+            "/ping": {"get": {"responses": {"200": {"description": "alive"}}}},
+            "/health": {"get": {"responses": {"200": {"description": "alive"}}}},
+            "/version": {"get": {"responses": {"200": {"description": "versions, provenance"}}}},
+        },
+        "components": {
+            "schemas": {"Record": record, "Error": error},
+            "responses": {
+                "Error": {
+                    "description": "bad request",
+                    "content": {
+                        "application/json": {"schema": {"$ref": "#/components/schemas/Error"}}
+                    },
+                }
+            },
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+    }
+
+
+_JSON_HEADERS = [(b"content-type", b"application/json")]
+
+
+class ScoringApp:
+    """The ASGI scoring app; build it with :func:`create_app`."""
+
+    def __init__(
+        self,
+        bundle: Bundle,
+        *,
+        token: str | None,
+        max_body: int,
+        provenance: dict[str, Any] | None,
+    ) -> None:
+        import mlflow
+
+        self.bundle = bundle
+        self.max_body = max_body
+        self._auth = f"Bearer {token}".encode() if token else None
+        self._version = orjson.dumps(
+            {
+                "relayml": __version__,
+                "mlflow": mlflow.__version__,
+                "model_uri": bundle.uri,
+                "provenance": {**bundle.provenance, **(provenance or {})},
+            }
+        )
+        self._openapi = orjson.dumps(_openapi(bundle))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+
+    async def _respond(self, send: Send, status: int, body: bytes, headers: Any = None) -> None:
+        await send(
+            {"type": "http.response.start", "status": status, "headers": headers or _JSON_HEADERS}
+        )
+        await send({"type": "http.response.body", "body": body})
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path, method = scope["path"], scope["method"]
+        try:
+            if path in ("/ping", "/health"):
+                if method not in ("GET", "HEAD"):
+                    raise _HTTPError(405, "method_not_allowed", f"{path} answers GET only")
+                await self._respond(send, 200, b'{"status":"ok"}')
+                return
+            if self._auth is not None:
+                given = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
+                if not hmac.compare_digest(given, self._auth):
+                    raise _HTTPError(
+                        401,
+                        "unauthorized",
+                        "missing or wrong bearer token: send 'Authorization: Bearer <token>'",
+                        "authorization",
+                    )
+            if path == "/invocations":
+                if method != "POST":
+                    raise _HTTPError(405, "method_not_allowed", "/invocations answers POST only")
+                await self._invocations(scope, receive, send)
+            elif path == "/version" and method == "GET":
+                await self._respond(send, 200, self._version)
+            elif path == "/openapi.json" and method == "GET":
+                await self._respond(send, 200, self._openapi)
+            else:
+                raise _HTTPError(404, "not_found", f"no route {method} {path}", None)
+        except _HTTPError as e:
+            await self._respond(send, e.status, _error_body(e.code, e.message, e.field))
+
+    async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
+        length = next((v for k, v in scope["headers"] if k == b"content-length"), None)
+        if length is not None and length.isdigit() and int(length) > self.max_body:
+            raise _HTTPError(
+                413,
+                "payload_too_large",
+                f"the body is over {self.max_body} bytes; send smaller batches",
+            )
+        chunks = []
+        size = 0
+        while True:
+            message = await receive()
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body:
+                raise _HTTPError(
+                    413,
+                    "payload_too_large",
+                    f"the body is over {self.max_body} bytes; send smaller batches",
+                )
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    async def _invocations(self, scope: Scope, receive: Receive, send: Send) -> None:
+        content_type = next((v for k, v in scope["headers"] if k == b"content-type"), b"")
+        mime, _, params = content_type.decode("latin-1").partition(";")
+        mime = mime.strip().lower()
+        charset = params.strip().lower()
+        if charset and charset.replace(" ", "") not in ("charset=utf-8", "charset=utf8"):
+            raise _HTTPError(
+                415,
+                "unsupported_media_type",
+                f"only UTF-8 bodies are accepted; got {params.strip()!r}",
+                "content-type",
+            )
+        if mime not in ("application/json", "text/csv", "application/vnd.apache.parquet"):
+            raise _HTTPError(
+                415,
+                "unsupported_media_type",
+                f"content type {mime or '(none)'!r} is not supported; use application/json "
+                "(dataframe_split, dataframe_records, instances or inputs) or text/csv",
+                "content-type",
+            )
+        body = await self._read_body(scope, receive)
+        bundle = self.bundle
+        if mime == "application/json":
+            data = _parse_json(body, bundle)
+        elif mime == "text/csv":
+            data = _parse_csv(body, bundle)
+        else:
+            data = _parse_parquet(body)
+        try:
+            if len(data) <= _INLINE_ROWS:
+                predictions = _predict(bundle, data)
+            else:
+                predictions = await asyncio.to_thread(_predict, bundle, data)
+        except BundleInputError as e:
+            code = "empty_input" if str(e).startswith("empty") else "bad_input"
+            if e.field is not None and "missing column" in str(e):
+                code = "missing_column"
+            elif e.field is not None and "must be" in str(e):
+                code = "wrong_type"
+            raise _HTTPError(400, code, str(e), e.field) from None
+        except (ValueError, TypeError, KeyError) as e:
+            raise _HTTPError(
+                400, "bad_input", f"the model rejected the input: {str(e).splitlines()[0]}"
+            ) from None
+        except Exception:
+            _log.exception("scoring failed")
+            raise _HTTPError(
+                500, "internal", "the model failed on this input; see the server log"
+            ) from None
+        await self._respond(
+            send,
+            200,
+            orjson.dumps(
+                {"predictions": predictions_payload(predictions)},
+                option=orjson.OPT_SERIALIZE_NUMPY,
+            ),
+        )
+
+
+def _predict(bundle: Bundle, data: np.ndarray | pd.DataFrame) -> Any:
+    if isinstance(data, np.ndarray):
+        return bundle.predict_matrix(data)
+    return bundle.predict(data)
+
+
+def create_app(
+    bundle: Bundle,
+    *,
+    token: str | None = None,
+    max_body: int = 5 * 2**20,
+    provenance: dict[str, Any] | None = None,
+) -> ScoringApp:
+    """The ASGI scoring app of a bundle.
+
+    Args:
+        bundle: a loaded bundle (:func:`relayml.bundle.load_bundle`).
+        token: if set, every route but ``/ping`` and ``/health`` needs
+            ``Authorization: Bearer <token>``.
+        max_body: largest request body accepted, in bytes (413 beyond).
+        provenance: shown by ``GET /version`` (run keys, data digest, commit, ...), on top of
+            the bundle's own ``relay.*`` tags.
+
+    Returns:
+        An ASGI application.
+
+    Example:
+        >>> from starlette.testclient import TestClient
+        >>> client = TestClient(create_app(load_bundle(uri)))  # doctest: +SKIP
+        >>> client.post("/invocations", json={"dataframe_records": rows}).json()  # doctest: +SKIP
+        {'predictions': [0, 0]}
+    """
+    return ScoringApp(bundle, token=token, max_body=max_body, provenance=provenance)
+
+
+_ENV = "RELAY_SERVE_CONFIG"
+
+
+def _app_from_env() -> ScoringApp:
+    """uvicorn factory for worker processes: the settings travel in an environment variable."""
+    config = json.loads(os.environ[_ENV])
+    return create_app(
+        load_bundle(config["model_uri"]),
+        token=config.get("token"),
+        max_body=config["max_body"],
+        provenance=config.get("provenance"),
+    )
+
+
+def run_server(
+    model_uri: str,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 5001,
+    workers: int = 1,
+    max_body: int = 5 * 2**20,
+    token: str | None = None,
+    provenance: dict[str, Any] | None = None,
+) -> None:
+    """Serve a bundle over HTTP until interrupted (uvicorn, httptools and uvloop if installed).
+
+    Args:
+        model_uri: the bundle, e.g. ``models:/fraud@champion``.
+        host: interface to bind; the default answers this machine only.
+        port: TCP port.
+        workers: worker processes (uvicorn's multiprocess mode) when above 1.
+        max_body: largest request body, in bytes.
+        token: bearer token required on every route but ``/ping`` and ``/health``.
+        provenance: extra provenance for ``GET /version``.
+
+    Raises:
+        NotFound: no model at ``model_uri`` (checked before the server starts).
+
+    Example:
+        >>> run_server("models:/fraud@champion", port=5001, workers=2)  # doctest: +SKIP
+    """
+    import importlib.util
+
+    import uvicorn
+
+    if workers < 1:
+        raise UsageError(f"workers must be at least 1; got {workers}")
+    bundle = load_bundle(model_uri)  # fail early, in the parent, with a clear error
+    provenance = {"model_uri": model_uri, **bundle.provenance, **(provenance or {})}
+    os.environ[_ENV] = json.dumps(
+        {"model_uri": model_uri, "token": token, "max_body": max_body, "provenance": provenance}
+    )
+    options: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "access_log": False,
+        "log_level": "warning",
+    }
+    if importlib.util.find_spec("httptools"):
+        options["http"] = "httptools"
+    if importlib.util.find_spec("uvloop"):
+        options["loop"] = "uvloop"
+    if workers > 1:
+        uvicorn.run("relayml.serve:_app_from_env", factory=True, workers=workers, **options)
+    else:
+        app = create_app(bundle, token=token, max_body=max_body, provenance=provenance)
+        uvicorn.run(app, **options)
+
+
+# --------------------------------------------------------------------------------------------
+# batch scoring
+
+
+def predict_file(
+    model_uri: str,
+    input: Path,
+    output: Path,
+    *,
+    key_column: str | None = None,
+    batch_size: int = 100_000,
+    progress: Callable[[int], None] | None = None,
+) -> int:
+    """Score a CSV or Parquet file of raw records, streamed in batches.
+
+    The output holds the key column then the predictions (``prediction``, or ``label`` and
+    ``score``), as CSV or Parquet by ``output``'s suffix. It is written to a temporary file
+    renamed at the end: a failure leaves no half-written output.
+
+    Args:
+        model_uri: the bundle.
+        input: ``.csv`` or ``.parquet`` file of raw records.
+        output: ``.csv`` or ``.parquet`` file to write.
+        key_column: column copied beside the predictions. Default: the input's first column
+            that is not a model input; if there is none, the row number (column ``row``).
+        batch_size: rows scored at once.
+        progress: called with the number of rows written so far after each batch.
+
+    Returns:
+        The number of rows written.
+
+    Raises:
+        UsageError: unknown suffix, missing file, unknown key column, or bad records.
+
+    Example:
+        >>> uri = "models:/fraud@champion"
+        >>> predict_file(uri, Path("new.parquet"), Path("out.csv"))  # doctest: +SKIP
+        284807
+    """
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    input, output = Path(input), Path(output)
+    kinds = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
+    if input.suffix.lower() not in kinds:
+        raise UsageError(f"input {input}: unknown suffix; use .csv or .parquet")
+    if output.suffix.lower() not in kinds:
+        raise UsageError(f"output {output}: unknown suffix; use .csv or .parquet")
+    if not input.is_file():
+        raise UsageError(f"input {input}: no such file")
+    if batch_size < 1:
+        raise UsageError(f"batch_size must be at least 1; got {batch_size}")
+    bundle = load_bundle(model_uri)
+    needed = set(bundle.columns)
+
+    if kinds[input.suffix.lower()] == "parquet":
+        source = pq.ParquetFile(input)
+        names = source.schema_arrow.names
+        batches = source.iter_batches(batch_size=batch_size)
+    else:
+        arrow_types = {"double": pa.float64(), "float": pa.float32(), "long": pa.int64()}
+        column_types = {n: arrow_types[t] for n, t in bundle.input_schema if t in arrow_types}
+        try:
+            reader = pacsv.open_csv(
+                input,
+                read_options=pacsv.ReadOptions(block_size=1 << 24),
+                convert_options=pacsv.ConvertOptions(column_types=column_types),
+            )
+        except pa.ArrowInvalid as e:
+            raise UsageError(f"input {input}: {e}") from e
+        names = reader.schema.names
+        batches = reader
+    missing = [c for c in bundle.columns if c not in names]
+    if missing:
+        raise UsageError(f"input {input}: missing column {missing[0]!r} the model needs")
+    if key_column is None:
+        key_column = next((c for c in names if c not in needed), None)
+    elif key_column not in names:
+        raise UsageError(
+            f"key column {key_column!r} is not in {input} (columns: {', '.join(names)})"
+        )
+
+    tmp = output.with_name(f".{output.name}.part")
+    writer: Any = None
+    written = 0
+    try:
+        for batch in _rebatch(batches, batch_size):
+            frame = batch.to_pandas()
+            try:
+                predictions = bundle.predict(frame)
+            except BundleInputError as e:
+                raise UsageError(f"input {input}, rows {written}..: {e}") from e
+            out: dict[str, Any] = {}
+            if key_column is None:
+                out["row"] = np.arange(written, written + len(frame), dtype=np.int64)
+            else:
+                out[key_column] = batch.column(key_column)
+            if isinstance(predictions, pd.DataFrame):
+                for c in predictions.columns:
+                    out[str(c)] = predictions[c].to_numpy()
+            else:
+                out["prediction"] = np.asarray(predictions)
+            table = pa.table(out)
+            if writer is None:
+                if kinds[output.suffix.lower()] == "parquet":
+                    writer = pq.ParquetWriter(tmp, table.schema)
+                else:
+                    writer = pacsv.CSVWriter(tmp, table.schema)
+            writer.write_table(table)
+            written += len(frame)
+            if progress is not None:
+                progress(written)
+        if writer is None:  # empty input: still write a file with a header
+            raise UsageError(f"input {input}: no rows to score")
+        writer.close()
+        writer = None
+        os.replace(tmp, output)
+    finally:
+        if writer is not None:
+            writer.close()
+        tmp.unlink(missing_ok=True)
+    return written
+
+
+def _rebatch(batches: Any, size: int) -> Any:
+    """Record batches of exactly ``size`` rows (the last one smaller)."""
+    import pyarrow as pa
+
+    pending: list[Any] = []
+    count = 0
+    for batch in batches:
+        while batch.num_rows:
+            take = min(size - count, batch.num_rows)
+            pending.append(batch.slice(0, take))
+            count += take
+            batch = batch.slice(take)
+            if count == size:
+                yield pa.Table.from_batches(pending).combine_chunks().to_batches()[0]
+                pending, count = [], 0
+    if count:
+        yield pa.Table.from_batches(pending).combine_chunks().to_batches()[0]

@@ -1,0 +1,49 @@
+# relayml: two set-up commands on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+EXAMPLE := examples/fraud
+export RELAY_TEST_POSTGRES_URL ?= postgresql+psycopg://postgres@127.0.0.1:5432/test
+
+.PHONY: install demo test lint format bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)  ## create .venv and install relayml with its dev extras
+
+demo: install  ## run load → processing → training on the fraud example and list the runs
+	cd $(EXAMPLE) && ../../$(BIN)/python generate.py
+	cd $(EXAMPLE) && ../../$(BIN)/relay run load transactions
+	cd $(EXAMPLE) && ../../$(BIN)/relay run processing plain
+	cd $(EXAMPLE) && ../../$(BIN)/relay run training logreg
+	cd $(EXAMPLE) && ../../$(BIN)/relay runs
+	@echo "\nNext: cd $(EXAMPLE) && ../../$(BIN)/relay show training/logreg@latest"
+
+lint: install  ## ruff lint and format check
+	$(BIN)/ruff check src tests bench examples
+	$(BIN)/ruff format --check src tests bench examples
+
+format: install
+	$(BIN)/ruff format src tests bench examples
+	$(BIN)/ruff check --fix src tests bench examples
+
+test: lint  ## the whole suite (PostgreSQL tests use RELAY_TEST_POSTGRES_URL)
+	$(BIN)/python -m pytest -q
+
+bench: install  ## every benchmark of bench/ (several minutes)
+	$(BIN)/python bench/search.py
+	$(BIN)/python bench/snapshot.py
+	$(BIN)/python bench/resolve.py
+	$(BIN)/python bench/serve.py
+	$(BIN)/python bench/team.py
+	$(BIN)/python bench/scale.py
+
+clean:
+	rm -rf $(EXAMPLE)/.relay $(EXAMPLE)/data .pytest_cache

@@ -325,14 +325,18 @@ def _log(
         )
         output = wrapped.predict(None, example)
         signature = _signature(example, output)
-        info = mlflow.pyfunc.log_model(
+        # mlflow.pyfunc.log_model takes no run_id: call what it calls, with the run
+        info = mlflow.models.Model.log(
+            artifact_path=None,
             name=name,
+            flavor=mlflow.pyfunc,
             python_model=wrapped,
             signature=signature,
             input_example=example,
             code_paths=paths,
             tags=tags,
             run_id=run_id,
+            flavor_name="pyfunc",
         )
     else:
         raise UsageError(

@@ -1,0 +1,265 @@
+"""Tests of relayml.bundle: logging, loading, faithfulness, fresh-env loading, registry."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import sysconfig
+import textwrap
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.compose import ColumnTransformer
+from sklearn.linear_model import LogisticRegression
+from sklearn.preprocessing import StandardScaler
+from sklearn.svm import LinearSVC
+
+from relayml.bundle import BundleInputError, load_bundle, log_bundle, register
+from relayml.errors import NotFound, UsageError
+
+FEATURES = ["Time", *[f"V{i}" for i in range(1, 29)], "Amount"]
+
+
+def make_fraud_table(n: int = 20_000, seed: int = 0) -> pd.DataFrame:
+    """A synthetic credit-card-fraud table: ~0.15 % positives, learnable from V1..V28."""
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, 28))
+    logit = X @ rng.standard_normal(28) * 1.5 - 19.0
+    df = pd.DataFrame(X, columns=[f"V{i}" for i in range(1, 29)])
+    df.insert(0, "Time", np.sort(rng.uniform(0, 172_800, n)))
+    df["Amount"] = np.round(rng.lognormal(3, 1.2, n), 2)
+    df.insert(0, "id", np.arange(n, dtype=np.int64))
+    df["ts"] = pd.Timestamp("2019-02-09") + pd.to_timedelta(df["Time"], unit="s")
+    df["Class"] = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(np.int64)
+    return df
+
+
+def fit_fraud(df: pd.DataFrame) -> tuple[ColumnTransformer, LogisticRegression]:
+    processor = ColumnTransformer([("num", StandardScaler(), FEATURES)]).fit(df[FEATURES])
+    model = LogisticRegression(max_iter=1000).fit(processor.transform(df[FEATURES]), df["Class"])
+    return processor, model
+
+
+def scale_features(df: pd.DataFrame) -> pd.DataFrame:
+    """A processor that is a plain function (pyfunc bundle path)."""
+    return (df[["V1", "V2", "Amount"]] - 0.5) * 2.0
+
+
+@pytest.fixture(scope="module")
+def tracking(tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("mlflow")
+    uri = f"sqlite:///{root}/mlflow.db"
+    old = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment("training")
+    yield uri
+    mlflow.set_tracking_uri(old)
+
+
+@pytest.fixture(scope="module")
+def fraud(tracking: str):
+    df = make_fraud_table()
+    train, test = df.iloc[:15_000], df.iloc[15_000:].reset_index(drop=True)
+    processor, model = fit_fraud(train)
+    with mlflow.start_run() as run:
+        mlflow.set_tag("relay.key", "training/logreg@20190209101500")
+        plain = log_bundle(processor, model, raw_example=train.head(20), run_id=run.info.run_id)
+        thresholded = log_bundle(
+            processor,
+            model,
+            raw_example=train.head(20),
+            run_id=run.info.run_id,
+            threshold=0.2,
+            name="model_thr",
+        )
+    return {
+        "processor": processor,
+        "model": model,
+        "test": test,
+        "plain": plain,
+        "threshold": thresholded,
+        "run_id": run.info.run_id,
+        "tracking": tracking,
+    }
+
+
+def test_log_bundle_returns_logged_model_uri_linked_to_run(fraud):
+    assert fraud["plain"].startswith("models:/m-")
+    info = mlflow.models.get_model_info(fraud["plain"])
+    assert info.run_id == fraud["run_id"]
+    assert [s.name for s in info.signature.inputs.inputs] == FEATURES  # no id, ts, Class
+    assert {str(s.type.name) for s in info.signature.inputs.inputs} == {"double"}
+    assert info.saved_input_example_info is not None
+    local = Path(mlflow.artifacts.download_artifacts(fraud["plain"]))
+    assert "scikit-learn" in (local / "requirements.txt").read_text()
+
+
+def test_load_bundle_schema_and_provenance(fraud):
+    bundle = load_bundle(fraud["plain"])
+    assert bundle.uri == fraud["plain"]
+    assert bundle.input_schema[0] == ("Time", "double")
+    assert bundle.columns == FEATURES
+    assert bundle.provenance == {"relay.key": "training/logreg@20190209101500"}
+    assert bundle.numeric and bundle.output_columns is None
+
+
+def test_bundle_is_faithful_bit_for_bit(fraud):
+    bundle, test = load_bundle(fraud["plain"]), fraud["test"]
+    expected = fraud["model"].predict(fraud["processor"].transform(test[FEATURES]))
+    got = bundle.predict(test)  # extra columns id, ts, Class are ignored
+    assert np.array_equal(got, expected)
+    assert np.array_equal(bundle.predict_matrix(test[FEATURES].to_numpy()), expected)
+    pyfunc = mlflow.pyfunc.load_model(fraud["plain"])
+    assert np.array_equal(pyfunc.predict(test), expected)
+
+
+def test_threshold_bundle_returns_label_and_score(fraud):
+    bundle, test = load_bundle(fraud["threshold"]), fraud["test"]
+    score = fraud["model"].predict_proba(fraud["processor"].transform(test[FEATURES]))[:, 1]
+    got = bundle.predict(test)
+    assert list(got.columns) == ["label", "score"] == bundle.output_columns
+    assert np.array_equal(got["score"].to_numpy(), score)
+    assert np.array_equal(got["label"].to_numpy(), (score >= 0.2).astype(np.int64))
+    assert got["label"].sum() > 0
+
+
+@pytest.mark.parametrize(
+    ("frame", "match"),
+    [
+        (lambda t: t.drop(columns=["V3"]), "missing column 'V3'"),
+        (lambda t: t.assign(Amount="abc"), "column 'Amount' must be a number"),
+        (lambda t: t.iloc[:0], "empty input"),
+        (lambda t: t.assign(V1=np.nan), "column 'V1' has a missing value"),
+    ],
+)
+def test_bad_input_names_the_column(fraud, frame, match):
+    bundle = load_bundle(fraud["plain"])
+    with pytest.raises(BundleInputError, match=match):
+        bundle.predict(frame(fraud["test"].head(3)))
+
+
+def test_load_bundle_unknown_uri(tracking):
+    with pytest.raises(NotFound, match="no model"):
+        load_bundle("models:/m-0123456789abcdef0123456789abcdef")
+
+
+def test_log_bundle_rejects_missing_columns_and_bad_threshold(fraud):
+    with mlflow.start_run() as run:
+        with pytest.raises(UsageError, match="lacks columns"):
+            log_bundle(
+                fraud["processor"],
+                fraud["model"],
+                raw_example=fraud["test"][["V1"]],
+                run_id=run.info.run_id,
+            )
+        with pytest.raises(UsageError, match="predict_proba"):
+            log_bundle(
+                fraud["processor"],
+                LinearSVC(),
+                raw_example=fraud["test"],
+                run_id=run.info.run_id,
+                threshold=0.5,
+            )
+
+
+def test_register_and_alias(fraud):
+    version = register(fraud["plain"], "fraud", alias="champion")
+    assert version == 1
+    bundle = load_bundle("models:/fraud@champion")
+    assert np.array_equal(
+        bundle.predict(fraud["test"]), load_bundle(fraud["plain"]).predict(fraud["test"])
+    )
+    assert register(fraud["threshold"], "fraud", alias="champion") == 2
+    assert load_bundle("models:/fraud@champion").output_columns == ["label", "score"]
+
+
+@pytest.fixture(scope="module")
+def fresh_python(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A new virtual env that sees the project's site-packages but not relayml."""
+    env = tmp_path_factory.mktemp("venv") / "env"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(env)], check=True)
+    python = str(env / "bin" / "python")
+    site = subprocess.run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    Path(site, "project.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    probe = subprocess.run([python, "-c", "import relayml"], capture_output=True, text=True)
+    assert probe.returncode != 0 and "No module named 'relayml'" in probe.stderr
+    return python
+
+
+def _predict_in(python: str, tracking: str, uri: str, data: Path, out: Path, cwd: Path) -> None:
+    script = textwrap.dedent(
+        f"""
+        import sys, mlflow, pandas as pd
+        assert "relayml" not in sys.modules
+        mlflow.set_tracking_uri({tracking!r})
+        model = mlflow.pyfunc.load_model({uri!r})
+        pred = model.predict(pd.read_parquet({str(data)!r}))
+        pd.DataFrame(pred if isinstance(pred, pd.DataFrame) else {{"p": pred}}).to_parquet(
+            {str(out)!r})
+        assert not any(m == "relayml" or m.startswith("relayml.") for m in sys.modules)
+        """
+    )
+    env = {"MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "true", "PATH": "/usr/bin:/bin", "HOME": str(cwd)}
+    done = subprocess.run(
+        [python, "-c", script], capture_output=True, text=True, cwd=cwd, env=env, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_bundle_loads_without_relayml(fraud, fresh_python, tmp_path):
+    data = tmp_path / "raw.parquet"
+    fraud["test"].head(500).to_parquet(data)
+    expected_plain = load_bundle(fraud["plain"]).predict(fraud["test"].head(500))
+    _predict_in(fresh_python, fraud["tracking"], fraud["plain"], data, tmp_path / "a.pq", tmp_path)
+    assert np.array_equal(pd.read_parquet(tmp_path / "a.pq")["p"].to_numpy(), expected_plain)
+
+    expected_thr = load_bundle(fraud["threshold"]).predict(fraud["test"].head(500))
+    _predict_in(
+        fresh_python, fraud["tracking"], fraud["threshold"], data, tmp_path / "b.pq", tmp_path
+    )
+    got = pd.read_parquet(tmp_path / "b.pq")
+    assert np.array_equal(got["score"].to_numpy(), expected_thr["score"].to_numpy())
+    assert np.array_equal(got["label"].to_numpy(), expected_thr["label"].to_numpy())
+
+
+def test_function_processor_is_a_pyfunc_bundle_shipping_step_code(
+    fraud, fresh_python, tmp_path, monkeypatch
+):
+    # the project's step code lives in its own module, shipped through code_paths
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "fraud_steps.py").write_text(
+        "def scale(df):\n    return (df[['V1', 'V2', 'Amount']] - 0.5) * 2.0\n"
+    )
+    monkeypatch.syspath_prepend(str(project))
+    import fraud_steps
+
+    train = fraud["test"]
+    model = LogisticRegression(max_iter=500).fit(fraud_steps.scale(train), train["Class"])
+    with mlflow.start_run() as run:
+        uri = log_bundle(
+            fraud_steps.scale,
+            model,
+            raw_example=train.head(10)[["V1", "V2", "Amount"]],
+            run_id=run.info.run_id,
+            threshold=0.3,
+        )
+    info = mlflow.models.get_model_info(uri)
+    assert "sklearn" not in info.flavors and "python_function" in info.flavors
+    expected = model.predict_proba(fraud_steps.scale(train.head(200)))[:, 1]
+    bundle = load_bundle(uri)
+    assert np.array_equal(bundle.predict(train.head(200))["score"].to_numpy(), expected)
+
+    data = tmp_path / "raw.parquet"
+    train.head(200).to_parquet(data)
+    monkeypatch.delitem(sys.modules, "fraud_steps")
+    _predict_in(fresh_python, fraud["tracking"], uri, data, tmp_path / "c.pq", tmp_path)
+    assert np.array_equal(pd.read_parquet(tmp_path / "c.pq")["score"].to_numpy(), expected)

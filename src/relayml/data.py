@@ -777,6 +777,8 @@ def _sqlalchemy_batches(
     from sqlalchemy import create_engine, text
     from sqlalchemy.pool import NullPool
 
+    # SQLite has no timestamp type: ISO-looking text columns are read as timestamps.
+    sqlite = url.get_backend_name() == "sqlite"
     engine = create_engine(url, poolclass=NullPool)
     try:
         with engine.connect() as conn:
@@ -786,7 +788,7 @@ def _sqlalchemy_batches(
             names = list(result.keys())
             schema: pa.Schema | None = None
             for rows in result.partitions(batch_size):
-                batch = _rows_to_batch(rows, names, schema)
+                batch = _rows_to_batch(rows, names, schema, infer_timestamps=sqlite)
                 if schema is None:
                     schema = batch.schema
                 yield batch
@@ -796,13 +798,15 @@ def _sqlalchemy_batches(
         engine.dispose()
 
 
-def _rows_to_batch(rows: list[Any], names: list[str], schema: pa.Schema | None) -> pa.RecordBatch:
+def _rows_to_batch(
+    rows: list[Any], names: list[str], schema: pa.Schema | None, *, infer_timestamps: bool
+) -> pa.RecordBatch:
     columns = list(zip(*rows, strict=True)) if rows else [() for _ in names]
     arrays = []
     for i, values in enumerate(columns):
         target = schema.field(i).type if schema is not None else None
         arr = pa.array(values, from_pandas=False)
-        if target is None and pa.types.is_string(arr.type):
+        if target is None and infer_timestamps and pa.types.is_string(arr.type):
             arr = _maybe_timestamps(arr)
         arrays.append(arr if target is None else _coerce(arr, target, names[i]))
     return pa.RecordBatch.from_arrays(arrays, names=names)

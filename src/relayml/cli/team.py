@@ -1,0 +1,248 @@
+"""Team commands: ``server`` (the project's MLflow tracking server) and ``ui``.
+
+Both start MLflow's own server as a child process and stop it on Ctrl-C or SIGTERM. Passwords
+of the backend store URL are redacted in everything printed; the basic-auth admin password is
+read from ``MLFLOW_AUTH_ADMIN_PASSWORD`` by MLflow itself and never written by relay.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import typer
+
+from relayml.cli.app import app, console, err_console, settings
+
+if TYPE_CHECKING:
+    from relayml.config import Settings
+
+_LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def _default_backend(s: Settings) -> str:
+    """The project's own database: its tracking URI when that is a database, else .relay's."""
+    uri = s.tracking_uri
+    if uri.startswith(("sqlite:", "postgresql", "mysql", "mssql")):
+        return uri
+    return f"sqlite:///{s.root / '.relay' / 'mlflow.db'}"
+
+
+def _default_artifacts(s: Settings) -> str:
+    location = s.artifact_location
+    if location.startswith("file://"):
+        from urllib.parse import unquote, urlparse
+
+        return unquote(urlparse(location).path)
+    return location or str(s.root / ".relay" / "artifacts")
+
+
+def server_command(
+    s: Settings,
+    *,
+    backend: str | None = None,
+    artifacts: str | None = None,
+    host: str = "127.0.0.1",
+    port: int = 5000,
+    workers: int | None = None,
+    auth: bool = False,
+    extra: list[str] | None = None,
+) -> tuple[list[str], dict[str, str]]:
+    """The ``mlflow server`` command line and environment for a project.
+
+    Returns:
+        ``(argv, env)``; ``argv`` holds the backend URL with its password (do not print it).
+
+    Example:
+        >>> argv, env = server_command(settings, port=5001)  # doctest: +SKIP
+        >>> argv[3:5]  # doctest: +SKIP
+        ['server', '--backend-store-uri']
+    """
+    from relayml.errors import UsageError
+
+    backend = backend or _default_backend(s)
+    if backend.startswith("sqlite:///") and not backend.startswith("sqlite:////"):
+        backend = "sqlite:///" + str(s.root / backend.removeprefix("sqlite:///"))
+    if backend.startswith("sqlite:////"):
+        Path(backend.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    dest = artifacts or _default_artifacts(s)
+    if "://" not in dest:
+        path = Path(dest)
+        dest = str(path if path.is_absolute() else (s.root / path).resolve())
+        Path(dest).mkdir(parents=True, exist_ok=True)
+    argv = [
+        sys.executable, "-m", "mlflow", "server",
+        "--backend-store-uri", backend,
+        "--artifacts-destination", dest,
+        "--host", host, "--port", str(port),
+    ]  # fmt: skip
+    if workers:
+        if workers < 1:
+            raise UsageError(f"--workers must be at least 1; got {workers}")
+        argv += ["--workers", str(workers)]
+    env = dict(os.environ)
+    env.pop("MLFLOW_TRACKING_URI", None)
+    if auth:
+        argv += ["--app-name", "basic-auth"]
+        env["MLFLOW_AUTH_CONFIG_PATH"] = str(_auth_config(s))
+    argv += list(extra or [])
+    return argv, env
+
+
+def _auth_config(s: Settings) -> Path:
+    """Write ``.relay/basic_auth.ini`` (no password in it) and return its path.
+
+    Users live in ``.relay/basic_auth.db`` unless ``RELAY_AUTH_DATABASE`` names another
+    SQLAlchemy URL. New users may create and edit runs (``default_permission = EDIT``), which
+    suits a team that shares experiments; set ``RELAY_AUTH_DEFAULT_PERMISSION=READ`` to lock.
+    """
+    from relayml.errors import UsageError
+
+    folder = s.root / ".relay"
+    folder.mkdir(parents=True, exist_ok=True)
+    db = os.environ.get("RELAY_AUTH_DATABASE") or f"sqlite:///{folder / 'basic_auth.db'}"
+    permission = os.environ.get("RELAY_AUTH_DEFAULT_PERMISSION", "EDIT").upper()
+    if permission not in ("READ", "EDIT", "MANAGE", "NO_PERMISSIONS"):
+        raise UsageError(
+            f"RELAY_AUTH_DEFAULT_PERMISSION={permission!r}: use READ, EDIT, MANAGE or "
+            "NO_PERMISSIONS"
+        )
+    first_start = db.startswith("sqlite:///") and not Path(db.removeprefix("sqlite:///")).exists()
+    if first_start and not os.environ.get("MLFLOW_AUTH_ADMIN_PASSWORD"):
+        raise UsageError(
+            "the first start with --auth creates the admin user: export "
+            "MLFLOW_AUTH_ADMIN_PASSWORD=<a strong password> (and optionally "
+            "MLFLOW_AUTH_ADMIN_USERNAME, default admin)"
+        )
+    path = folder / "basic_auth.ini"
+    path.write_text(
+        "[mlflow]\n"
+        f"default_permission = {permission}\n"
+        f"database_uri = {db}\n"
+        f"admin_username = {os.environ.get('MLFLOW_AUTH_ADMIN_USERNAME', 'admin')}\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+    )
+    return path
+
+
+def _run_child(argv: list[str], env: dict[str, str]) -> int:
+    """Run a server in the foreground; Ctrl-C or SIGTERM stops it cleanly."""
+    proc = subprocess.Popen(argv, env=env, start_new_session=True)
+
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        err_console.print("stopping the server ...")
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=20)
+            return 0
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            return 0
+        except ProcessLookupError:
+            return 0
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def server(
+    ctx: typer.Context,
+    backend: str = typer.Option(
+        None,
+        "--backend",
+        help="Backend store URL (default: the project's .relay/mlflow.db). "
+        "For a team: postgresql+psycopg://USER@HOST:5432/DB.",
+        show_default=False,
+    ),
+    password_env: str = typer.Option(
+        None, "--password-env", help="Environment variable holding the backend's password."
+    ),
+    artifacts: str = typer.Option(
+        None,
+        "--artifacts",
+        help="Where the server keeps artifacts: a folder or s3://... "
+        "(default: the project's .relay/artifacts). Clients upload through the server.",
+        show_default=False,
+    ),
+    host: str = typer.Option("127.0.0.1", "--host", help="Interface to bind (0.0.0.0: all)."),
+    port: int = typer.Option(5000, "--port", "-p", help="Port to listen on."),
+    workers: int = typer.Option(None, "--workers", "-w", help="Server worker processes."),
+    auth: bool = typer.Option(
+        False, "--auth", help="Require a user name and password (MLflow basic auth)."
+    ),
+) -> None:
+    """Start the project's MLflow tracking server (team mode); Ctrl-C stops it.
+
+    Extra arguments after -- go to 'mlflow server' unchanged.
+
+    Examples:
+
+      relay server
+
+      relay server --backend postgresql+psycopg://relay@db:5432/mlflow
+      --password-env RELAY_DB_PASSWORD --artifacts s3://team-bucket/mlflow --host 0.0.0.0 --auth
+
+    Clients: export RELAY_TRACKING_URI=http://HOST:5000 (and MLFLOW_TRACKING_USERNAME /
+    MLFLOW_TRACKING_PASSWORD with --auth).
+    """
+    from relayml.data import redact, with_password
+
+    s = settings()
+    url = backend or _default_backend(s)
+    if password_env:
+        url = with_password(url, password_env)
+    argv, env = server_command(
+        s, backend=url, artifacts=artifacts, host=host, port=port, workers=workers,
+        auth=auth, extra=list(ctx.args),
+    )  # fmt: skip
+    shown = argv[argv.index("--backend-store-uri") + 1]
+    dest = argv[argv.index("--artifacts-destination") + 1]
+    address = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+    err_console.print(f"backend store   {redact(shown)}", highlight=False)
+    err_console.print(f"artifacts       {redact(dest)} (proxied through the server)")
+    with_auth = " with basic auth" if auth else ""
+    err_console.print(f"listening on    http://{host}:{port}{with_auth}")
+    err_console.print(f"clients:        export RELAY_TRACKING_URI={address}", highlight=False)
+    if host not in _LOCAL_HOSTS and not auth:
+        err_console.print(
+            f"[yellow]Warning:[/yellow] {host} is reachable from other machines and --auth is "
+            "off: anyone who reaches the port can read and write runs"
+        )
+    code = _run_child(argv, env)
+    if code:
+        raise typer.Exit(code)
+
+
+@app.command()
+def ui(
+    port: int = typer.Option(5000, "--port", "-p", help="Port to listen on."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Interface to bind."),
+) -> None:
+    """Open MLflow's UI on the project's store (Ctrl-C stops it).
+
+    With a project that points at a tracking server, the UI is that server: its URL is
+    printed.
+
+    Example: relay ui --port 5001
+    """
+    s = settings()
+    if not s.is_local_store:
+        console.print(f"the project's tracking server serves the UI: {s.tracking_uri}")
+        return
+    argv, env = server_command(s, host=host, port=port)
+    argv[3] = "ui"
+    err_console.print(f"MLflow UI of {s.project} on http://{host}:{port} (Ctrl-C stops it)")
+    code = _run_child(argv, env)
+    if code:
+        raise typer.Exit(code)

@@ -21,6 +21,8 @@ Names are imported lazily, so ``import relayml`` stays cheap in a steps module.
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
@@ -84,6 +86,23 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return __all__
+
+
+class _Package(types.ModuleType):
+    """Keeps ``relay.runs``, ``relay.chain`` and ``relay.serve`` the public functions.
+
+    Importing a submodule sets it as an attribute of its package; three submodules share a
+    name with the function they export, so that attribute is skipped and the function stays.
+    Import those modules' contents with ``from relayml.runs import ...``.
+    """
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if isinstance(value, types.ModuleType) and _EXPORTS.get(name) == value.__name__:
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
 
 
 if TYPE_CHECKING:

@@ -57,11 +57,20 @@ class UnknownName(UsageError, KeyError):
         valid: the names that exist; the closest ones are suggested.
     """
 
-    def __init__(self, kind: str, name: str, valid: Iterable[str], where: str = "") -> None:
+    def __init__(
+        self,
+        kind: str,
+        name: str,
+        valid: Iterable[str],
+        where: str = "",
+        *,
+        listing: Iterable[str] | None = None,
+    ) -> None:
         valid = sorted(valid)
         close = difflib.get_close_matches(name, valid, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
-        listing = ", ".join(valid) if valid else "none declared"
+        shown = list(listing) if listing is not None else valid
+        listing = ", ".join(shown) if shown else "none declared"
         scope = f" {where}" if where else ""
         super().__init__(f"unknown {kind} {name!r}{scope}{hint} (valid: {listing})")
         self.kind, self.name, self.valid = kind, name, valid

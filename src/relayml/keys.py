@@ -208,7 +208,7 @@ def parse_reference(text: str) -> Reference:
         try:
             return Reference(step=step, variant=variant, day=date.fromisoformat(when))
         except ValueError as e:
-            raise UsageError(f"malformed reference {text!r}: {e}") from e
+            raise UsageError(f"malformed reference {text!r}: {e}; {_FORMS}") from e
     if _TIME.match(when):
         if variant is None:
             raise UsageError(f"malformed reference {text!r}: a full key needs the variant")

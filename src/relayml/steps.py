@@ -199,8 +199,10 @@ class Variant:
         unknown = set(given) - set(self.params)
         if unknown:
             name = sorted(unknown)[0]
-            valid = [p.describe() for p in self.params.values()]
-            raise UnknownName("parameter", name, valid or [], where=f"for {self.step}/{self.name}")
+            raise UnknownName(
+                "parameter", name, self.params, where=f"for {self.step}/{self.name}",
+                listing=[p.describe() for p in self.params.values()],
+            )  # fmt: skip
         out = {}
         for name, p in self.params.items():
             if name in given:
@@ -255,6 +257,9 @@ class Step:
             >>> sorted(training.variants["rf"].params)
             ['n_estimators']
         """
+
+        if name is not None:
+            check_name("variant", name)
 
         def register(func: Callable[..., Any]) -> Variant:
             vname = check_name("variant", name or func.__name__)

@@ -53,6 +53,7 @@ def _quiet_libraries() -> None:
 
     if os.environ.get("RELAY_DEBUG"):
         return
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     warnings.simplefilter("ignore")
     os.environ.setdefault("PYTHONWARNINGS", "ignore")  # worker processes too
     for name in ("mlflow", "alembic", "distributed", "uvicorn.error"):

@@ -1,0 +1,224 @@
+"""`relay run`: one step run with a human key, its upstream, code state, outputs and failures."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from conftest import git
+
+import relayml
+
+
+def all_runs(root: Path) -> list:
+    """Every MLflow run of the project's store, deleted ones included."""
+    from mlflow.entities import ViewType
+    from mlflow.tracking import MlflowClient
+
+    db = root / ".relay" / "mlflow.db"
+    if not db.exists():
+        return []
+    client = MlflowClient(f"sqlite:///{db}")
+    ids = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ALL)]
+    return client.search_runs(ids, run_view_type=ViewType.ALL) if ids else []
+
+
+def add_variants(root: Path, code: str) -> None:
+    with open(root / "steps.py", "a") as f:
+        f.write("\n\n" + textwrap.dedent(code))
+
+
+def test_run_chain_of_steps(project: Path, relay) -> None:
+    r = relay("run", "load", "transactions")
+    assert r.code == 0, r
+    assert "load/transactions@" in r.out
+    r = relay("run", "processing", "plain", "-P", "test_size=0.3")
+    assert r.code == 0, r
+    load = relay_get("load/transactions@latest")
+    assert f"using load: {load.key}" in r.err
+    r = relay("run", "training", "logreg", "-P", "C=10", "-P", "cv=2")
+    assert r.code == 0, r
+
+    training = relay_get("training/logreg@latest")
+    processing = training.upstream["processing"]
+    assert processing.upstream["load"] == load
+    assert training.params["C"] == "10.0" and processing.params["test_size"] == "0.3"
+    assert processing.params["seed"] == "42"  # defaults are recorded too
+    assert training.tags["relay.upstream.processing.key"] == str(processing.key)
+    assert training.data_version == load.data_version and len(load.data_version) == 32
+    assert {"cv_roc_auc", "test_roc_auc", "test_average_precision", "threshold"} <= set(
+        training.metrics
+    )
+    assert [r.key for r in load.downstream] == [processing.key]
+    assert processing.load("processor").feature_names_in_[0] == "Time"
+    assert set(processing.outputs) == {"processor", "train", "test"}
+    # plain MLflow sees experiments by name and the relay tags
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(training.settings.tracking_uri)
+    exp = client.get_experiment_by_name("fraud/training")
+    mlrun = client.get_run(training.run_id)
+    assert mlrun.info.experiment_id == exp.experiment_id
+    assert mlrun.data.tags["relay.key"] == str(training.key)
+    assert mlrun.info.run_name == str(training.key)
+    assert mlrun.data.tags["mlflow.source.git.commit"] == git(project, "rev-parse", "HEAD").strip()
+    assert mlrun.data.tags["relay.git.dirty"] == "false"
+
+
+def relay_get(ref: str):
+    return relayml.get(ref)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["run", "lod", "transactions"], "unknown step 'lod'; did you mean 'load'?"),
+        (["run", "load", "transaction"], "unknown variant 'transaction' of step 'load'; did you mean"),
+        (["run", "load", "transactions", "-P", "dayz=3"], "unknown parameter 'dayz'.*valid: days: int = 0"),
+        (["run", "load", "transactions", "-P", "days=three"], "parameter 'days' expects int, got 'three'"),
+        (["run", "load", "transactions", "-P", "days"], "expected name=value"),
+        (["run", "load", "transactions", "--as-of", "last tuesday"], "invalid --as-of"),
+        (["run", "processing", "plain"], "needs a finished run of 'load'"),
+        (["run", "processing", "plain", "--from", "load/transactions"], "malformed reference"),
+        (["run", "processing", "plain", "--from", "load/transactions@2019-02-09"], "no runs of step 'load'"),
+    ],
+)  # fmt: skip
+def test_bad_input_exits_2_and_creates_no_run(project: Path, relay, args, message) -> None:
+    r = relay(*args)
+    assert r.code == 2, r
+    assert r.err.startswith("Error: ")
+    assert len(r.err.strip().splitlines()) == 1, r.err
+    import re
+
+    assert re.search(message, r.err), r.err
+    assert all_runs(project) == []
+
+
+def test_bad_upstream_references(project: Path, relay) -> None:
+    assert relay("run", "load", "transactions").code == 0
+    load = relay_get("load@latest")
+    before = len(all_runs(project))
+    cases = [
+        (["run", "training", "logreg", "--from", str(load.key)], "does not consume step 'load'"),
+        (["run", "processing", "plain", "--from", "load/transactions@20000101000000"],
+         "no run matches 'load/transactions@20000101000000'; nearest: load/transactions@"),
+        (["run", "processing", "plain", "--from", "load/transactions@1999-01-01"],
+         "no finished run matches"),
+    ]  # fmt: skip
+    for args, message in cases:
+        r = relay(*args)
+        assert r.code == 2 and message in r.err, r
+    assert len(all_runs(project)) == before
+
+
+def test_dirty_tree_saves_the_diff(project: Path, relay) -> None:
+    assert relay("run", "load", "transactions").code == 0
+    with open(project / "steps.py", "a") as f:
+        f.write("\n# an uncommitted experiment\n")
+    before = len(all_runs(project))
+    r = relay("run", "processing", "plain", "--require-clean")
+    assert r.code == 2 and "uncommitted changes" in r.err
+    assert len(all_runs(project)) == before
+
+    r = relay("run", "processing", "plain")
+    assert r.code == 0
+    assert "Warning: uncommitted changes" in r.err
+    run = relay_get("processing@latest")
+    assert run.tags["relay.git.dirty"] == "true"
+    assert "code/uncommitted.diff" in run.artifacts
+    local = run.store.download(run.run_id, "code/uncommitted.diff", project / ".relay" / "dl")
+    assert "+# an uncommitted experiment" in local.read_text()
+
+
+def test_failing_variant_is_failed_and_never_handed_down(project: Path, relay) -> None:
+    add_variants(
+        project,
+        """
+        @processing.variant("broken")
+        def broken(load):
+            raise ValueError("no such column: Amaunt")
+        """,
+    )
+    assert relay("run", "load", "transactions").code == 0
+    assert relay("run", "processing", "plain").code == 0
+    good = relay_get("processing@latest")
+    r = relay("run", "processing", "broken")
+    assert r.code == 1, r
+    assert "failed: ValueError: no such column: Amaunt" in r.err
+    failed = relayml.runs("processing", variant="broken", status="FAILED")
+    assert len(failed) == 1
+    bad = failed[0]
+    assert bad.status == "FAILED"
+    assert "error/traceback.txt" in bad.artifacts
+    assert "outputs" not in {a.split("/")[0] for a in bad.artifacts}
+    # @latest skips it; an explicit --from is refused
+    assert relay_get("processing@latest") == good
+    r = relay("run", "training", "logreg", "-P", "cv=2", "--from", str(bad.key))
+    assert r.code == 2 and "is FAILED, not FINISHED" in r.err
+    r = relay("run", "training", "logreg", "-P", "cv=2")
+    assert r.code == 0
+    assert relay_get("training@latest").upstream["processing"] == good
+
+
+def test_same_second_runs_get_distinct_keys(project: Path, monkeypatch) -> None:
+    """Deterministic: the clock is frozen, so the second run collides and moves one second."""
+    import relayml.runner as runner
+
+    relayml.run("load", "transactions")
+    frozen = time.time()
+    monkeypatch.setattr(runner.time, "time", lambda: frozen)
+    a = relayml.run("processing", "plain")
+    b = relayml.run("processing", "plain")
+    assert a.key != b.key
+    assert int(b.key.time) - int(a.key.time) == 1
+    keys = [r.key for r in relayml.runs("processing")]
+    assert len(keys) == len(set(keys)) == 2
+
+
+STARTER = """
+import sys, time
+import relayml.cli, relayml.runner, relayml.store, mlflow.tracking, sklearn.linear_model  # warm up
+start = float(sys.argv[1])
+time.sleep(max(0.0, start - time.time()))
+sys.argv = ["relay", "run", "processing", "plain"]
+relayml.cli.main()
+"""
+
+
+def test_two_processes_in_the_same_second(project: Path) -> None:
+    relayml.run("load", "transactions")
+    start = int(time.time()) + 8.2  # both processes warm up, then start together
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", STARTER, str(start)], cwd=project, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        for _ in range(2)
+    ]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    found = relayml.runs("processing", status="FINISHED")
+    keys = [str(r.key) for r in found]
+    assert len(keys) == 2 and len(set(keys)) == 2, keys
+    assert all(abs(r.started.timestamp() - start) < 5 for r in found)
+
+
+def test_run_json_output(project: Path, relay) -> None:
+    r = relay("run", "load", "transactions", "--json")
+    assert r.code == 0
+    data = json.loads(r.out)
+    assert data["key"].startswith("load/transactions@") and data["status"] == "FINISHED"
+
+
+def test_public_functions_survive_submodule_imports() -> None:
+    import relayml.chain  # noqa: F401 - a submodule named like a public function
+    import relayml.runs  # noqa: F401
+    import relayml.serve  # noqa: F401
+
+    assert callable(relayml.runs) and relayml.runs.__module__ == "relayml.runs"
+    assert callable(relayml.chain) and callable(relayml.serve)

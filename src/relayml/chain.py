@@ -1,0 +1,798 @@
+"""Coherent chains: resolve the newest coherent path, run only what is missing, show lineage.
+
+A chain request names one variant per step, e.g.
+``load=transactions@2019-02-09 processing=plain training=logreg`` with ``training.C=10``.
+A path is *coherent* when every run in it is FINISHED and its recorded upstream is exactly
+the run chosen for the step before.
+
+**The reuse rule.** A run is reused only when its step, variant, every parameter (defaults
+included, canonically encoded), its upstream run ids and its code fingerprint (variant source
++ steps module + git commit + uncommitted diff) equal the request's. All of these are digested
+into the tag ``relay.fingerprint`` that every run carries, so finding a reusable run is one
+indexed search (``tags.relay.fingerprint = F AND attributes.status = 'FINISHED'``, newest
+first). A load step (a step without upstream) given without a date or key is a fresh retrieval
+and is never reused; given with one (``transactions@2019-02-09``, ``transactions@latest``, a
+full key) that run is used as it is.
+
+Missing steps are claimed through the tracking store before they run (:mod:`relayml.claims`),
+so two processes asking for the same missing step compute it once. Each resolved chain is
+logged as a run of the experiment ``<project>/chains`` (tags ``relay.chain.<step>``, the data
+version, the final metrics and model URI), so MLflow's UI shows coherent paths side by side.
+
+This module does not talk to MLflow directly: it goes through :mod:`relayml.store`,
+:mod:`relayml.runs` and :mod:`relayml.runner`.
+
+Example:
+    >>> import relayml as relay
+    >>> c = relay.chain("load=transactions@latest", "processing=plain", "training=logreg",
+    ...                 params={"training.C": 10})  # doctest: +SKIP
+    >>> c["training"].metrics["test_roc_auc"], c.model_uri  # doctest: +SKIP
+    (0.97, 'models:/m-...')
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from relayml.codeinfo import CodeState, canonical, code_state, digest
+from relayml.config import Settings
+from relayml.errors import StepFailed, UsageError
+from relayml.keys import parse_reference
+from relayml.runs import Project, Run, get, open_project
+from relayml.store import Store, get_store, quote
+
+if TYPE_CHECKING:
+    from mlflow.entities import Run as MlflowRun
+
+    from relayml.runner import Request
+    from relayml.steps import Pipeline
+
+__all__ = [
+    "CHAINS",
+    "Chain",
+    "ChainFailed",
+    "Lineage",
+    "Link",
+    "Planned",
+    "chain",
+    "lineage",
+    "parse_links",
+    "records",
+]
+
+CHAINS = "chains"
+CANDIDATES = 5  # FINISHED runs with the same fingerprint tried per step (newest first)
+EXPLAINED = 5  # newest runs of a step/variant compared in --explain
+
+REUSED, NEW, FAILED = "reused", "new", "failed"
+
+
+class ChainFailed(StepFailed):
+    """A step of the chain failed (exit 1); ``.chain`` holds what was resolved and run."""
+
+    def __init__(self, message: str, chain: Chain) -> None:
+        super().__init__(message)
+        self.chain = chain
+
+
+# -- the request -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Link:
+    """One step of a chain request.
+
+    Attributes:
+        step: the step's name.
+        variant: the variant's name.
+        params: parameter values given for the step (not yet coerced).
+        ref: a reference pinning the step's run (load steps only), or None.
+    """
+
+    step: str
+    variant: str
+    params: dict[str, Any] = field(default_factory=dict)
+    ref: str | None = None
+
+    def __str__(self) -> str:
+        if self.ref is None:
+            return f"{self.step}={self.variant}"
+        when = self.ref.split("@", 1)[1] if "@" in self.ref else self.ref
+        return f"{self.step}={self.variant}@{when}"
+
+
+def parse_links(
+    links: Iterable[str | Mapping[str, str]], params: Mapping[str, Any] | None = None
+) -> list[Link]:
+    """Parse ``STEP=VARIANT[@WHEN]`` items and ``STEP.NAME=value`` params into links.
+
+    ``WHEN`` is a day (``2019-02-09``, the newest FINISHED run made that day in the project's
+    time zone), ``latest``, or a ``YYYYMMDDHHMMSS`` key time. ``VARIANT`` may also be a full
+    key (``load/transactions@20190209000000``) or an MLflow run id.
+
+    Raises:
+        UsageError: a malformed item, a step named twice, params for a step not in the chain.
+
+    Example:
+        >>> [str(x) for x in parse_links(["load=transactions@latest", "processing=plain"])]
+        ['load=transactions@latest', 'processing=plain']
+        >>> parse_links(["training=logreg"], {"training.C": 10})[0].params
+        {'C': 10}
+    """
+    items: list[tuple[str, str]] = []
+    for item in links:
+        if isinstance(item, Mapping):
+            items.extend((str(k), str(v)) for k, v in item.items())
+            continue
+        step, sep, value = str(item).partition("=")
+        if not sep or not step.strip() or not value.strip():
+            raise UsageError(
+                f"chain item {item!r}: expected STEP=VARIANT, STEP=VARIANT@YYYY-MM-DD or "
+                "STEP=VARIANT@latest (e.g. load=transactions@latest processing=plain)"
+            )
+        items.append((step.strip(), value.strip()))
+    out: dict[str, Link] = {}
+    for step, value in items:
+        if step in out:
+            raise UsageError(f"step {step!r} is named twice in the chain; give each step once")
+        out[step] = _link(step, value)
+    for name, value in _split_params(params or {}).items():
+        step, pname = name
+        if step not in out:
+            named = ", ".join(out) or "none"
+            raise UsageError(
+                f"parameter {step}.{pname} is for step {step!r}, which is not in the chain "
+                f"(steps in the chain: {named})"
+            )
+        out[step].params[pname] = value
+    if not out:
+        raise UsageError("empty chain: give STEP=VARIANT items, e.g. load=transactions@latest")
+    return list(out.values())
+
+
+def _link(step: str, value: str) -> Link:
+    if "@" not in value and "/" not in value and not _is_run_id(value):
+        return Link(step, value)
+    if _is_run_id(value):
+        return Link(step, "", {}, value)
+    if "/" in value:  # a full key or reference of the step
+        ref = parse_reference(value)
+        if ref.step != step:
+            raise UsageError(f"{step}={value}: the reference names step {ref.step!r}, not {step!r}")
+        if not ref.variant:
+            raise UsageError(f"{step}={value}: expected {step}=VARIANT@WHEN")
+        return Link(step, ref.variant, {}, value)
+    variant, _, when = value.partition("@")
+    ref = parse_reference(f"{step}/{variant}@{when}")
+    return Link(step, variant, {}, str(ref))
+
+
+def _is_run_id(value: str) -> bool:
+    return len(value) == 32 and all(c in "0123456789abcdef" for c in value)
+
+
+def _split_params(params: Mapping[str, Any]) -> dict[tuple[str, str], Any]:
+    out: dict[tuple[str, str], Any] = {}
+    for name, value in params.items():
+        if isinstance(value, Mapping):
+            for k, v in value.items():
+                out[(name, str(k))] = v
+            continue
+        step, dot, pname = name.partition(".")
+        if not dot or not step or not pname:
+            raise UsageError(f"parameter {name!r}: name the step, as in -P training.{name}=VALUE")
+        out[(step, pname)] = value
+    return out
+
+
+# -- the result ------------------------------------------------------------------------------
+
+
+@dataclass
+class Planned:
+    """One step of a resolved chain.
+
+    Attributes:
+        step: the step's name.
+        variant: the variant's name.
+        status: ``reused``, ``new`` (run, or to run in a dry run) or ``failed``.
+        run: the run (None for a step still to run in a dry run).
+        reason: why the step is new, or where a reused run came from.
+        passed_over: ``(key, why)`` of newer runs of the step/variant that were not reused
+            (filled with ``explain``).
+    """
+
+    step: str
+    variant: str
+    status: str
+    run: Run | None = None
+    reason: str = ""
+    passed_over: list[tuple[str, str]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready view."""
+        return {
+            "step": self.step,
+            "variant": self.variant,
+            "status": self.status,
+            "key": str(self.run.key) if self.run else None,
+            "run_id": self.run.run_id if self.run else None,
+            "run_status": self.run.status if self.run else None,
+            "reason": self.reason,
+            "passed_over": [{"key": k, "why": w} for k, w in self.passed_over],
+        }
+
+
+@dataclass
+class Chain:
+    """A coherent path of runs, one per step, from the load run(s) to the final run.
+
+    Attributes:
+        steps: the planned steps in dependency order.
+        record: the chain's record run in ``<project>/chains`` (an ``mlflow.entities.Run``),
+            None for a dry run.
+        dry_run: nothing was run.
+
+    Example:
+        >>> c = relay.chain("load=transactions@latest", "processing=plain")  # doctest: +SKIP
+        >>> c.runs["processing"].upstream["load"] == c.runs["load"]  # doctest: +SKIP
+        True
+    """
+
+    steps: list[Planned]
+    record: MlflowRun | None = None
+    dry_run: bool = False
+
+    def __getitem__(self, step: str) -> Run:
+        run = self.runs.get(step)
+        if run is None:
+            raise KeyError(f"step {step!r} has no run in this chain")
+        return run
+
+    @property
+    def runs(self) -> dict[str, Run]:
+        """``{step: Run}`` of the steps that have a run."""
+        return {p.step: p.run for p in self.steps if p.run is not None}
+
+    @property
+    def final(self) -> Run | None:
+        """The run of the last step (None in a dry run where it is still to run)."""
+        return self.steps[-1].run
+
+    @property
+    def complete(self) -> bool:
+        """Every step has a FINISHED run."""
+        return all(p.run is not None and p.status != FAILED for p in self.steps)
+
+    @property
+    def model_uri(self) -> str | None:
+        """The model URI of the last run in the chain that logged a model."""
+        for p in reversed(self.steps):
+            if p.run is not None and p.run.model_uri:
+                return p.run.model_uri
+        return None
+
+    @property
+    def data_version(self) -> str | None:
+        """The data version of the final run (the digest of the load snapshots behind it)."""
+        final = self.final
+        return final.data_version if final else None
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        """The final run's metrics."""
+        final = self.final
+        return final.metrics if final else {}
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready view (what ``relay chain --json`` prints)."""
+        return {
+            "steps": [p.to_dict() for p in self.steps],
+            "complete": self.complete,
+            "dry_run": self.dry_run,
+            "data_version": self.data_version,
+            "model_uri": self.model_uri,
+            "metrics": self.metrics,
+            "record": self.record.info.run_id if self.record else None,
+        }
+
+
+# -- resolving -------------------------------------------------------------------------------
+
+
+@dataclass
+class _Resolver:
+    settings: Settings
+    store: Store
+    pipeline: Pipeline
+    code: CodeState
+    links: list[Link]
+    bound: dict[str, dict[str, Any]]
+    forced: set[str]
+
+    def request(self, link: Link, chosen: Mapping[str, Run]) -> Request:
+        from relayml.runner import Request
+
+        var = self.pipeline.variant(link.step, link.variant)
+        ups = {u: chosen[u] for u in self.pipeline.get(link.step).upstream}
+        return Request(self.settings, self.pipeline, var, self.bound[link.step], ups, self.code)
+
+    def resolve(self, i: int, chosen: dict[str, Run]) -> list[Planned]:
+        """The best plan for links[i:], given the runs chosen before (recursive, newest first).
+
+        The best plan reuses the most steps; among equals the newest candidates win.
+        """
+        if i == len(self.links):
+            return []
+        link = self.links[i]
+        ups = self.pipeline.get(link.step).upstream
+        if link.step in self.forced:
+            return self.new_from(i, f"--force {link.step}")
+        if not ups:
+            if link.ref is None:
+                return self.new_from(i, "fresh retrieval (give @DATE or @latest to reuse one)")
+            run = _pinned(self.settings, link)
+            rest = self.resolve(i + 1, {**chosen, link.step: run})
+            return [Planned(link.step, link.variant, REUSED, run, f"given as {link}"), *rest]
+        missing = [u for u in ups if u not in chosen]
+        if missing:
+            return self.new_from(i, f"upstream {missing[0]} is new")
+        from relayml.claims import finished_like
+
+        req = self.request(link, chosen)
+        candidates = finished_like(self.store, req, limit=CANDIDATES)
+        if not candidates:
+            return self.new_from(i, "no finished run matches")
+        best: list[Planned] | None = None
+        for n, cand in enumerate(candidates):
+            why = "same fingerprint" + (f" ({n} newer skipped)" if n else "")
+            rest = self.resolve(i + 1, {**chosen, link.step: cand})
+            plan = [Planned(link.step, link.variant, REUSED, cand, why), *rest]
+            if all(p.status == REUSED for p in rest):
+                return plan
+            if best is None or _reused(plan) > _reused(best):
+                best = plan
+        assert best is not None
+        return best
+
+    def new_from(self, i: int, reason: str) -> list[Planned]:
+        first = self.links[i]
+        out = [Planned(first.step, first.variant, NEW, None, reason)]
+        for link in self.links[i + 1 :]:
+            out.append(Planned(link.step, link.variant, NEW, None, f"upstream {first.step} is new"))
+        if first.step in self.forced:
+            for p in out[1:]:
+                p.reason = f"--force {first.step}"
+        return out
+
+    def explain(self, plan: list[Planned]) -> None:
+        """Fill ``passed_over`` with the newest runs of each step/variant that were not used."""
+        chosen = {p.step: p.run for p in plan if p.run is not None}
+        for p, link in zip(plan, self.links, strict=True):
+            ups = self.pipeline.get(link.step).upstream
+            if not ups:
+                continue
+            flt = f"tags.`relay.variant` = {quote(link.variant)}"
+            recent = [
+                Run(self.settings, e)
+                for e in self.store.search([link.step], flt, limit=EXPLAINED)
+                if "relay.key" in e.data.tags
+            ]
+            ready = all(u in chosen for u in ups)
+            req = self.request(link, chosen) if ready else None
+            for r in recent:
+                if p.run is not None and (r.run_id == p.run.run_id or r.started < p.run.started):
+                    continue
+                p.passed_over.append((str(r.key), _difference(r, req, link.step in self.forced)))
+
+
+def _reused(plan: list[Planned]) -> int:
+    return sum(p.status == REUSED for p in plan)
+
+
+def _pinned(settings: Settings, link: Link) -> Run:
+    assert link.ref is not None
+    run = get(link.ref, project=settings)
+    if run.step != link.step:
+        raise UsageError(f"{link}: run {run.key} is of step {run.step!r}, not {link.step!r}")
+    if run.status != "FINISHED":
+        raise UsageError(f"{link}: run {run.key} is {run.status}, not FINISHED; pick another")
+    return run
+
+
+def _difference(run: Run, req: Request | None, forced: bool) -> str:
+    """Which part of the reuse rule a run fails, in words."""
+    if run.status != "FINISHED":
+        return f"status {run.status}"
+    if forced:
+        return "--force"
+    if req is None:
+        return "its upstream will be new"
+    reasons = []
+    tags = run.tags
+    if tags.get("relay.params") != req.params_digest:
+        from relayml.runner import _logged_params
+
+        wanted = {k: _as_param(v) for k, v in _logged_params(req).items()}
+        have = run.params
+        diffs = [
+            f"{k}={have.get(k, '(unset)')} (wanted {wanted.get(k, '(unset)')})"
+            for k in sorted(set(wanted) | set(have))
+            if wanted.get(k) != have.get(k)
+        ]
+        reasons.append("params differ: " + (", ".join(diffs) or "encoding"))
+    for step, up in sorted(req.upstream.items()):
+        had = tags.get(f"relay.upstream.{step}")
+        if had != up.run_id:
+            had_key = tags.get(f"relay.upstream.{step}.key", had or "none")
+            reasons.append(f"upstream {step} is {had_key}, not {up.key}")
+    if tags.get("relay.code") != req.code_fingerprint:
+        commit = tags.get("relay.git.commit", "")[:8]
+        now = (req.code.commit or "")[:8]
+        if commit != now:
+            reasons.append(f"code differs (commit {commit or 'none'}, now {now or 'none'})")
+        else:
+            reasons.append("code differs (steps module, variant source or uncommitted diff)")
+    if not reasons and tags.get("relay.fingerprint") != req.fingerprint:
+        reasons.append("fingerprint differs (as_of)")
+    return "; ".join(reasons) or "same fingerprint; a newer identical run was chosen"
+
+
+def _as_param(value: Any) -> str:
+    from relayml.store import _param_value
+
+    return _param_value(value)
+
+
+def _validate(pipeline: Pipeline, links: list[Link], forced: Iterable[str]) -> list[Link]:
+    """Check names and connections; return the links in dependency order."""
+    by_step = {}
+    for link in links:
+        step = pipeline.get(link.step)  # UnknownName with a suggestion
+        if link.variant:
+            step.get(link.variant)
+        by_step[link.step] = link
+    for link in links:
+        for up in pipeline.get(link.step).upstream:
+            if up not in by_step:
+                variants = ", ".join(pipeline.get(up).variants) or "none"
+                raise UsageError(
+                    f"the chain does not connect: step {link.step!r} consumes {up!r}, which is "
+                    f"not in the chain; add {up}=VARIANT (variants: {variants})"
+                )
+        if link.ref is not None and pipeline.get(link.step).upstream:
+            raise UsageError(
+                f"{link}: only load steps (steps without upstream) can be pinned with @; "
+                f"write {link.step}={link.variant} and the newest coherent run is found"
+            )
+    order = [s for s in pipeline.order if s in by_step]
+    consumed = {u for s in order for u in pipeline.get(s).upstream}
+    finals = [s for s in order if s not in consumed]
+    if len(finals) > 1:
+        raise UsageError(
+            f"the chain does not connect: {', '.join(finals)} are separate ends; a chain has "
+            "one final step that every other step feeds"
+        )
+    for name in forced:
+        if name not in by_step:
+            steps = ", ".join(order)
+            raise UsageError(f"--force {name}: step {name!r} is not in the chain ({steps})")
+    return [by_step[s] for s in order]
+
+
+def chain(
+    *links: str | Mapping[str, str],
+    params: Mapping[str, Any] | None = None,
+    force: str | Iterable[str] | None = None,
+    dry_run: bool = False,
+    explain: bool = False,
+    show_progress: bool = False,
+    on_event: Callable[[str], None] | None = None,
+    project: Project = None,
+) -> Chain:
+    """Resolve the newest coherent chain, run the missing steps in order, record the chain.
+
+    Args:
+        links: ``STEP=VARIANT[@WHEN]`` items (or mappings ``{step: "variant@when"}``). A load
+            step without ``@WHEN`` is a fresh retrieval; with one, that run is reused.
+        params: ``{"training.C": 10}`` or ``{"training": {"C": 10}}``.
+        force: step(s) to rerun, with every step after them.
+        dry_run: only resolve: nothing is run or recorded.
+        explain: say, for each step, why newer runs of the variant were passed over.
+        show_progress: show progress bars of the steps that run.
+        on_event: called with one line per event (a step starts, waits for another process).
+        project: the project (default: around the working folder).
+
+    Returns:
+        The :class:`Chain`.
+
+    Raises:
+        UsageError: unknown step/variant/param, a step named twice, a date without runs,
+            params for a step not in the chain, steps that do not connect (nothing is run).
+        ChainFailed: a step failed; its run is FAILED, the earlier steps are kept, and running
+            the same chain again resumes from the failed step.
+
+    Example:
+        >>> c = relay.chain("load=transactions@2019-02-09", "processing=plain",
+        ...                 "training=logreg", params={"training.C": 10})  # doctest: +SKIP
+        >>> [p.status for p in c.steps]  # doctest: +SKIP
+        ['reused', 'reused', 'new']
+    """
+    from relayml.runner import pipeline_of
+
+    settings = open_project(project)
+    pipeline = pipeline_of(settings)
+    parsed = parse_links(links, params)
+    forced = {force} if isinstance(force, str) else set(force or ())
+    ordered = _validate(pipeline, parsed, forced)
+    for link in ordered:  # pinned by run id: learn the variant
+        if not link.variant:
+            run = _pinned(settings, link)
+            ordered[ordered.index(link)] = Link(link.step, run.variant, link.params, run.run_id)
+    bound = {
+        link.step: pipeline.variant(link.step, link.variant).bind(link.params) for link in ordered
+    }
+    for link in ordered:
+        if link.ref is not None and link.params:
+            raise UsageError(
+                f"parameters for {link.step} apply to a fresh retrieval, but {link} is pinned; "
+                f"drop the @ to retrieve again with them"
+            )
+    store = get_store(settings)
+    resolver = _Resolver(
+        settings, store, pipeline, code_state(settings.root), ordered, bound, forced
+    )
+    plan = resolver.resolve(0, {})
+    if explain:
+        resolver.explain(plan)
+    result = Chain(plan, dry_run=dry_run)
+    if dry_run:
+        return result
+    _complete(resolver, result, show_progress, on_event or (lambda line: None))
+    result.record = _record(settings, store, result, ordered)
+    return result
+
+
+def _complete(
+    resolver: _Resolver, result: Chain, show_progress: bool, say: Callable[[str], None]
+) -> None:
+    """Run the missing steps in order, claiming each one first."""
+    from relayml.claims import claim, finished_like
+    from relayml.runner import execute
+
+    chosen = {p.step: p.run for p in result.steps if p.run is not None}
+    for p, link in zip(result.steps, resolver.links, strict=True):
+        if p.status == REUSED:
+            continue
+        req = resolver.request(link, chosen)
+        root = not resolver.pipeline.get(link.step).upstream
+        forced = any(s in resolver.forced for s in _ancestry(resolver, link.step))
+        if not root and not forced:
+            found = finished_like(resolver.store, req, limit=1)  # made meanwhile?
+            if found:
+                p.status, p.run, p.reason = REUSED, found[0], "finished meanwhile elsewhere"
+                chosen[link.step] = found[0]
+                continue
+        try:
+            if root or forced:
+                say(f"running {link.step}/{link.variant}")
+                run = execute(req, show_progress=show_progress)
+            else:
+                outcome = claim(
+                    resolver.store,
+                    req,
+                    on_wait=lambda r: say(f"waiting for {r.key}: another process computes it"),
+                )
+                if outcome.reused is not None:
+                    p.status, p.run = REUSED, outcome.reused
+                    p.reason = f"computed by another process (waited {outcome.waited:.0f}s)"
+                    chosen[link.step] = outcome.reused
+                    continue
+                assert outcome.run_id and outcome.key
+                say(f"running {outcome.key}")
+                held = (outcome.run_id, outcome.key)
+                run = execute(req, show_progress=show_progress, created=held)
+        except StepFailed as e:
+            failed = _failed_run(resolver, req)
+            p.status, p.run, p.reason = FAILED, failed, str(e)
+            _record(resolver.settings, resolver.store, result, resolver.links, error=str(e))
+            raise ChainFailed(f"{e}; resume with: {_resume_hint(result)}", result) from e
+        p.run = run
+        chosen[link.step] = run
+
+
+def _ancestry(resolver: _Resolver, step: str) -> set[str]:
+    """The step and every step upstream of it."""
+    out = {step}
+    for up in resolver.pipeline.get(step).upstream:
+        out |= _ancestry(resolver, up)
+    return out
+
+
+def _failed_run(resolver: _Resolver, req: Request) -> Run | None:
+    flt = f"tags.`relay.fingerprint` = {quote(req.fingerprint)} AND attributes.status = 'FAILED'"
+    found = resolver.store.search([req.step], flt, limit=1)
+    return Run(resolver.settings, found[0]) if found else None
+
+
+def _resume_hint(result: Chain) -> str:
+    parts = []
+    for p in result.steps:
+        if p.run is not None and p.status != FAILED and not p.run.upstream_ids:
+            parts.append(f"{p.step}={p.variant}@{p.run.key.time}")
+        else:
+            parts.append(f"{p.step}={p.variant}")
+    return "relay chain " + " ".join(parts) + " (same -P options)"
+
+
+# -- the chain record ------------------------------------------------------------------------
+
+
+def _record(
+    settings: Settings,
+    store: Store,
+    result: Chain,
+    links: list[Link],
+    error: str | None = None,
+) -> MlflowRun:
+    """Log the chain as a run of ``<project>/chains`` (or find the identical record)."""
+    runs = result.runs
+    ident = digest(canonical({s: r.run_id for s, r in runs.items()}), error or "")
+    if error is None:
+        found = store.search(
+            [CHAINS],
+            f"tags.`relay.chain.id` = {quote(ident)} AND attributes.status = 'FINISHED'",
+            limit=1,
+        )
+        if found:
+            return found[0]
+    final = result.steps[-1]
+    tags = {
+        "relay.project": settings.project,
+        "relay.chain.id": ident,
+        "relay.chain.steps": ",".join(p.step for p in result.steps),
+        "relay.chain.request": " ".join(str(x) for x in links),
+        "mlflow.note.content": _note(result),
+    }
+    for p in result.steps:
+        if p.run is not None:
+            tags[f"relay.chain.{p.step}"] = p.run.run_id
+            tags[f"relay.chain.{p.step}.key"] = str(p.run.key)
+            tags[f"relay.chain.{p.step}.status"] = p.status
+    if result.data_version:
+        tags["relay.data"] = result.data_version
+    if result.model_uri:
+        tags["relay.model"] = result.model_uri
+    if error:
+        tags["relay.error"] = error[:4000]
+    params: dict[str, Any] = {}
+    for p in result.steps:
+        params[f"{p.step}.variant"] = p.variant
+        if p.run is not None:
+            params.update({f"{p.step}.{k}": v for k, v in p.run.params.items()})
+    now = int(time.time() * 1000)
+    name = f"chain {final.run.key}" if final.run else f"chain {final.step}/{final.variant}"
+    entity = store.create_run(CHAINS, start_ms=now, run_name=name, tags=tags)
+    run_id = entity.info.run_id
+    metrics = result.metrics if error is None else {}
+    store.log(run_id, params=params, metrics=metrics)
+    store.finish(run_id, "FAILED" if error else "FINISHED")
+    got = store.get_run(run_id)
+    assert got is not None
+    return got
+
+
+def _note(result: Chain) -> str:
+    lines = ["relay chain:"]
+    for p in result.steps:
+        lines.append(f"- {p.step}: {p.run.key if p.run else '(none)'} ({p.status})")
+    return "\n".join(lines)
+
+
+def records(project: Project = None, *, limit: int = 100) -> list[MlflowRun]:
+    """The chain records of a project, newest first (``mlflow.entities.Run`` objects).
+
+    Example:
+        >>> records()[0].data.tags["relay.chain.training.key"]  # doctest: +SKIP
+        'training/logreg@20190210094501'
+    """
+    settings = open_project(project)
+    return get_store(settings).search([CHAINS], "", limit=limit)
+
+
+# -- lineage ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Lineage:
+    """The upstream tree and the downstream tree of a run.
+
+    Each tree node is a dict ``{"key", "run_id", "status", "children": [...]}``; upstream
+    children are the runs a run consumed, downstream children the runs that consumed it.
+
+    Example:
+        >>> lin = relay.get("training/logreg@latest").lineage()  # doctest: +SKIP
+        >>> [n["key"] for n in lin.upstream["children"]]  # doctest: +SKIP
+        ['processing/plain@20190209101500']
+    """
+
+    run: Run
+    upstream: dict[str, Any]
+    downstream: dict[str, Any]
+    chains: list[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready view (what ``relay lineage --json`` prints)."""
+        return {"upstream": self.upstream, "downstream": self.downstream, "chains": self.chains}
+
+    def keys(self, direction: str = "upstream") -> list[str]:
+        """Every key of one tree, depth first (the run itself first)."""
+        out: list[str] = []
+
+        def walk(node: dict[str, Any]) -> None:
+            out.append(node["key"])
+            for child in node["children"]:
+                walk(child)
+
+        walk(self.upstream if direction == "upstream" else self.downstream)
+        return out
+
+
+def _node(run: Run, **extra: Any) -> dict[str, Any]:
+    return {
+        "key": str(run.key),
+        "run_id": run.run_id,
+        "step": run.step,
+        "status": run.status,
+        "data_version": run.data_version,
+        **extra,
+        "children": [],
+    }
+
+
+def lineage(run: Run | str, *, project: Project = None, depth: int = 20) -> Lineage:
+    """The upstream and downstream trees of a run.
+
+    Args:
+        run: a Run or a reference.
+        project: the project (when ``run`` is a reference).
+        depth: how deep to walk each way.
+
+    Example:
+        >>> lineage("processing/plain@latest").keys("downstream")  # doctest: +SKIP
+        ['processing/plain@20190209101500', 'training/logreg@20190210094501']
+    """
+    if not isinstance(run, Run):
+        run = get(run, project=project)
+
+    def up(r: Run, d: int) -> dict[str, Any]:
+        node = _node(r)
+        if d < depth:
+            recorded = r.upstream_ids
+            present = r.upstream
+            for step in sorted(recorded):
+                if step in present:
+                    node["children"].append(up(present[step], d + 1))
+                else:
+                    key = r.tags.get(f"relay.upstream.{step}.key", recorded[step])
+                    node["children"].append(
+                        {"key": key, "run_id": recorded[step], "step": step,
+                         "status": "DELETED", "children": []}
+                    )  # fmt: skip
+        return node
+
+    def down(r: Run, d: int, seen: frozenset[str]) -> dict[str, Any]:
+        node = _node(r)
+        if d < depth:
+            for child in sorted(r.downstream, key=lambda x: (x.step, x.started)):
+                if child.run_id not in seen:
+                    node["children"].append(down(child, d + 1, seen | {child.run_id}))
+        return node
+
+    store = run.store
+    found = store.search([CHAINS], f"tags.`relay.chain.{run.step}` = {quote(run.run_id)}", limit=20)
+    chains = [e.info.run_id for e in found]
+    return Lineage(run, up(run, 0), down(run, 0, frozenset({run.run_id})), chains)

@@ -1,0 +1,159 @@
+"""Claims: two processes that need the same missing step run compute it once.
+
+A claim needs no extra infrastructure: **the claim is the new run itself**. A claimant creates
+its run (with its unique key, see :mod:`relayml.runner`), then searches the step's experiment
+for runs with the same ``relay.fingerprint``:
+
+* a FINISHED one exists → the claimant *withdraws* (tags ``relay.withdrawn``, ends KILLED,
+  deletes its run before any work) and reuses that run;
+* another live RUNNING claimant exists → the claimant withdraws and waits for it (polling with
+  backoff); when it FINISHES the waiter reuses it, when it FAILED or was KILLED (or withdrew)
+  the waiter claims again;
+* a STALE one (RUNNING, but its ``relay.heartbeat`` is older than ``settings.stale_after``:
+  its process died) is marked FAILED with tag ``relay.stale=true``, and the claim is retried;
+* nobody else → the claim holds: the caller executes the step in that run.
+
+Whichever search comes last sees both runs, so at most one claimant proceeds; when both see
+each other both withdraw and retry after a random jitter.
+
+This module only searches and writes through :class:`relayml.store.Store`.
+
+Example:
+    >>> outcome = claim(store, request)  # doctest: +SKIP
+    >>> outcome.reused is None  # we hold the claim: execute the request in outcome.run_id
+    True
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from relayml.keys import RunKey
+from relayml.runs import Run
+from relayml.store import Store, quote
+
+if TYPE_CHECKING:
+    from relayml.runner import Request
+
+__all__ = ["Claim", "claim", "finished_like"]
+
+MAX_WAIT_STEP = 2.0
+
+
+@dataclass(frozen=True)
+class Claim:
+    """The outcome of :func:`claim`.
+
+    Attributes:
+        run_id: our own new run (None when reusing).
+        key: its key (None when reusing).
+        reused: the FINISHED run with the same fingerprint to reuse instead (None when we hold
+            the claim).
+        waited: seconds spent waiting for another claimant.
+    """
+
+    run_id: str | None
+    key: RunKey | None
+    reused: Run | None = None
+    waited: float = 0.0
+
+
+def finished_like(store: Store, req: Request, limit: int = 5) -> list[Run]:
+    """FINISHED runs with the request's fingerprint, newest first: one indexed search.
+
+    Example:
+        >>> [r.key for r in finished_like(store, request)]  # doctest: +SKIP
+        [RunKey(step='processing', variant='plain', time='20190209101500')]
+    """
+    flt = f"tags.`relay.fingerprint` = {quote(req.fingerprint)} AND attributes.status = 'FINISHED'"
+    found = store.search([req.step], flt, limit=limit)
+    return [Run(req.settings, e) for e in found if "relay.key" in e.data.tags]
+
+
+def _same_fingerprint(store: Store, req: Request) -> list[Run]:
+    flt = f"tags.`relay.fingerprint` = {quote(req.fingerprint)}"
+    found = store.search([req.step], flt, limit=50)
+    return [Run(req.settings, e) for e in found if "relay.key" in e.data.tags]
+
+
+def claim(
+    store: Store,
+    req: Request,
+    *,
+    on_wait: Callable[[Run], None] | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Claim:
+    """Claim the computation of ``req``, or find the run that already did (or does) it.
+
+    Args:
+        store: the project's tracking store.
+        req: the prepared request (its ``fingerprint`` identifies the work).
+        on_wait: called once with the live claimant we start waiting for (for messages).
+        sleep: the sleep function (tests may speed it up).
+
+    Returns:
+        A :class:`Claim`: either our new RUNNING run to execute the step in, or the FINISHED
+        run to reuse.
+
+    Example:
+        >>> c = claim(store, request)  # doctest: +SKIP
+        >>> done = c.reused or runner.execute(request, created=(c.run_id, c.key))  # doctest: +SKIP
+    """
+    from relayml.runner import _create_run
+
+    started = time.monotonic()
+    announced: set[str] = set()
+    while True:
+        run_id, key = _create_run(store, req)
+        others = [r for r in _same_fingerprint(store, req) if r.run_id != run_id]
+        finished = [r for r in others if r.status == "FINISHED"]
+        if finished:
+            _withdraw(store, run_id, f"reusing {finished[0].key}")
+            return Claim(None, None, finished[0], time.monotonic() - started)
+        _expire(store, [r for r in others if r.status == "STALE"])
+        live = [r for r in others if r.status == "RUNNING"]
+        if not live:
+            return Claim(run_id, key, None, time.monotonic() - started)
+        _withdraw(store, run_id, f"{live[0].key} computes the same step")
+        delay = 0.2
+        while True:  # wait for the live claimant(s)
+            for r in live:
+                if on_wait and r.run_id not in announced:
+                    announced.add(r.run_id)
+                    on_wait(r)
+            sleep(delay + random.uniform(0.0, delay / 2))
+            delay = min(MAX_WAIT_STEP, delay * 1.5)
+            current = _same_fingerprint(store, req)
+            finished = [r for r in current if r.status == "FINISHED"]
+            if finished:
+                return Claim(None, None, finished[0], time.monotonic() - started)
+            _expire(store, [r for r in current if r.status == "STALE"])
+            live = [r for r in current if r.status == "RUNNING"]
+            if not live:  # it failed, was killed, went stale or withdrew: claim again
+                sleep(random.uniform(0.0, 0.3))
+                break
+
+
+def _withdraw(store: Store, run_id: str, why: str) -> None:
+    """Give up our claim before any work: tag, end KILLED, delete."""
+    store.set_tag(run_id, "relay.withdrawn", why)
+    store.finish(run_id, "KILLED")
+    store.delete_run(run_id)
+
+
+def _expire(store: Store, stale: list[Run]) -> None:
+    """Mark runs whose owner died (heartbeat stopped) FAILED, tagged ``relay.stale=true``."""
+    for r in stale:
+        age = r.heartbeat_age
+        store.log(
+            r.run_id,
+            tags={
+                "relay.stale": "true",
+                "relay.error": f"stale: no heartbeat for {age:.0f}s; the process died",
+            },
+        )
+        store.finish(r.run_id, "FAILED")

@@ -376,8 +376,16 @@ class Terminated(KeyboardInterrupt):
     """Raised in the main thread when the process receives SIGTERM."""
 
 
-def execute(req: Request, *, show_progress: bool = True) -> Run:
+def execute(
+    req: Request, *, show_progress: bool = True, created: tuple[str, RunKey] | None = None
+) -> Run:
     """Execute a prepared request inside a new MLflow run and return the finished Run.
+
+    Args:
+        req: the prepared request.
+        show_progress: show progress bars on the terminal.
+        created: ``(run_id, key)`` of a RUNNING run already created for ``req`` (a claim
+            held through :func:`relayml.claims.claim`); default: create one.
 
     Raises:
         StepFailed: the variant (or its data source) raised; the run is FAILED with the
@@ -386,7 +394,7 @@ def execute(req: Request, *, show_progress: bool = True) -> Run:
     """
     settings = req.settings
     store = get_store(settings)
-    run_id, key = _create_run(store, req)
+    run_id, key = created or _create_run(store, req)
     beat = _Heartbeat(store, run_id, settings.stale_after)
     retrieval = req.as_of or key.moment
     ctx = Context(key, run_id, settings, retrieval, req.params, store, show_progress=show_progress)

@@ -32,6 +32,8 @@ if TYPE_CHECKING:
     import pandas as pd
     from mlflow.entities import Run as MlflowRun
 
+    from relayml.chain import Lineage
+
 __all__ = ["Project", "Run", "RunList", "get", "open_project", "runs"]
 
 TAG = "relay."
@@ -211,6 +213,17 @@ class Run:
         from relayml.outputs import load_output
 
         return load_output(self, name)
+
+    def lineage(self) -> Lineage:
+        """The upstream tree and the downstream tree of the run (see :mod:`relayml.chain`).
+
+        Example:
+            >>> relay.get("training/logreg@latest").lineage().keys("upstream")  # doctest: +SKIP
+            ['training/logreg@20190210094501', 'processing/plain@20190209101500', ...]
+        """
+        from relayml.chain import lineage
+
+        return lineage(self)
 
     def refresh(self) -> Run:
         """A fresh copy of the run read again from the tracking store."""

@@ -24,7 +24,7 @@ not import ``mlflow.tracking``.
 
 Example:
     >>> import relayml as relay
-    >>> relay.compare("training", metric="test_roc_auc", data="load/transactions@latest")  # doctest: +SKIP
+    >>> relay.compare("training", metric="test_roc_auc", data="ab12cd34")  # doctest: +SKIP
     <Ranking test_roc_auc on 078f1cd8cf7b: 3 runs>
 """
 
@@ -41,7 +41,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from contextlib import ExitStack
+from contextlib import ExitStack, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -180,7 +180,9 @@ def compare(
         UsageError: no run to rank, or none has the metric.
 
     Example:
-        >>> ranking = relay.compare("training", metric="test_roc_auc", data="load/transactions@latest")  # doctest: +SKIP
+        >>> ranking = relay.compare(  # doctest: +SKIP
+        ...     "training", metric="test_roc_auc", data="load/transactions@latest"
+        ... )
         >>> ranking.best.key  # doctest: +SKIP
         RunKey(step='training', variant='rf', time='20190210094501')
     """
@@ -296,10 +298,15 @@ class Promotion:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready form."""
         return {
-            "name": self.name, "version": self.version, "alias": self.alias,
-            "run": str(self.run.key), "run_id": self.run.run_id, "model_uri": self.model_uri,
-            "previous": self.previous, "uri": f"models:/{self.name}@{self.alias}",
-        }  # fmt: skip
+            "name": self.name,
+            "version": self.version,
+            "alias": self.alias,
+            "run": str(self.run.key),
+            "run_id": self.run.run_id,
+            "model_uri": self.model_uri,
+            "previous": self.previous,
+            "uri": f"models:/{self.name}@{self.alias}",
+        }
 
 
 def promote(ref: str | Run, alias: str = "champion", *, project: Project = None) -> Promotion:
@@ -339,8 +346,11 @@ def promote(ref: str | Run, alias: str = "champion", *, project: Project = None)
     previous = _alias_version(store, name, alias)
     version = _register(store, run.model_uri, name, alias)
     client = store.client
-    for k, v in {"relay.key": str(run.key), "relay.run_id": run.run_id,
-                 "relay.data": run.data_version or ""}.items():  # fmt: skip
+    for k, v in {
+        "relay.key": str(run.key),
+        "relay.run_id": run.run_id,
+        "relay.data": run.data_version or "",
+    }.items():
         client.set_model_version_tag(name, str(version), k, v)
     return Promotion(name, version, alias, run, run.model_uri, previous)
 
@@ -480,9 +490,16 @@ def plan_delete(
     nbytes = sum(_run_bytes(store, settings, r.run_id) for r in order)
     nbytes += sum(_run_bytes(store, settings, h) for h in purge)
     return DeletePlan(
-        settings, requested, order, dependents, versions, purge, kept, nbytes,
+        settings,
+        requested,
+        order,
+        dependents,
+        versions,
+        purge,
+        kept,
+        nbytes,
         remote=not settings.is_local_store,
-    )  # fmt: skip
+    )
 
 
 def delete(
@@ -568,10 +585,8 @@ def _execute_delete(plan: DeletePlan) -> None:
     from mlflow.exceptions import MlflowException
 
     for v in plan.versions:  # 1. the registry never points at a purged model
-        try:
+        with suppress(MlflowException):  # already gone
             client.delete_model_version(v["name"], str(v["version"]))
-        except MlflowException:
-            pass  # already gone
     for r in plan.runs:  # 2. the whole set is recorded as deleted
         _soft_delete(store, r.run_id)
     for holder in plan.snapshots:
@@ -678,9 +693,16 @@ def _versions_of(store: Store, found: Iterable[Run]) -> list[dict[str, Any]]:
             versions = store.client.search_model_versions(f"run_id = {quote(r.run_id)}")
         except Exception:
             continue
-        for v in versions:
-            out.append({"name": v.name, "version": int(v.version),
-                        "aliases": sorted(v.aliases or []), "run": str(r.key)})  # fmt: skip
+        for v in versions:  # search results do not carry aliases; a get does
+            full = _quiet(lambda v=v: store.client.get_model_version(v.name, v.version)) or v
+            out.append(
+                {
+                    "name": v.name,
+                    "version": int(v.version),
+                    "aliases": sorted(full.aliases or []),
+                    "run": str(r.key),
+                }
+            )
     return out
 
 
@@ -688,9 +710,9 @@ def _holders(tags: Mapping[str, str]) -> dict[str, set[str]]:
     """``{holder run id: {snapshot names}}`` a run refers to (tags and outputs manifest)."""
     out: dict[str, set[str]] = {}
     for k, v in tags.items():
-        if k.startswith("relay.snapshot.") and not k.endswith(_SNAPSHOT_SUFFIXES):
-            if _HEX32.match(v):
-                out.setdefault(v, set()).add(k.removeprefix("relay.snapshot."))
+        base = k.startswith("relay.snapshot.") and not k.endswith(_SNAPSHOT_SUFFIXES)
+        if base and _HEX32.match(v):
+            out.setdefault(v, set()).add(k.removeprefix("relay.snapshot."))
     try:
         manifest = json.loads(tags.get("relay.outputs", "{}"))
     except ValueError:
@@ -768,10 +790,8 @@ def _dir_bytes(path: Path | None) -> int:
     total = 0
     for folder, _, files in os.walk(path):
         for f in files:
-            try:
+            with suppress(OSError):
                 total += os.lstat(os.path.join(folder, f)).st_size
-            except OSError:
-                pass
     return total
 
 
@@ -816,16 +836,12 @@ def _purge(store: Store, entity: MlflowRun) -> int:
         folder = _model_folder(m.artifact_location)
         _quiet(lambda m=m: store.client.delete_logged_model(m.model_id))
         freed += _rmtree(folder, m.artifact_location)
-        try:
+        with suppress(MlflowException):
             backend._hard_delete_logged_model(m.model_id)
-        except MlflowException:
-            pass
     freed += _rmtree(_run_folder(entity.info.artifact_uri, run_id), entity.info.artifact_uri)
     freed += _rmtree(cache_dir(store.settings.root, run_id), None)
-    try:
+    with suppress(MlflowException):  # purged meanwhile by another process
         backend._hard_delete_run(run_id)
-    except MlflowException:
-        pass  # purged meanwhile by another process
     return freed
 
 
@@ -906,8 +922,13 @@ class GcReport:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready form."""
-        return {"runs": self.runs, "snapshots": self.snapshots, "kept": self.kept,
-                "bytes": self.bytes, "dry_run": self.dry_run}  # fmt: skip
+        return {
+            "runs": self.runs,
+            "snapshots": self.snapshots,
+            "kept": self.kept,
+            "bytes": self.bytes,
+            "dry_run": self.dry_run,
+        }
 
 
 def gc(
@@ -974,12 +995,21 @@ def gc(
             versions = _versions_of(store, [Run(settings, e)])
             if versions:
                 listing = ", ".join(f"{v['name']} v{v['version']}" for v in versions)
-                report.kept.append({"run_id": run_id, "key": key,
-                                    "why": f"registered as {listing}; delete the version first"})  # fmt: skip
+                report.kept.append(
+                    {
+                        "run_id": run_id,
+                        "key": key,
+                        "why": f"registered as {listing}; delete the version first",
+                    }
+                )
                 continue
         report.bytes += _run_bytes(store, settings, run_id)
-        row = {"run_id": run_id, "key": key, "experiment": names.get(e.info.experiment_id, ""),
-               "why": why}  # fmt: skip
+        row = {
+            "run_id": run_id,
+            "key": key,
+            "experiment": names.get(e.info.experiment_id, ""),
+            "why": why,
+        }
         if why == "orphan snapshot":
             report.snapshots.append(run_id)
         else:
@@ -1323,11 +1353,15 @@ class RefreshReport:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready form."""
         return {
-            "decision": self.decision, "metric": self.metric, "margin": self.margin,
-            "entries": self.entries, "record": self.record, "data_version": self.data_version,
+            "decision": self.decision,
+            "metric": self.metric,
+            "margin": self.margin,
+            "entries": self.entries,
+            "record": self.record,
+            "data_version": self.data_version,
             "previous": self.previous,
             "promoted": self.promoted.to_dict() if self.promoted else None,
-        }  # fmt: skip
+        }
 
 
 class RefreshBusy(RelayError):
@@ -1374,7 +1408,9 @@ def refresh(
         UsageError: no metric known, an unknown candidate, a negative margin.
 
     Example:
-        >>> report = relay.refresh(candidates=["logreg", "rf"], metric="test_roc_auc", margin=0.005)  # doctest: +SKIP
+        >>> report = relay.refresh(  # doctest: +SKIP
+        ...     candidates=["logreg", "rf"], metric="test_roc_auc", margin=0.005
+        ... )
         >>> report.decision  # doctest: +SKIP
         'kept'
     """
@@ -1402,12 +1438,25 @@ def refresh(
             _pause_hook()
             _check_claim(store, settings, alias, record)
             report = _refresh_body(
-                settings, store, pipeline, record, alias, chosen, metric, margin,
-                lower_is_better, dict(params or {}), champ, say, prepare, execute,
-            )  # fmt: skip
+                settings,
+                store,
+                pipeline,
+                record,
+                alias,
+                chosen,
+                metric,
+                margin,
+                lower_is_better,
+                dict(params or {}),
+                champ,
+                say,
+                prepare,
+                execute,
+            )
     except BaseException as e:
         status = "KILLED" if isinstance(e, KeyboardInterrupt | RefreshBusy) else "FAILED"
-        _quiet(lambda: store.set_tag(record, "relay.error", str(e)[:4000] or type(e).__name__))
+        message = str(e)[:4000] or type(e).__name__
+        _quiet(lambda: store.set_tag(record, "relay.error", message))
         _quiet(lambda: store.finish(record, status))
         raise
     store.finish(record, "FINISHED")
@@ -1440,8 +1489,9 @@ def _refresh_body(
             variant, ps = _default_variant(settings, pipeline, step), {}
         ups = {u: new[u] for u in pipeline.get(step).upstream}
         say(f"running {step}/{variant} ...")
-        new[step] = execute(prepare(step, variant, ps, upstream=ups, project=settings),
-                            show_progress=False)  # fmt: skip
+        new[step] = execute(
+            prepare(step, variant, ps, upstream=ups, project=settings), show_progress=False
+        )
     ups = {u: new[u] for u in pipeline.get(last).upstream}
     trained: list[tuple[str, Run]] = []
     recipes: list[tuple[str, dict[str, Any]]] = []
@@ -1453,15 +1503,21 @@ def _refresh_body(
         recipes.append((recipe[0], dict(req.params)))
     for c in chosen:
         declared = pipeline.variant(last, c).params
-        req = prepare(last, c, {k: v for k, v in params.items() if k in declared},
-                      upstream=ups, project=settings)  # fmt: skip
+        req = prepare(
+            last,
+            c,
+            {k: v for k, v in params.items() if k in declared},
+            upstream=ups,
+            project=settings,
+        )
         if (c, dict(req.params)) in recipes:  # the champion's own recipe: trained already
             continue
         say(f"training challenger {c} ...")
         trained.append(("challenger", execute(req, show_progress=False)))
         recipes.append((c, dict(req.params)))
-    ranking = compare(metric=metric, refs=[r for _, r in trained], lower_is_better=lower,
-                      project=settings)  # fmt: skip
+    ranking = compare(
+        metric=metric, refs=[r for _, r in trained], lower_is_better=lower, project=settings
+    )
     assert isinstance(ranking, Ranking)
     role = {r.run_id: who for who, r in trained}
     value = {r.run_id: r.metrics.get(metric) for _, r in trained}
@@ -1486,12 +1542,18 @@ def _refresh_body(
     entries = []
     for r in ranking.runs + list(ranking.missing):
         v = value.get(r.run_id)
-        entries.append({
-            "role": role[r.run_id], "key": str(r.key), "run_id": r.run_id,
-            "variant": r.variant, "params": r.params, "value": v,
-            "delta": None if v is None or base is None else v - base,
-            "promoted": winner is not None and r.run_id == winner.run_id,
-        })  # fmt: skip
+        entries.append(
+            {
+                "role": role[r.run_id],
+                "key": str(r.key),
+                "run_id": r.run_id,
+                "variant": r.variant,
+                "params": r.params,
+                "value": v,
+                "delta": None if v is None or base is None else v - base,
+                "promoted": winner is not None and r.run_id == winner.run_id,
+            }
+        )
     tags = {
         "relay.refresh.decision": decision,
         "relay.refresh.metric": metric,
@@ -1508,18 +1570,25 @@ def _refresh_body(
         tags[f"relay.upstream.{step}.key"] = str(r.key)
     for i, (who, r) in enumerate(trained):
         tags[f"relay.refresh.run.{i}"] = f"{who}:{r.key}:{r.run_id}"
-    metrics = {f"{who}_{i}_{metric}": value[r.run_id] for i, (who, r) in enumerate(trained)
-               if value[r.run_id] is not None}  # fmt: skip
+    metrics = {
+        f"{who}_{i}_{metric}": value[r.run_id]
+        for i, (who, r) in enumerate(trained)
+        if value[r.run_id] is not None
+    }
     metrics["promoted"] = 1.0 if winner is not None else 0.0
     if base is not None:
         metrics[f"champion_{metric}"] = base
     if best is not None and value[best.run_id] is not None:
         metrics[f"best_challenger_{metric}"] = value[best.run_id]
     store.log(record, tags=tags, metrics=metrics)
-    _quiet(lambda: store.client.set_registered_model_tag(
-        settings.project, f"relay.refresh.metric.{alias}", metric))  # fmt: skip
-    return RefreshReport(decision, metric, entries, promoted, record, ranking.data_version,
-                         previous, margin)  # fmt: skip
+    _quiet(
+        lambda: store.client.set_registered_model_tag(
+            settings.project, f"relay.refresh.metric.{alias}", metric
+        )
+    )
+    return RefreshReport(
+        decision, metric, entries, promoted, record, ranking.data_version, previous, margin
+    )
 
 
 def _recorded_params(r: Run) -> dict[str, str]:
@@ -1563,7 +1632,7 @@ def _claim(store: Store, settings: Settings, alias: str) -> str:
             "relay.project": settings.project,
             "relay.refresh.alias": alias,
             "relay.heartbeat": f"{now:.3f}",
-        },  # fmt: skip
+        },
     )
     run_id = entity.info.run_id
     _check_claim(store, settings, alias, run_id)

@@ -580,6 +580,25 @@ class Bundle:
             raise BundleInputError(f"the model rejected the input: {e}") from e
 
 
+def _linear_predict(model: Any) -> Callable[[np.ndarray], np.ndarray] | None:
+    """``LogisticRegression.predict`` of a binary model, without its per-call overhead.
+
+    The same operations as scikit-learn's ``LinearClassifierMixin`` (``X @ coef_.T +
+    intercept_``, then the sign picks the class), so the labels are identical.
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    if type(model) is not LogisticRegression or len(model.classes_) != 2:
+        return None
+    coef_t, intercept, classes = model.coef_.T, model.intercept_, model.classes_
+
+    def predict(X: np.ndarray) -> np.ndarray:
+        scores = (X @ coef_t + intercept).reshape(-1)
+        return classes[(scores > 0).astype(np.intp)]
+
+    return predict
+
+
 def _compile(pipeline: Any, schema: list[tuple[str, str]]) -> Callable[[np.ndarray], Any] | None:
     if not all(t == "double" for _, t in schema) or not hasattr(pipeline, "steps"):
         return None
@@ -597,7 +616,7 @@ def _compile(pipeline: Any, schema: list[tuple[str, str]]) -> Callable[[np.ndarr
             names = None
     except (_NotCompilable, AttributeError):
         return None
-    predict = final.predict
+    predict = _linear_predict(final) or final.predict
 
     def fast(X: np.ndarray) -> Any:
         for fn in fns:

@@ -454,10 +454,9 @@ class ScoringApp:
                     await send({"type": "lifespan.shutdown.complete"})
                     return
 
-    async def _respond(self, send: Send, status: int, body: bytes, headers: Any = None) -> None:
-        await send(
-            {"type": "http.response.start", "status": status, "headers": headers or _JSON_HEADERS}
-        )
+    async def _respond(self, send: Send, status: int, body: bytes) -> None:
+        headers = [*_JSON_HEADERS, (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -49,12 +49,16 @@ def chain_command(
     def say(line: str) -> None:
         err_console.print(line, highlight=False)
 
-    try:
-        result = chain(
-            *links, params=parse_assignments(param), force=force or None, dry_run=dry_run,
-            explain=explain, show_progress=err_console.is_terminal and not json_out,
-            on_event=say, project=settings(),
-        )  # fmt: skip
+    import contextlib
+    import sys
+
+    try:  # stdout is for the result: MLflow's "View run" lines and step prints go to stderr
+        with contextlib.redirect_stdout(sys.stderr):
+            result = chain(
+                *links, params=parse_assignments(param), force=force or None, dry_run=dry_run,
+                explain=explain, show_progress=err_console.is_terminal and not json_out,
+                on_event=say, project=settings(),
+            )  # fmt: skip
     except ChainFailed as e:
         if json_out:
             print_json(e.chain.to_dict())

@@ -6,6 +6,8 @@ when unset or unreachable, failed instead when ``RELAY_REQUIRE_POSTGRES=1``).
 
 from __future__ import annotations
 
+import re
+
 import datetime as dt
 import os
 import sqlite3
@@ -241,7 +243,7 @@ def test_empty_result(db: DB, tmp_path: Path) -> None:
     if db.kind == "postgres":  # the server knows the types of an empty result
         assert snap.schema["ts"] == "timestamp[us]"
     assert pq.read_table(out).num_rows == 0
-    assert snap.digest.startswith("blake3:")
+    assert re.fullmatch(r"[0-9a-f]{32}", snap.digest)
 
 
 def test_missing_parameter_is_an_error(db: DB, tmp_path: Path) -> None:
@@ -413,7 +415,7 @@ def test_combine_digests_is_order_independent() -> None:
     b = digest_table(pa.table({"x": [2]}))
     assert combine_digests({"a": a, "b": b}) == combine_digests({"b": b, "a": a})
     assert combine_digests({"a": a, "b": b}) != combine_digests({"a": b, "b": a})
-    assert combine_digests({"a": a}).startswith("blake3:") and len(combine_digests({})) == 71
+    assert len(combine_digests({"a": a})) == 32 and len(combine_digests({})) == 32
 
 
 # ---------------------------------------------------------------------------------------------

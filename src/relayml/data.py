@@ -8,7 +8,7 @@ their engines/connections). It is pure: it does no MLflow tracking; callers log 
 * Snapshots: rows are streamed in record batches into a Parquet file (memory is bounded by the
   batch size); the file is written to a temporary name in the output folder and renamed only on
   success, so a failure never leaves a partial file at the output path.
-* Digest: ``"blake3:<64 hex>"`` over a canonical encoding of *every* value (no sampling),
+* Digest: 32 hex digits (128-bit blake3) over a canonical encoding of *every* value (no sampling),
   independent of how the rows were split into batches. See :class:`Digester` for the rules.
 * Secrets: a password never leaves this module. Every URL in a message, a :class:`Snapshot`
   field, an exception or the Parquet metadata goes through :func:`redact`.
@@ -70,6 +70,9 @@ __all__ = [
 
 #: Tag hashed into every digest; bump it if the canonical encoding ever changes.
 DIGEST_VERSION = "relayml-digest-v1"
+# 128 bits: strong against collisions, and it fits MLflow\'s dataset digest column (36 chars),
+# so relay.data and datasets.digest hold the same string.
+DIGEST_BYTES = 16
 
 _MASK = "***"
 _SECRET_KEYS = r"password|passwd|pwd|pass|secret|token|api_key|apikey|access_key|sslpassword"
@@ -89,7 +92,7 @@ class Snapshot:
         rows: number of rows.
         bytes: size of the Parquet file in bytes.
         schema: column -> canonical Arrow type name, in column order.
-        digest: ``"blake3:<64 hex>"`` content digest (see :class:`Digester`).
+        digest: 32 hex digits (128-bit blake3) content digest (see :class:`Digester`).
         source: redacted URL, or the file path.
         query: the SQL text (``None`` for files and frames).
 
@@ -423,11 +426,11 @@ class Digester:
         self.rows += batch.num_rows
 
     def hexdigest(self) -> str:
-        """The digest of everything fed so far, as ``"blake3:<64 hex>"``.
+        """The digest of everything fed so far, as 32 hex digits (128-bit blake3).
 
         Example:
-            >>> Digester().hexdigest().startswith("blake3:")
-            True
+            >>> len(Digester().hexdigest())
+            32
         """
         h = blake3.blake3()
         h.update(_lp(DIGEST_VERSION.encode()))
@@ -439,7 +442,7 @@ class Digester:
             h.update(_lp(str(field.type).encode()))
             for s in streams:
                 h.update(s.digest())
-        return "blake3:" + h.hexdigest()
+        return h.hexdigest(length=DIGEST_BYTES)
 
 
 def _feed(arr: pa.Array, streams: tuple[Any, Any, Any], offset: int) -> None:
@@ -492,7 +495,7 @@ def digest_table(table: pa.Table | pa.RecordBatch | pd.DataFrame) -> str:
         table: the data.
 
     Returns:
-        ``"blake3:<64 hex>"``, equal to the digest of a snapshot of the same data.
+        32 hex digits (128-bit blake3), equal to the digest of a snapshot of the same data.
 
     Example:
         >>> digest_table(pd.DataFrame({"a": [1, 2]})) == digest_table(pa.table({"a": [1, 2]}))
@@ -514,7 +517,7 @@ def combine_digests(parts: Mapping[str, str]) -> str:
         parts: source name -> its digest.
 
     Returns:
-        ``"blake3:<64 hex>"``.
+        32 hex digits (128-bit blake3).
 
     Example:
         >>> a, b = digest_table(pa.table({"x": [1]})), digest_table(pa.table({"x": [2]}))
@@ -527,7 +530,7 @@ def combine_digests(parts: Mapping[str, str]) -> str:
     for name in sorted(parts):
         h.update(_lp(name.encode()))
         h.update(_lp(parts[name].encode()))
-    return "blake3:" + h.hexdigest()
+    return h.hexdigest(length=DIGEST_BYTES)
 
 
 # --------------------------------------------------------------------------------------------

@@ -320,7 +320,9 @@ class Context:
         try:
             return self.settings.sources[name]
         except KeyError:
-            raise UnknownName("source", name, self.settings.sources, where="in relay.toml") from None
+            raise UnknownName(
+                "source", name, self.settings.sources, where="in relay.toml"
+            ) from None
 
     @contextmanager
     def _progress(self, label: str) -> Iterator[Callable[[int], None]]:
@@ -489,15 +491,10 @@ def _base_tags(req: Request, key: RunKey) -> dict[str, str]:
     return tags
 
 
-def _version(digest: str) -> str:
-    """TEMPORARY until data.py emits it: the 32-hex (128-bit) form MLflow's datasets accept."""
-    return digest.removeprefix("blake3:")[:32]
-
-
 def _data_tags(parts: Mapping[str, str]) -> dict[str, str]:
     from relayml.data import combine_digests
 
-    version = next(iter(parts.values())) if len(parts) == 1 else _version(combine_digests(parts))
+    version = next(iter(parts.values())) if len(parts) == 1 else combine_digests(parts)
     return {
         "relay.data": version,
         "relay.data.keys": ",".join(sorted(parts)),
@@ -569,12 +566,8 @@ def _finish(store: Store, req: Request, ctx: Context, outputs: dict[str, Any]) -
         _log_snapshot(store, ctx.run_id, name, snap, holders[name], ctx.retrieval_time)
     tags: dict[str, str] = {}
     if snaps:
-        digests = {name: _version(snap.digest) for name, snap, _ in snaps}
-        own = (
-            next(iter(digests.values()))
-            if len(digests) == 1
-            else _version(data.combine_digests(digests))
-        )
+        digests = {name: snap.digest for name, snap, _ in snaps}
+        own = next(iter(digests.values())) if len(digests) == 1 else data.combine_digests(digests)
         tags.update(_data_tags({str(ctx.key): own}))
         tags["relay.retrieval_time"] = ctx.retrieval_time.isoformat()
     else:
@@ -596,7 +589,7 @@ def _store_snapshot(store: Store, settings: Settings, snap: Snapshot) -> str:
     """The holder run of a snapshot's bytes: an existing one with the same digest, or new."""
     found = store.search(
         [SNAPSHOTS],
-        f"tags.`relay.digest` = {quote(_version(snap.digest))} AND attributes.status = 'FINISHED'",
+        f"tags.`relay.digest` = {quote(snap.digest)} AND attributes.status = 'FINISHED'",
         limit=1,
     )
     if found:
@@ -604,10 +597,10 @@ def _store_snapshot(store: Store, settings: Settings, snap: Snapshot) -> str:
     entity = store.create_run(
         SNAPSHOTS,
         start_ms=int(time.time() * 1000),
-        run_name=f"snapshot {_version(snap.digest)[:12]}",
+        run_name=f"snapshot {snap.digest[:12]}",
         tags={
             "relay.project": settings.project,
-            "relay.digest": _version(snap.digest),
+            "relay.digest": snap.digest,
             "relay.rows": str(snap.rows),
             "relay.bytes": str(snap.bytes),
         },
@@ -639,7 +632,7 @@ def _log_snapshot(
         "rows": snap.rows,
         "bytes": snap.bytes,
         "schema": snap.schema,
-        "digest": _version(snap.digest),
+        "digest": snap.digest,
         "uri": f"runs:/{holder}/snapshot.parquet",
     }
     store.log_text(run_id, json.dumps(info, indent=2), f"snapshots/{name}.json")
@@ -649,7 +642,7 @@ def _log_snapshot(
         run_id,
         tags={
             f"relay.snapshot.{name}": holder,
-            f"relay.snapshot.{name}.digest": _version(snap.digest),
+            f"relay.snapshot.{name}.digest": snap.digest,
             f"relay.snapshot.{name}.rows": str(snap.rows),
             f"relay.snapshot.{name}.bytes": str(snap.bytes),
             f"relay.snapshot.{name}.source": snap.source,
@@ -658,7 +651,7 @@ def _log_snapshot(
     store.log_dataset(
         run_id,
         name=name,
-        digest=_version(snap.digest),
+        digest=snap.digest,
         source=canonical({"uri": info["uri"], "source": snap.source, "query": snap.query}),
         schema=_mlflow_schema(snap.schema),
         profile=canonical({"num_rows": snap.rows, "bytes": snap.bytes}),

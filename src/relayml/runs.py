@@ -440,20 +440,27 @@ def _data_version(value: str, settings: Settings) -> str:
 def _coerced_params(
     settings: Settings, step: str | None, variant: str | None, params: Mapping[str, Any]
 ) -> dict[str, str]:
-    """Params as MLflow stored them: coerced through the variant's declared types if known."""
+    """Params as MLflow stored them: coerced through the declared types when known.
+
+    ``--param C=10`` finds runs logged with ``C=10.0`` when the step's variants declare
+    ``C: float``; with no step, or an undeclared name, the value is compared as given.
+    """
     out = {k: str(v) for k, v in params.items()}
-    if not (step and variant and params):
+    if not (step and params):
         return out
     from relayml.errors import ConfigError
     from relayml.steps import load_pipeline
 
     try:
-        declared = load_pipeline(settings.root, settings.module).variant(step, variant).params
-    except ConfigError:
+        declared_step = load_pipeline(settings.root, settings.module).get(step)
+    except (ConfigError, UsageError):
         return out
-    except UsageError:
-        raise
+    variants = (
+        [declared_step.get(variant)] if variant else list(declared_step.variants.values())
+    )
     for k, v in params.items():
-        if k in declared:
-            out[k] = str(declared[k].coerce(v))
+        for var in variants:
+            if k in var.params:
+                out[k] = str(var.params[k].coerce(v))
+                break
     return out

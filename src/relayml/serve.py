@@ -819,3 +819,126 @@ def _rebatch(batches: Any, size: int) -> Any:
                 pending, count = [], 0
     if count:
         yield pa.Table.from_batches(pending).combine_chunks().to_batches()[0]
+
+
+# -- relay references → served models ---------------------------------------------------------
+
+
+def resolve_model(ref: str, *, project: Any = None) -> tuple[str, dict[str, Any]]:
+    """The model URI and provenance of a run reference, a chain spec, or ``models:/NAME@ALIAS``.
+
+    Args:
+        ref: ``training/logreg@latest`` (any run reference of a run that logged a bundle),
+            a chain spec such as ``"load=transactions@latest processing=plain training=logreg"``
+            (its newest coherent chain), or a registry URI ``models:/fraud@champion``.
+        project: the project (default: around the working folder).
+
+    Returns:
+        ``(model_uri, provenance)``; provenance names the keys of the load, processing and
+        training runs, the data version, the code commit and the model URI.
+
+    Raises:
+        NotFound: nothing matches, or the run logged no model.
+
+    Example:
+        >>> uri, prov = resolve_model("training/logreg@latest")  # doctest: +SKIP
+        >>> prov["training"]  # doctest: +SKIP
+        'training/logreg@20190210094501'
+    """
+    from relayml.errors import NotFound
+    from relayml.runs import get, open_project
+
+    settings = open_project(project)
+    if ref.startswith("models:/"):
+        from relayml.store import get_store
+
+        get_store(settings)  # points MLflow's registry at the project's store
+        return ref, {"model_uri": ref}
+    if "=" in ref:
+        from relayml.chain import chain
+
+        found = chain(*ref.replace(",", " ").split(), dry_run=True, project=settings)
+        if not found.complete or found.final is None:
+            raise NotFound(f"no complete coherent chain for {ref!r}; run 'relay chain {ref}' first")
+        run = found.final
+    else:
+        run = get(ref, project=settings)
+    if not run.model_uri:
+        raise NotFound(
+            f"run {run.key} logged no model; serve a run of a step that returns a 'model' "
+            "output (e.g. training/logreg@latest)"
+        )
+    return run.model_uri, provenance(run)
+
+
+def provenance(run: Any) -> dict[str, Any]:
+    """Where a training run's model comes from: upstream keys, data version, commit, model URI.
+
+    Example:
+        >>> provenance(relay.get("training/logreg@latest"))["load"]  # doctest: +SKIP
+        'load/transactions@20190209000000'
+    """
+    out: dict[str, Any] = {run.step: str(run.key)}
+    queue = list(run.upstream.values())
+    while queue:
+        r = queue.pop(0)
+        key = str(r.key)
+        if r.step in out and key not in str(out[r.step]):
+            out[r.step] = f"{out[r.step]},{key}"
+        else:
+            out.setdefault(r.step, key)
+        queue.extend(r.upstream.values())
+    out["data_version"] = run.data_version
+    out["commit"] = run.tags.get("relay.git.commit")
+    out["dirty"] = run.tags.get("relay.git.dirty") == "true"
+    out["model_uri"] = run.model_uri
+    out["run_id"] = run.run_id
+    return out
+
+
+def serve(
+    ref: str,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 5001,
+    workers: int = 1,
+    max_body: int = 5 * 2**20,
+    token: str | None = None,
+    project: Any = None,
+) -> None:
+    """Serve the bundle a reference names as a REST API on raw records (blocks until stopped).
+
+    Example:
+        >>> import relayml as relay
+        >>> relay.serve("models:/fraud@champion", port=5001)  # doctest: +SKIP
+    """
+    uri, prov = resolve_model(ref, project=project)
+    run_server(
+        uri, host=host, port=port, workers=workers, max_body=max_body, token=token,
+        provenance=prov,
+    )  # fmt: skip
+
+
+def predict(
+    ref: str,
+    input: Path | str,
+    output: Path | str,
+    *,
+    key_column: str | None = None,
+    batch_size: int = 100_000,
+    progress: Callable[[int], None] | None = None,
+    project: Any = None,
+) -> int:
+    """Score a CSV or Parquet file of raw records with the bundle a reference names.
+
+    Returns the number of rows written to ``output`` (CSV or Parquet by its suffix).
+
+    Example:
+        >>> relay.predict("training/logreg@latest", "new.csv", "scored.parquet")  # doctest: +SKIP
+        20000
+    """
+    uri, _ = resolve_model(ref, project=project)
+    return predict_file(
+        uri, Path(input), Path(output), key_column=key_column, batch_size=batch_size,
+        progress=progress,
+    )  # fmt: skip

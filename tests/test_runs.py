@@ -1,0 +1,144 @@
+"""Finding runs (`relay runs`, `relay show`, `relay.runs`, `relay.get`) and `relay init`."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+import relayml
+
+
+@pytest.fixture
+def filled(project: Path, relay) -> Path:
+    """load → processing (plain, robust) → training (logreg C=10, logreg C=1)."""
+    for args in (
+        ["run", "load", "transactions"],
+        ["run", "processing", "robust"],
+        ["run", "processing", "plain"],
+        ["run", "training", "logreg", "-P", "C=10", "-P", "cv=2"],
+        ["run", "training", "logreg", "-P", "C=1", "-P", "cv=2"],
+    ):
+        assert relay(*args).code == 0
+    return project
+
+
+def test_runs_newest_first_with_filters(filled: Path, relay) -> None:
+    r = relay("runs", "--json")
+    assert r.code == 0
+    rows = json.loads(r.out)
+    assert [row["step"] for row in rows] == ["training"] * 2 + ["processing"] * 2 + ["load"]
+    assert set(rows[0]) >= {"key", "run_id", "step", "variant", "status", "params", "metrics",
+                            "upstream"}  # fmt: skip
+    assert rows[0]["params"]["C"] == "1.0" and rows[1]["params"]["C"] == "10.0"
+    assert rows[0]["upstream"] == {"processing": rows[3]["key"]} or rows[0]["upstream"] == {
+        "processing": rows[2]["key"]
+    }
+
+    one = json.loads(relay("runs", "training", "--param", "C=10", "--json").out)
+    assert [row["params"]["C"] for row in one] == ["10.0"]  # "10" is coerced like -P is
+    robust = json.loads(relay("runs", "processing", "--variant", "robust", "--json").out)
+    assert [row["variant"] for row in robust] == ["robust"]
+    today = datetime.now(UTC).date().isoformat()
+    assert len(json.loads(relay("runs", "--on", today, "--json").out)) == 5
+    assert json.loads(relay("runs", "--on", "2019-02-09", "--json").out) == []
+    assert len(json.loads(relay("runs", "--since", today, "--until", today, "--json").out)) == 5
+    assert len(json.loads(relay("runs", "--limit", "2", "--json").out)) == 2
+    assert len(json.loads(relay("runs", "--status", "finished", "--json").out)) == 5
+    assert json.loads(relay("runs", "--status", "FAILED", "--json").out) == []
+
+
+def test_runs_table(filled: Path, relay) -> None:
+    r = relay("runs", "training")
+    assert r.code == 0
+    assert "training/logreg@" in r.out and "FINISHED" in r.out
+
+
+def test_python_search_api(filled: Path) -> None:
+    found = relayml.runs("training", variant="logreg", params={"C": 10})
+    assert len(found) == 1 and found[0].params["C"] == "10.0"
+    frame = relayml.runs("training").to_pandas()
+    assert list(frame["params.C"]) == ["1.0", "10.0"]
+    assert "metrics.test_roc_auc" in frame
+    newest = relayml.get("training/logreg@latest")
+    assert newest == relayml.runs("training")[0]
+    assert relayml.get(newest.run_id) == newest
+    assert relayml.get(f"training/logreg@{datetime.now(UTC).date()}") == newest
+    assert relayml.get(str(newest.key)) == newest
+    assert newest.upstream["processing"].variant == "plain"
+    load = relayml.get("load@latest")
+    assert {r.variant for r in load.downstream} == {"plain", "robust"}
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["runs", "--on", "09/02/2019"], "invalid date '09/02/2019': expected YYYY-MM-DD"),
+        (["runs", "--on", "2019-02-09", "--since", "2019-02-01"], "either --on or --since"),
+        (["runs", "--status", "DONE"], "unknown status 'DONE'"),
+        (["runs", "--param", "C"], "expected name=value"),
+        (["runs", "training", "--variant", "logreg", "--param", "C=x"], "expects float"),
+        (["show", "training/logreg@tomorrow"], "malformed reference"),
+        (["show", "traning@latest"], "no runs of step 'traning'; did you mean 'training'"),
+        (["show", "training/logreg@20000101000000"], "nearest: training/logreg@"),
+        (["show", "ffffffffffffffffffffffffffffffff"], "no relay run with id"),
+        (["runs", "--data", "abc"], "too short to be a digest"),
+    ],
+)
+def test_bad_search_input(filled: Path, relay, args: list[str], message: str) -> None:
+    r = relay(*args)
+    assert r.code == 2, r
+    assert message in r.err
+
+
+def test_show(filled: Path, relay) -> None:
+    r = relay("show", "training/logreg@latest", "--json")
+    assert r.code == 0
+    info = json.loads(r.out)
+    assert info["params"]["C"] == "1.0"
+    assert info["upstream"] == [str(relayml.get("processing/plain@latest").key)]
+    assert info["tags"]["relay.step"] == "training"
+    assert "outputs/model.pkl" in info["artifacts"]
+    load = json.loads(relay("show", "load@latest", "--json").out)
+    assert len(load["downstream"]) == 2
+    assert any(a.startswith("snapshots/") for a in load["artifacts"])
+    text = relay("show", "processing/plain@latest")
+    assert text.code == 0 and "upstream" in text.out and "processor" in text.out
+
+
+def test_steps_listing(project: Path, relay) -> None:
+    r = relay("steps")
+    assert r.code == 0
+    for word in ("load", "transactions", "processing", "robust", "training", "logreg", "rf"):
+        assert word in r.out
+
+
+def test_init_makes_a_runnable_project(tmp_path: Path, relay, monkeypatch) -> None:
+    target = tmp_path / "churn"
+    r = relay("init", str(target))
+    assert r.code == 0
+    monkeypatch.chdir(target)
+    for args in (["run", "load", "synthetic"], ["run", "processing", "scaled"],
+                 ["run", "training", "logreg"]):  # fmt: skip
+        assert relay(*args).code == 0
+    run = relayml.get("training/logreg@latest")
+    assert run.metrics["test_roc_auc"] > 0.8
+    assert run.settings.experiment("training") == "churn/training"
+    again = relay("init", str(target))
+    assert again.code == 2 and "already exists" in again.err
+
+
+def test_no_project_is_a_clear_error(tmp_path: Path, relay, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    r = relay("runs")
+    assert r.code == 2 and "no relay.toml" in r.err and "relay init" in r.err
+
+
+def test_tracking_uri_from_environment(project: Path, relay, monkeypatch, tmp_path) -> None:
+    other = tmp_path / "elsewhere.db"
+    monkeypatch.setenv("RELAY_TRACKING_URI", f"sqlite:///{other}")
+    assert relay("run", "load", "transactions").code == 0
+    assert other.exists()
+    assert not (project / ".relay" / "mlflow.db").exists()

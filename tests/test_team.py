@@ -1,0 +1,169 @@
+"""Team mode: ``relay server`` and many data scientists at once, on PostgreSQL and on SQLite.
+
+The concurrency tests start real client processes (the client of ``bench/team.py``) that for
+``RELAY_STRESS_SECONDS`` (default 30) send overlapping ``relay chain`` and ``relay run``
+requests, then check the store: no client saw an error, no run reported to a client is lost,
+no two runs share a key, every chain record is coherent, and each identical missing step was
+computed once. The counts are printed (``pytest -s``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, free_port, relay_process, wait_http
+
+sys.path.insert(0, str(ROOT / "bench"))
+import team
+
+SECONDS = float(os.environ.get("RELAY_STRESS_SECONDS", "30"))
+
+
+def _report(title: str, counts: dict) -> None:
+    shown = {k: v for k, v in counts.items() if k != "problems"}
+    print(f"\n{title}: " + ", ".join(f"{k}={v}" for k, v in shown.items()))
+    for p in counts["problems"]:
+        print(f"  problem: {p}")
+
+
+def _stress(project: Path, clients: int, env: dict[str, str], work: Path, title: str) -> dict:
+    load_id = team.seed_load(project, env)
+    results = team.run_clients(project, load_id, clients, SECONDS, env, work)
+    counts = team.verify(project, results)
+    _report(title, counts)
+    assert counts["problems"] == []
+    assert counts["errors"] == 0
+    assert counts["requests"] >= clients
+    assert counts["chain_records"] >= 1
+    assert counts["lost_runs"] == counts["shared_keys"] == counts["incoherent_chains"] == 0
+    assert counts["computed_twice"] == 0
+    return counts
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_eight_clients_on_a_postgres_server(
+    project: Path, mlflow_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RELAY_TRACKING_URI", mlflow_server)
+    _stress(
+        project, 8, {"RELAY_TRACKING_URI": mlflow_server}, tmp_path / "work",
+        f"8 clients, MLflow server on PostgreSQL, {SECONDS:.0f}s",
+    )  # fmt: skip
+
+
+@pytest.mark.slow
+def test_four_clients_on_the_embedded_sqlite_store(project: Path, tmp_path: Path) -> None:
+    counts = _stress(
+        project, 4, {}, tmp_path / "work",
+        f"4 clients, embedded SQLite store, {SECONDS:.0f}s",
+    )  # fmt: skip
+    assert "locked" not in json.dumps(counts)
+
+
+# -- relay server ----------------------------------------------------------------------------
+
+
+def test_server_command_line(project: Path) -> None:
+    from relayml.cli.team import server_command
+    from relayml.config import load_settings
+
+    s = load_settings(project)
+    argv, _ = server_command(s, port=5123, workers=3)
+    assert argv[argv.index("--backend-store-uri") + 1] == f"sqlite:///{project}/.relay/mlflow.db"
+    assert argv[argv.index("--artifacts-destination") + 1] == str(project / ".relay/artifacts")
+    assert argv[argv.index("--host") + 1] == "127.0.0.1"
+    assert "--app-name" not in argv and argv[argv.index("--workers") + 1] == "3"
+    argv, _ = server_command(s, backend="postgresql+psycopg://u@h/db", artifacts="s3://b/m")
+    assert "postgresql+psycopg://u@h/db" in argv and "s3://b/m" in argv
+
+
+def test_server_auth_needs_an_admin_password(relay, project: Path, monkeypatch) -> None:
+    monkeypatch.delenv("MLFLOW_AUTH_ADMIN_PASSWORD", raising=False)
+    result = relay("server", "--auth")
+    assert result.code == 2
+    assert "MLFLOW_AUTH_ADMIN_PASSWORD" in result.err
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_relay_server_on_postgres_with_auth(
+    project: Path, pg_database: str, tmp_path: Path, relay
+) -> None:
+    """The real thing: PG backend (password from an env var), proxied artifacts, basic auth."""
+    import httpx
+    import sqlalchemy as sa
+
+    secret = "s3cr3t-Pw"
+    with sa.create_engine(pg_database).connect() as con:  # a role with a password
+        con.execute(sa.text("DROP ROLE IF EXISTS relay_team_test"))
+        con.execute(sa.text(f"CREATE ROLE relay_team_test LOGIN PASSWORD '{secret}'"))
+        db = sa.engine.make_url(pg_database).database
+        con.execute(sa.text(f'GRANT ALL ON DATABASE "{db}" TO relay_team_test'))
+        con.execute(sa.text("GRANT ALL ON SCHEMA public TO relay_team_test"))
+        con.commit()
+    backend = (
+        sa.engine.make_url(pg_database)
+        .set(username="relay_team_test", password=None)
+        .render_as_string(hide_password=False)
+    )
+    port = free_port()
+    env = {"RELAY_DB_PASSWORD": secret, "MLFLOW_AUTH_ADMIN_PASSWORD": "admin-Pw-123456"}
+    server = relay_process(
+        "server", "--backend", backend, "--password-env", "RELAY_DB_PASSWORD",
+        "--artifacts", str(tmp_path / "store"), "--port", str(port), "--auth",
+        cwd=project, env=env, start_new_session=True,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(f"{url}/health", timeout=120, proc=server)
+        assert (
+            httpx.get(f"{url}/api/2.0/mlflow/experiments/search?max_results=1").status_code == 401
+        )
+        client_env = {
+            "RELAY_TRACKING_URI": url,
+            "MLFLOW_TRACKING_USERNAME": "admin",
+            "MLFLOW_TRACKING_PASSWORD": "admin-Pw-123456",
+        }
+        run = relay_process("run", "load", "transactions", "--json", cwd=project, env=client_env)
+        out, err = run.communicate(timeout=180)
+        assert run.returncode == 0, err
+        done = json.loads(out)
+        assert done["status"] == "FINISHED"
+        assert "admin-Pw-123456" not in out + err
+        # the artifacts went through the server into its store
+        assert any((tmp_path / "store").rglob("*.parquet"))
+        anonymous = relay_process("runs", cwd=project, env={"RELAY_TRACKING_URI": url})
+        _, err = anonymous.communicate(timeout=120)
+        assert anonymous.returncode != 0
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        out, err = server.communicate(timeout=30)
+    assert secret not in out + err
+    assert "relay_team_test:***@" in err
+    with sa.create_engine(pg_database).connect() as con:  # the role must go before the db
+        con.execute(sa.text(f'REASSIGN OWNED BY relay_team_test TO "{con.engine.url.username}"'))
+        con.execute(sa.text("DROP OWNED BY relay_team_test"))
+        con.execute(sa.text("DROP ROLE relay_team_test"))
+        con.commit()
+
+
+def test_ui_points_at_the_server_of_a_team_project(relay, project, monkeypatch) -> None:
+    monkeypatch.setenv("RELAY_TRACKING_URI", "http://127.0.0.1:59999")
+    result = relay("ui")
+    assert result.code == 0 and "http://127.0.0.1:59999" in result.out
+
+
+def test_ui_starts_mlflow_ui_on_the_project_store(project: Path) -> None:
+    port = free_port()
+    proc = relay_process("ui", "--port", str(port), cwd=project, start_new_session=True)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/health", timeout=120, proc=proc)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.communicate(timeout=30)

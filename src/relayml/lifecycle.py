@@ -1431,6 +1431,13 @@ def refresh(
     metric = metric or _last_metric(store, settings, alias)
     if not metric:
         raise UsageError("name the metric to compare with --metric NAME (remembered afterwards)")
+    chain = {r.step: r for r in _chain_of(champ[1])} if champ else {}
+    recipes = {  # decided before anything is written
+        step: (chain[step].variant, _recorded_params(chain[step]))
+        if step in chain
+        else (_default_variant(settings, pipeline, step), {})
+        for step in pipeline.order[:-1]
+    }
     record = _claim(store, settings, alias)
     beat = _Heartbeat(store, record, settings.stale_after)
     try:
@@ -1449,6 +1456,7 @@ def refresh(
                 lower_is_better,
                 dict(params or {}),
                 champ,
+                recipes,
                 say,
                 prepare,
                 execute,
@@ -1475,18 +1483,15 @@ def _refresh_body(
     lower: bool,
     params: dict[str, Any],
     champ: tuple[int, Run] | None,
+    recipes_before: dict[str, tuple[str, dict[str, str]]],
     say: Callable[[str], None],
     prepare: Callable[..., Any],
     execute: Callable[..., Run],
 ) -> RefreshReport:
     last = pipeline.order[-1]
-    chain = {r.step: r for r in _chain_of(champ[1])} if champ else {}
     new: dict[str, Run] = {}
     for step in pipeline.order[:-1]:
-        if step in chain:
-            variant, ps = chain[step].variant, _recorded_params(chain[step])
-        else:
-            variant, ps = _default_variant(settings, pipeline, step), {}
+        variant, ps = recipes_before[step]
         ups = {u: new[u] for u in pipeline.get(step).upstream}
         say(f"running {step}/{variant} ...")
         new[step] = execute(
@@ -1599,14 +1604,10 @@ def _default_variant(settings: Settings, pipeline: Any, step: str) -> str:
     names = list(pipeline.get(step).variants)
     if len(names) == 1:
         return names[0]
-    try:
+    try:  # the variant the team ran last, else the first declared one
         return get(f"{step}@latest", project=settings).variant
     except NotFound:
-        raise UsageError(
-            f"step {step!r} has several variants ({', '.join(names)}) and no champion tells "
-            f"which; promote one first ('relay promote training/VARIANT@latest') or run "
-            f"'relay run {step} VARIANT' once"
-        ) from None
+        return names[0]
 
 
 def _last_metric(store: Store, settings: Settings, alias: str) -> str | None:
@@ -1635,7 +1636,13 @@ def _claim(store: Store, settings: Settings, alias: str) -> str:
         },
     )
     run_id = entity.info.run_id
-    _check_claim(store, settings, alias, run_id)
+    try:
+        _check_claim(store, settings, alias, run_id)
+    except RefreshBusy as e:
+        message = str(e)
+        _quiet(lambda: store.set_tag(run_id, "relay.error", message))
+        store.finish(run_id, "KILLED")
+        raise
     return run_id
 
 

@@ -1,0 +1,74 @@
+"""``relay refresh``: regular retraining with a champion, challengers and a safe claim."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from conftest import relay_process
+
+import relayml as rl
+from relayml.runs import open_project
+from relayml.store import get_store
+
+FAST = ("-P", "cv=2", "-P", "n_estimators=10")
+
+
+def _champion() -> tuple[int, str]:
+    client = get_store(open_project()).client
+    mv = client.get_model_version_by_alias("fraud", "champion")
+    return int(mv.version), mv.run_id
+
+
+def test_refresh_first_champion_then_kept(project: Path, relay) -> None:
+    bad = relay("refresh", "--candidates", "lgreg", "--metric", "test_roc_auc")
+    assert bad.code == 2 and "logreg" in bad.err, bad
+    no_metric = relay("refresh", "--candidates", "logreg")
+    assert no_metric.code == 2 and "--metric" in no_metric.err, no_metric
+
+    first = relay("refresh", "--candidates", "logreg", "--metric", "test_roc_auc", *FAST, "--json")
+    assert first.code == 0, first
+    report = json.loads(first.out)
+    assert report["decision"] == "first champion" and report["promoted"]["version"] == 1
+    version, run_id = _champion()
+    assert version == 1 and run_id == report["entries"][0]["run_id"]
+
+    # the champion's recipe vs rf; nothing beats an AUC by a margin of 1.0
+    second = relay("refresh", "--candidates", "rf", "--margin", "1.0", *FAST, "--json")
+    assert second.code == 0, second
+    report = json.loads(second.out)
+    assert report["decision"] == "kept" and report["promoted"] is None
+    assert report["metric"] == "test_roc_auc"  # remembered from the first refresh
+    roles = sorted(e["role"] for e in report["entries"])
+    assert roles == ["challenger", "champion"]
+    assert _champion() == (1, run_id)
+    trained = [rl.get(e["run_id"]) for e in report["entries"]]
+    assert len({r.upstream_ids["processing"] for r in trained}) == 1  # same new test data
+    assert trained[0].data_version == report["data_version"]
+    champ = next(
+        r for r, e in zip(trained, report["entries"], strict=True) if e["role"] == "champion"
+    )
+    assert champ.params == rl.get(run_id).params  # the champion's own params
+
+    record = get_store(open_project()).get_run(report["record"])
+    assert record.info.status == "FINISHED"
+    tags = record.data.tags
+    assert tags["relay.refresh.decision"] == "kept" and "relay.key" not in tags
+    assert tags["relay.upstream.processing"] == champ.upstream_ids["processing"]
+    assert "champion_test_roc_auc" in record.data.metrics
+
+
+def test_overlapping_refreshes_do_not_both_promote(project: Path) -> None:
+    args = ("refresh", "--candidates", "logreg", "--metric", "test_roc_auc", *FAST)
+    env = {"RELAY_TEST_REFRESH_PAUSE": "4"}
+    procs = [relay_process(*args, cwd=project, env=env) for _ in range(2)]
+    results = [p.communicate(timeout=300) for p in procs]
+    codes = sorted(p.returncode for p in procs)
+    assert codes == [0, 1], results
+    loser = results[[p.returncode for p in procs].index(1)]
+    assert "another refresh" in loser[1]
+    client = get_store(open_project()).client
+    assert len(client.search_model_versions("name = 'fraud'")) == 1
+    store = get_store(open_project())
+    records = store.search(["refresh"])
+    assert sorted(r.info.status for r in records) == ["FINISHED", "KILLED"]

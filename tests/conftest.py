@@ -208,6 +208,8 @@ def mlflow_server(pg_database: str, tmp_path: Path) -> Iterator[str]:
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
+        # relayml uses no MLflow server jobs: skip the huey job consumers (CPU, memory)
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
     )
     url = f"http://127.0.0.1:{port}"
     try:

@@ -142,10 +142,8 @@ def logreg(
     seed: int = 0,
 ):
     """Penalised logistic regression, GridSearchCV over C and the penalty (roc_auc)."""
-    grid = {
-        "C": [C] if C is not None else [0.01, 0.1, 1.0, 10.0],
-        "penalty": ["l1", "l2"] if penalty == "both" else [penalty],
-    }
+    ratios = {"l1": [1.0], "l2": [0.0], "both": [1.0, 0.0]}  # l1_ratio: 1 is L1, 0 is L2
+    grid = {"C": [C] if C is not None else [0.01, 0.1, 1.0, 10.0], "l1_ratio": ratios[penalty]}
     search = GridSearchCV(
         LogisticRegression(solver="liblinear", max_iter=1000),
         grid,

@@ -22,10 +22,11 @@ import statistics
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from storefill import fill  # noqa: E402
+from storefill import fill
 
 
 def timed(fn, repeat: int) -> tuple[float, object]:
@@ -80,24 +81,26 @@ def main() -> None:
 
         MlflowClient(uri).search_experiments()  # creates the schema
         filled = fill(uri, size)
-        settings = Settings.from_dict({"project": {"name": "bench"}, "tracking": {"uri": uri}},
-                                      root=folder)  # fmt: skip
+        settings = Settings.from_dict(
+            {"project": {"name": "bench"}, "tracking": {"uri": uri}}, root=folder
+        )
         store = get_store(settings)
         exp_id = filled.experiments["processing"]
         newest_key = filled.newest[("processing", "plain")][1]
         day = filled.days[len(filled.days) // 2]
+        plain = {"relay.variant": "plain"}
         queries = {
             "get(processing/plain@latest)": (
-                lambda: relay.get("processing/plain@latest", project=settings),
-                lambda: seed_scan(store.client, exp_id, {"relay.variant": "plain"}, None),
+                partial(relay.get, "processing/plain@latest", project=settings),
+                partial(seed_scan, store.client, exp_id, plain, None),
             ),
             f"get(processing/plain@{day})": (
-                lambda: relay.get(f"processing/plain@{day}", project=settings),
-                lambda: seed_scan(store.client, exp_id, {"relay.variant": "plain"}, day),
+                partial(relay.get, f"processing/plain@{day}", project=settings),
+                partial(seed_scan, store.client, exp_id, plain, day),
             ),
             "runs(processing, plain, on)": (
-                lambda: relay.runs("processing", variant="plain", on=day, project=settings),
-                lambda: seed_scan(store.client, exp_id, {"relay.variant": "plain"}, day),
+                partial(relay.runs, "processing", variant="plain", on=day, project=settings),
+                partial(seed_scan, store.client, exp_id, plain, day),
             ),
         }
         relay.get("processing/plain@latest", project=settings)  # warm caches (experiment ids)
@@ -106,9 +109,14 @@ def main() -> None:
             seed_repeat = 3 if size <= 10_000 else 1
             seed_ms, seed_got = timed(theirs, seed_repeat)
             if name.startswith("get(processing/plain@latest"):
-                assert str(got.key) == newest_key == seed_got.data.tags["relay.key"], (got, newest_key)
-            print(f"{size:>7} {name:<28} {ms:>9.1f} {seed_ms:>10.0f} {seed_ms / ms:>7.0f}x",
-                  flush=True)  # fmt: skip
+                assert str(got.key) == newest_key == seed_got.data.tags["relay.key"], (
+                    got,
+                    newest_key,
+                )
+            print(
+                f"{size:>7} {name:<28} {ms:>9.1f} {seed_ms:>10.0f} {seed_ms / ms:>7.0f}x",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

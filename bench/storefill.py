@@ -55,8 +55,13 @@ def fill(uri: str, runs: int, *, project: str = "bench", seed: int = 0, days: in
     rng = random.Random(seed)
     start = int(time.mktime((2019, 1, 1, 0, 0, 0, 0, 0, 0))) * 1000
     filled = Filled(project, exps)
-    rows: dict[str, list[dict]] = {"runs": [], "tags": [], "params": [], "latest_metrics": [],
-                                   "metrics": []}  # fmt: skip
+    rows: dict[str, list[dict]] = {
+        "runs": [],
+        "tags": [],
+        "params": [],
+        "latest_metrics": [],
+        "metrics": [],
+    }
     made: dict[str, list[tuple[str, str, int]]] = {s: [] for s in STEPS}  # (id, key, start)
     for step, (ups, variants, share) in STEPS.items():
         count = max(1, int(runs * share))
@@ -69,32 +74,60 @@ def fill(uri: str, runs: int, *, project: str = "bench", seed: int = 0, days: in
             key = f"{step}/{variant}@{stamp}"
             status = "FAILED" if rng.random() < 0.05 else "FINISHED"
             tags = {
-                "relay.project": project, "relay.step": step, "relay.variant": variant,
-                "relay.key": key, "relay.time": stamp, "relay.heartbeat": str(t / 1000),
-                "relay.code": uuid.uuid4().hex, "relay.params": uuid.uuid4().hex,
-                "relay.fingerprint": uuid.uuid4().hex, "relay.git.commit": "0" * 40,
-                "relay.git.dirty": "false", "mlflow.runName": key, "mlflow.user": "bench",
-                "relay.outputs": '{"output":"pickle"}', "relay.data": uuid.uuid4().hex,
-            }  # fmt: skip
+                "relay.project": project,
+                "relay.step": step,
+                "relay.variant": variant,
+                "relay.key": key,
+                "relay.time": stamp,
+                "relay.heartbeat": str(t / 1000),
+                "relay.code": uuid.uuid4().hex,
+                "relay.params": uuid.uuid4().hex,
+                "relay.fingerprint": uuid.uuid4().hex,
+                "relay.git.commit": "0" * 40,
+                "relay.git.dirty": "false",
+                "mlflow.runName": key,
+                "mlflow.user": "bench",
+                "relay.outputs": '{"output":"pickle"}',
+                "relay.data": uuid.uuid4().hex,
+            }
             for up in ups:
                 earlier = [r for r in made[up] if r[2] < t] or made[up]
                 up_id, up_key, _ = rng.choice(earlier[-50:])  # recent upstream: realistic fan-out
                 tags[f"relay.upstream.{up}"] = up_id
                 tags[f"relay.upstream.{up}.key"] = up_key
             params = {"seed": str(rng.randrange(5)), "alpha": str(rng.choice([0.1, 1.0, 10.0]))}
-            rows["runs"].append({
-                "run_uuid": run_id, "name": key, "source_type": "LOCAL", "source_name": "steps.py",
-                "entry_point_name": "", "user_id": "bench", "status": status, "start_time": t,
-                "end_time": t + 5000, "deleted_time": None, "source_version": "0" * 40,
-                "lifecycle_stage": "active", "artifact_uri": f"/tmp/bench/{run_id}/artifacts",
-                "experiment_id": int(exps[step]),
-            })  # fmt: skip
+            rows["runs"].append(
+                {
+                    "run_uuid": run_id,
+                    "name": key,
+                    "source_type": "LOCAL",
+                    "source_name": "steps.py",
+                    "entry_point_name": "",
+                    "user_id": "bench",
+                    "status": status,
+                    "start_time": t,
+                    "end_time": t + 5000,
+                    "deleted_time": None,
+                    "source_version": "0" * 40,
+                    "lifecycle_stage": "active",
+                    "artifact_uri": f"/tmp/bench/{run_id}/artifacts",
+                    "experiment_id": int(exps[step]),
+                }
+            )
             rows["tags"] += [{"key": k, "value": v, "run_uuid": run_id} for k, v in tags.items()]
-            rows["params"] += [{"key": k, "value": v, "run_uuid": run_id} for k, v in params.items()]
+            rows["params"] += [
+                {"key": k, "value": v, "run_uuid": run_id} for k, v in params.items()
+            ]
             if step == "training":
                 for m in ("test_roc_auc", "cv_roc_auc"):
-                    row = {"key": m, "value": rng.random(), "timestamp": t, "step": 0,
-                           "is_nan": False, "run_uuid": run_id}  # fmt: skip
+                    row = {
+                        "key": m,
+                        "value": rng.random(),
+                        "timestamp": t,
+                        "step": 0,
+                        "is_nan": False,
+                        "run_uuid": run_id,
+                    }
                     rows["metrics"].append(row)
                     rows["latest_metrics"].append(dict(row))
             made[step].append((run_id, key, t))
@@ -111,15 +144,15 @@ def fill(uri: str, runs: int, *, project: str = "bench", seed: int = 0, days: in
             if not data:
                 continue
             cols = list(data[0])
-            stmt = sa.text(
-                f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join(':' + c for c in cols)})"
-            )
+            names, binds = ", ".join(cols), ", ".join(":" + c for c in cols)
+            stmt = sa.text(f"INSERT INTO {table} ({names}) VALUES ({binds})")
             for i in range(0, len(data), 20_000):
                 con.execute(stmt, data[i : i + 20_000])
     engine.dispose()
     filled.runs = {s: [r[0] for r in v] for s, v in made.items()}
-    filled.days = sorted({time.strftime("%Y-%m-%d", time.gmtime(r[2] // 1000))
-                          for r in made["processing"]})  # fmt: skip
+    filled.days = sorted(
+        {time.strftime("%Y-%m-%d", time.gmtime(r[2] // 1000)) for r in made["processing"]}
+    )
     return filled
 
 

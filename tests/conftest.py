@@ -54,7 +54,9 @@ def make_project(
         shutil.copy(EXAMPLE / name, root / name)
     (root / ".gitignore").write_text(".relay/\ndata/\n__pycache__/\n")
     (root / "data").mkdir(exist_ok=True)
-    generate.generate(f"sqlite:///{root / 'data' / 'fraud.db'}", days=days, rows_per_day=rows_per_day)
+    generate.generate(
+        f"sqlite:///{root / 'data' / 'fraud.db'}", days=days, rows_per_day=rows_per_day
+    )
     if commit:
         git(root, "init", "-q", "-b", "main")
         git(root, "add", "-A")
@@ -83,7 +85,9 @@ class Result:
 
 
 @pytest.fixture
-def relay(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Callable[..., Result]:
+def relay(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> Callable[..., Result]:
     """Run the ``relay`` CLI in-process: ``relay("runs", "--json")`` → Result."""
     from relayml.cli import main
 
@@ -101,13 +105,20 @@ def relay(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -
     return invoke
 
 
-def relay_process(*args: str, cwd: Path, env: dict[str, str] | None = None, **kw) -> subprocess.Popen:
+def relay_process(
+    *args: str, cwd: Path, env: dict[str, str] | None = None, **kw
+) -> subprocess.Popen:
     """Start the CLI as a real separate process (for concurrency and signal tests)."""
     full = {**os.environ, **(env or {})}
     return subprocess.Popen(
-        [sys.executable, "-m", "relayml", *args], cwd=cwd, env=full,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw,
-    )  # fmt: skip
+        [sys.executable, "-m", "relayml", *args],
+        cwd=cwd,
+        env=full,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kw,
+    )
 
 
 # -- PostgreSQL and MLflow servers ---------------------------------------------------------
@@ -179,7 +190,9 @@ def wait_http(url: str, timeout: float = 60.0, proc: subprocess.Popen | None = N
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}: {proc.stderr and proc.stderr.read()}")
+            raise RuntimeError(
+                f"server exited with {proc.returncode}: {proc.stderr and proc.stderr.read()}"
+            )
         try:
             if httpx.get(url, timeout=2).status_code < 500:
                 return
@@ -199,11 +212,21 @@ def mlflow_server(pg_database: str, tmp_path: Path) -> Iterator[str]:
     artifacts = tmp_path / "server-artifacts"
     proc = subprocess.Popen(
         [
-            sys.executable, "-m", "mlflow", "server",
-            "--backend-store-uri", pg_database,
-            "--artifacts-destination", str(artifacts),
-            "--host", "127.0.0.1", "--port", str(port), "--workers", "2",
-        ],  # fmt: skip
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            pg_database,
+            "--artifacts-destination",
+            str(artifacts),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "2",
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,

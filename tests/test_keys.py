@@ -47,8 +47,10 @@ def test_key_time_is_utc() -> None:
 @pytest.mark.parametrize(
     ("text", "fields"),
     [
-        ("processing/plain@20190209101500", {"step": "processing", "variant": "plain",
-                                              "time": "20190209101500"}),
+        (
+            "processing/plain@20190209101500",
+            {"step": "processing", "variant": "plain", "time": "20190209101500"},
+        ),
         ("processing/plain@2019-02-09", {"variant": "plain", "day": date(2019, 2, 9)}),
         ("processing/plain@latest", {"variant": "plain", "latest": True}),
         ("processing@latest", {"step": "processing", "variant": None, "latest": True}),
@@ -56,7 +58,7 @@ def test_key_time_is_utc() -> None:
         ("0123456789abcdef0123456789abcdef", {"run_id": "0123456789abcdef0123456789abcdef"}),
         ("  training/rf@latest ", {"step": "training", "variant": "rf"}),
     ],
-)  # fmt: skip
+)
 def test_reference_forms(text: str, fields: dict) -> None:
     ref = parse_reference(text)
     for name, value in fields.items():
@@ -81,8 +83,8 @@ def test_reference_forms(text: str, fields: dict) -> None:
 def test_malformed_references_say_why(text: str, message: str) -> None:
     with pytest.raises(UsageError, match=message) as info:
         parse_reference(text)
-    assert "expected" in str(info.value) or "invalid" in str(info.value) or "needs" in str(
-        info.value
+    assert (
+        "expected" in str(info.value) or "invalid" in str(info.value) or "needs" in str(info.value)
     )
 
 

@@ -10,9 +10,10 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import git
 
 import relayml
+
+from conftest import git
 
 
 def all_runs(root: Path) -> list:
@@ -78,16 +79,28 @@ def relay_get(ref: str):
     ("args", "message"),
     [
         (["run", "lod", "transactions"], "unknown step 'lod'; did you mean 'load'?"),
-        (["run", "load", "transaction"], "unknown variant 'transaction' of step 'load'; did you mean"),
-        (["run", "load", "transactions", "-P", "dayz=3"], "unknown parameter 'dayz'.*valid: days: int = 0"),
-        (["run", "load", "transactions", "-P", "days=three"], "parameter 'days' expects int, got 'three'"),
+        (
+            ["run", "load", "transaction"],
+            "unknown variant 'transaction' of step 'load'; did you mean",
+        ),
+        (
+            ["run", "load", "transactions", "-P", "dayz=3"],
+            "unknown parameter 'dayz'.*valid: days: int = 0",
+        ),
+        (
+            ["run", "load", "transactions", "-P", "days=three"],
+            "parameter 'days' expects int, got 'three'",
+        ),
         (["run", "load", "transactions", "-P", "days"], "expected name=value"),
         (["run", "load", "transactions", "--as-of", "last tuesday"], "invalid --as-of"),
         (["run", "processing", "plain"], "needs a finished run of 'load'"),
         (["run", "processing", "plain", "--from", "load/transactions"], "malformed reference"),
-        (["run", "processing", "plain", "--from", "load/transactions@2019-02-09"], "no runs of step 'load'"),
+        (
+            ["run", "processing", "plain", "--from", "load/transactions@2019-02-09"],
+            "no runs of step 'load'",
+        ),
     ],
-)  # fmt: skip
+)
 def test_bad_input_exits_2_and_creates_no_run(project: Path, relay, args, message) -> None:
     r = relay(*args)
     assert r.code == 2, r
@@ -105,11 +118,15 @@ def test_bad_upstream_references(project: Path, relay) -> None:
     before = len(all_runs(project))
     cases = [
         (["run", "training", "logreg", "--from", str(load.key)], "does not consume step 'load'"),
-        (["run", "processing", "plain", "--from", "load/transactions@20000101000000"],
-         "no run matches 'load/transactions@20000101000000'; nearest: load/transactions@"),
-        (["run", "processing", "plain", "--from", "load/transactions@1999-01-01"],
-         "no finished run matches"),
-    ]  # fmt: skip
+        (
+            ["run", "processing", "plain", "--from", "load/transactions@20000101000000"],
+            "no run matches 'load/transactions@20000101000000'; nearest: load/transactions@",
+        ),
+        (
+            ["run", "processing", "plain", "--from", "load/transactions@1999-01-01"],
+            "no finished run matches",
+        ),
+    ]
     for args, message in cases:
         r = relay(*args)
         assert r.code == 2 and message in r.err, r
@@ -195,9 +212,12 @@ def test_two_processes_in_the_same_second(project: Path) -> None:
     start = int(time.time()) + 8.2  # both processes warm up, then start together
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", STARTER, str(start)], cwd=project, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
+            [sys.executable, "-c", STARTER, str(start)],
+            cwd=project,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for _ in range(2)
     ]
     outs = [p.communicate(timeout=120) for p in procs]
@@ -216,9 +236,9 @@ def test_run_json_output(project: Path, relay) -> None:
 
 
 def test_public_functions_survive_submodule_imports() -> None:
-    import relayml.chain  # noqa: F401 - a submodule named like a public function
-    import relayml.runs  # noqa: F401
-    import relayml.serve  # noqa: F401
+    import relayml.chain
+    import relayml.runs
+    import relayml.serve
 
     assert callable(relayml.runs) and relayml.runs.__module__ == "relayml.runs"
     assert callable(relayml.chain) and callable(relayml.serve)

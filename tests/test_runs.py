@@ -10,19 +10,29 @@ import pytest
 
 import relayml
 
+from conftest import make_project
+
+
+@pytest.fixture(scope="module")
+def filled_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One project shared by the read-only tests of this module: load → processing (robust,
+    plain) → training (logreg C=10, logreg C=1)."""
+    root = make_project(tmp_path_factory.mktemp("runs") / "fraud")
+    for step, variant, params in (
+        ("load", "transactions", {}),
+        ("processing", "robust", {}),
+        ("processing", "plain", {}),
+        ("training", "logreg", {"C": "10", "cv": "2"}),
+        ("training", "logreg", {"C": "1", "cv": "2"}),
+    ):
+        relayml.run(step, variant, params, project=root)
+    return root
+
 
 @pytest.fixture
-def filled(project: Path, relay) -> Path:
-    """load → processing (plain, robust) → training (logreg C=10, logreg C=1)."""
-    for args in (
-        ["run", "load", "transactions"],
-        ["run", "processing", "robust"],
-        ["run", "processing", "plain"],
-        ["run", "training", "logreg", "-P", "C=10", "-P", "cv=2"],
-        ["run", "training", "logreg", "-P", "C=1", "-P", "cv=2"],
-    ):
-        assert relay(*args).code == 0
-    return project
+def filled(filled_root: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(filled_root)
+    return filled_root
 
 
 def test_runs_newest_first_with_filters(filled: Path, relay) -> None:
@@ -30,8 +40,16 @@ def test_runs_newest_first_with_filters(filled: Path, relay) -> None:
     assert r.code == 0
     rows = json.loads(r.out)
     assert [row["step"] for row in rows] == ["training"] * 2 + ["processing"] * 2 + ["load"]
-    assert set(rows[0]) >= {"key", "run_id", "step", "variant", "status", "params", "metrics",
-                            "upstream"}  # fmt: skip
+    assert set(rows[0]) >= {
+        "key",
+        "run_id",
+        "step",
+        "variant",
+        "status",
+        "params",
+        "metrics",
+        "upstream",
+    }
     assert rows[0]["params"]["C"] == "1.0" and rows[1]["params"]["C"] == "10.0"
     assert rows[0]["upstream"] == {"processing": rows[3]["key"]} or rows[0]["upstream"] == {
         "processing": rows[2]["key"]
@@ -120,8 +138,11 @@ def test_init_makes_a_runnable_project(tmp_path: Path, relay, monkeypatch) -> No
     r = relay("init", str(target))
     assert r.code == 0
     monkeypatch.chdir(target)
-    for args in (["run", "load", "synthetic"], ["run", "processing", "scaled"],
-                 ["run", "training", "logreg"]):  # fmt: skip
+    for args in (
+        ["run", "load", "synthetic"],
+        ["run", "processing", "scaled"],
+        ["run", "training", "logreg"],
+    ):
         assert relay(*args).code == 0
     run = relayml.get("training/logreg@latest")
     assert run.metrics["test_roc_auc"] > 0.8

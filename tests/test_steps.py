@@ -83,13 +83,15 @@ def test_required_param_must_be_given() -> None:
     @s.variant("tx")
     def tx(table: str): ...
 
-    with pytest.raises(UsageError, match="needs parameter 'table'.*-P table="):
+    with pytest.raises(UsageError, match=r"needs parameter 'table'.*-P table="):
         s.variants["tx"].bind({})
     assert s.variants["tx"].bind({"table": "t"}) == {"table": "t"}
 
 
 def test_unknown_variant_suggests_the_nearest() -> None:
-    with pytest.raises(UsageError, match="unknown variant 'lgreg' of step 'training'; did you mean 'logreg'"):
+    with pytest.raises(
+        UsageError, match="unknown variant 'lgreg' of step 'training'; did you mean 'logreg'"
+    ):
         _training().get("lgreg")
 
 
@@ -125,9 +127,13 @@ def test_pipeline_checks_upstream_and_cycles() -> None:
     with pytest.raises(ConfigError, match="cycle"):
         Pipeline.from_steps([a, b])
     p = Pipeline.from_steps(
-        [relay.step("t", upstream=["p", "c"]), relay.step("p", upstream="l"), relay.step("l"),
-         relay.step("c")]
-    )  # fmt: skip
+        [
+            relay.step("t", upstream=["p", "c"]),
+            relay.step("p", upstream="l"),
+            relay.step("l"),
+            relay.step("c"),
+        ]
+    )
     order = p.order
     assert order.index("l") < order.index("p") < order.index("t")
     assert order.index("c") < order.index("t")

@@ -49,7 +49,7 @@ class Settings:
     Build it with :func:`load_settings`; tests may use :meth:`from_dict`.
 
     Example:
-        >>> s = Settings.from_dict({"project": {"name": "fraud", "steps": "steps"}}, root=Path("/p"))
+        >>> s = Settings.from_dict({"project": {"name": "fraud"}}, root=Path("/p"))
         >>> s.experiment("training")
         'fraud/training'
     """

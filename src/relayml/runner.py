@@ -19,6 +19,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import json
 import os
@@ -39,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 from relayml.codeinfo import CodeState, canonical, code_state, digest
 from relayml.config import Settings
 from relayml.errors import NotFound, RelayError, SourceError, StepFailed, UnknownName, UsageError
-from relayml.keys import RunKey, format_time, parse_reference
+from relayml.keys import RunKey, format_time
 from relayml.outputs import as_dict, cache_dir, handed_down, save_outputs
 from relayml.runs import Project, Run, get, open_project
 from relayml.steps import Pipeline, Variant, load_pipeline
@@ -105,9 +106,13 @@ class Request:
         ups = {s: r.run_id for s, r in sorted(self.upstream.items())}
         asof = format_time(self.as_of) if self.as_of else ""
         return digest(
-            self.step, self.variant.name, self.params_digest, canonical(ups),
-            self.code_fingerprint, asof,
-        )  # fmt: skip
+            self.step,
+            self.variant.name,
+            self.params_digest,
+            canonical(ups),
+            self.code_fingerprint,
+            asof,
+        )
 
     @property
     def data_parts(self) -> dict[str, str]:
@@ -316,7 +321,7 @@ class Context:
         self._snapshots.append((name, snap, id(frame)))
         return frame
 
-    def _source(self, name: str):  # noqa: ANN202 - config.Source
+    def _source(self, name: str):
         try:
             return self.settings.sources[name]
         except KeyError:
@@ -332,9 +337,11 @@ class Context:
         from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
         with Progress(
-            SpinnerColumn(), TextColumn("{task.description} {task.completed:,}"),
-            TimeElapsedColumn(), transient=True,
-        ) as bar:  # fmt: skip
+            SpinnerColumn(),
+            TextColumn("{task.description} {task.completed:,}"),
+            TimeElapsedColumn(),
+            transient=True,
+        ) as bar:
             task = bar.add_task(label, total=None)
             yield lambda rows: bar.update(task, completed=rows)
 
@@ -455,9 +462,14 @@ def run(
         'FINISHED'
     """
     req = prepare(
-        step, variant, params, upstream=upstream, as_of=as_of,
-        require_clean=require_clean, project=project,
-    )  # fmt: skip
+        step,
+        variant,
+        params,
+        upstream=upstream,
+        as_of=as_of,
+        require_clean=require_clean,
+        project=project,
+    )
     return execute(req, show_progress=show_progress)
 
 
@@ -660,8 +672,15 @@ def _log_snapshot(
 
 
 def _mlflow_schema(schema: Mapping[str, str]) -> str:
-    kinds = {"int64": "long", "int32": "integer", "double": "double", "float": "float",
-             "bool": "boolean", "string": "string", "large_string": "string"}  # fmt: skip
+    kinds = {
+        "int64": "long",
+        "int32": "integer",
+        "double": "double",
+        "float": "float",
+        "bool": "boolean",
+        "string": "string",
+        "large_string": "string",
+    }
     cols = [
         {"name": n, "type": kinds.get(t, "datetime" if t.startswith("timestamp") else "string")}
         for n, t in schema.items()
@@ -679,9 +698,14 @@ def _log_upstream_datasets(store: Store, run_id: str, req: Request) -> None:
                 continue
             seen.add((ds.name, ds.digest))
             store.log_dataset(
-                run_id, name=ds.name, digest=ds.digest, source=ds.source,
-                schema=ds.schema, profile=ds.profile, context=req.step,
-            )  # fmt: skip
+                run_id,
+                name=ds.name,
+                digest=ds.digest,
+                source=ds.source,
+                schema=ds.schema,
+                profile=ds.profile,
+                context=req.step,
+            )
 
 
 def _ancestors(runs: Iterable[Run]) -> Iterator[Run]:
@@ -752,12 +776,9 @@ def _warn(message: str) -> None:
     print(f"Warning: {message}", file=sys.stderr)
 
 
-@contextmanager
-def _quiet() -> Iterator[None]:
-    try:
-        yield
-    except Exception:  # best effort: never hide the original error behind a logging error
-        pass
+def _quiet() -> contextlib.suppress:
+    """Best effort: a logging error must never hide the step's own outcome."""
+    return contextlib.suppress(Exception)
 
 
 @contextmanager

@@ -455,9 +455,7 @@ def _coerced_params(
         declared_step = load_pipeline(settings.root, settings.module).get(step)
     except (ConfigError, UsageError):
         return out
-    variants = (
-        [declared_step.get(variant)] if variant else list(declared_step.variants.values())
-    )
+    variants = [declared_step.get(variant)] if variant else list(declared_step.variants.values())
     for k, v in params.items():
         for var in variants:
             if k in var.params:

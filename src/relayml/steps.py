@@ -200,9 +200,12 @@ class Variant:
         if unknown:
             name = sorted(unknown)[0]
             raise UnknownName(
-                "parameter", name, self.params, where=f"for {self.step}/{self.name}",
+                "parameter",
+                name,
+                self.params,
+                where=f"for {self.step}/{self.name}",
                 listing=[p.describe() for p in self.params.values()],
-            )  # fmt: skip
+            )
         out = {}
         for name, p in self.params.items():
             if name in given:
@@ -294,7 +297,9 @@ class Step:
         try:
             return self.variants[variant]
         except KeyError:
-            raise UnknownName("variant", variant, self.variants, where=f"of step {self.name!r}")
+            raise UnknownName(
+                "variant", variant, self.variants, where=f"of step {self.name!r}"
+            ) from None
 
 
 def step(name: str, *, upstream: str | Step | Iterable[str | Step] = (), doc: str = "") -> Step:

@@ -16,7 +16,8 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -72,10 +73,16 @@ class Store:
 
         self.settings = settings
         uri = settings.tracking_uri
-        if uri.startswith("sqlite:///"):
-            _prepare_sqlite(Path(uri.removeprefix("sqlite:///")))
         mlflow.set_tracking_uri(uri)
-        self.client: MlflowClient = MlflowClient(tracking_uri=uri, registry_uri=uri)
+        if uri.startswith("sqlite:///"):
+            path = Path(uri.removeprefix("sqlite:///"))
+            _prepare_sqlite(path)
+            with _file_lock(path.with_name(path.name + ".init-lock")):
+                # MLflow creates and migrates the tables on first use; two processes doing
+                # it at once fail ("table ... already exists"), so they take turns.
+                self.client: MlflowClient = MlflowClient(tracking_uri=uri, registry_uri=uri)
+        else:
+            self.client = MlflowClient(tracking_uri=uri, registry_uri=uri)
         self._experiments: dict[str, str] = {}
 
     # -- experiments -----------------------------------------------------------------------
@@ -150,7 +157,7 @@ class Store:
             deleted: search deleted runs instead of active ones.
 
         Example:
-            >>> store.search(["processing"], "tags.relay.variant = 'plain'", limit=1)  # doctest: +SKIP
+            >>> store.search(["training"], "tags.`relay.variant` = 'rf'", limit=1)  # doctest: +SKIP
         """
         from mlflow.entities import ViewType
 
@@ -286,6 +293,23 @@ class Store:
 def _param_value(value: Any) -> str:
     text = "None" if value is None else str(value)
     return text if len(text) <= 6000 else text[:5997] + "..."
+
+
+@contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """An exclusive advisory lock on ``path`` between processes (no-op where flock is missing)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: MLflow's own retries are all there is
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _prepare_sqlite(path: Path) -> None:

@@ -42,9 +42,13 @@ _state: dict[str, Any] = {"project": None}
 @app.callback()
 def _root(
     project: Path = typer.Option(
-        None, "--project", "-C", help="Project folder (default: the one around the cwd).",
-        envvar="RELAY_PROJECT", show_default=False,
-    ),  # fmt: skip
+        None,
+        "--project",
+        "-C",
+        help="Project folder (default: the one around the cwd).",
+        envvar="RELAY_PROJECT",
+        show_default=False,
+    ),
 ) -> None:
     _state["project"] = project
 

@@ -57,6 +57,9 @@ def run_command(
         False, "--require-clean", help="Refuse to run with uncommitted changes."
     ),
     json_out: bool = typer.Option(False, "--json", help="Print the finished run as JSON."),
+    executor: str = typer.Option(
+        None, "--executor", help="dask://HOST:PORT: run ctx.parallel() work on a Dask cluster."
+    ),
 ) -> None:
     """Run one variant of a step inside an MLflow run.
 
@@ -70,10 +73,19 @@ def run_command(
     """
     from relayml.runner import execute, prepare
 
+    if executor:
+        import os
+
+        os.environ["RELAY_EXECUTOR"] = executor  # read into the project's settings
     req = prepare(
-        step, variant, parse_assignments(param), upstream=from_ or None, as_of=as_of,
-        require_clean=require_clean, project=settings(),
-    )  # fmt: skip
+        step,
+        variant,
+        parse_assignments(param),
+        upstream=from_ or None,
+        as_of=as_of,
+        require_clean=require_clean,
+        project=settings(),
+    )
     for up_step, up in req.upstream.items():
         err_console.print(f"using {up_step}: [bold]{up.key}[/bold]", highlight=False)
     if req.code.dirty:
@@ -123,10 +135,17 @@ def runs_command(
     from relayml.runs import runs
 
     found = runs(
-        step, variant=variant, on=on, since=since, until=until,
-        params=parse_assignments(param, "--param"), status=status, data=data,
-        limit=limit, project=settings(),
-    )  # fmt: skip
+        step,
+        variant=variant,
+        on=on,
+        since=since,
+        until=until,
+        params=parse_assignments(param, "--param"),
+        status=status,
+        data=data,
+        limit=limit,
+        project=settings(),
+    )
     if json_out:
         print_json([r.to_dict() for r in found])
         return

@@ -11,8 +11,16 @@ import typer
 from relayml.cli.app import app, console, err_console, settings
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(b|kb|kib|mb|mib|gb|gib)?\s*$", re.I)
-_UNITS = {None: 1, "b": 1, "kb": 1000, "kib": 1024, "mb": 10**6, "mib": 2**20, "gb": 10**9,
-          "gib": 2**30}  # fmt: skip
+_UNITS = {
+    None: 1,
+    "b": 1,
+    "kb": 1000,
+    "kib": 1024,
+    "mb": 10**6,
+    "mib": 2**20,
+    "gb": 10**9,
+    "gib": 2**30,
+}
 
 
 def parse_size(text: str) -> int:
@@ -101,12 +109,20 @@ def predict_command(
     if executor:
         os.environ["RELAY_EXECUTOR"] = executor
     with Progress(
-        SpinnerColumn(), TextColumn("scored {task.completed:,} rows"), TimeElapsedColumn(),
-        console=err_console, transient=True,
-    ) as bar:  # fmt: skip
+        SpinnerColumn(),
+        TextColumn("scored {task.completed:,} rows"),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=True,
+    ) as bar:
         task = bar.add_task("predict", total=None)
         rows = predict(
-            ref, input, output, key_column=key_column, batch_size=batch_size,
-            progress=lambda n: bar.update(task, completed=n), project=settings(),
-        )  # fmt: skip
+            ref,
+            input,
+            output,
+            key_column=key_column,
+            batch_size=batch_size,
+            progress=lambda n: bar.update(task, completed=n),
+            project=settings(),
+        )
     console.print(f"[green]✓[/green] {rows:,} predictions written to {output}", highlight=False)

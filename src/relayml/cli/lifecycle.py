@@ -32,7 +32,7 @@ def compare(
         None,
         help="A STEP (default: the last step), or several run references.",
         show_default=False,
-    ),  # fmt: skip
+    ),
     metric: str = typer.Option(..., "--metric", "-m", help="The metric to rank on."),
     data: str = typer.Option(
         None, "--data", help="Only runs on this data version (REF, digest or digest prefix)."
@@ -44,7 +44,7 @@ def compare(
         "--lower-is-better/--higher-is-better",
         show_default=False,
         help="Ranking direction (default: lower for loss/error names).",
-    ),  # fmt: skip
+    ),
     json_out: bool = typer.Option(False, "--json", help="Print the ranking(s) as JSON."),
 ) -> None:
     """Rank runs by a metric, only between runs trained on the same data version.
@@ -70,9 +70,15 @@ def compare(
     if not refs and len(targets) > 1:
         raise UsageError(f"give one STEP, got {len(targets)}: {', '.join(targets)}")
     result = do_compare(
-        targets[0] if targets and not refs else None, metric=metric, refs=refs or None,
-        data=data, by_data=by_data, lower_is_better=lower, variant=variant, project=settings(),
-    )  # fmt: skip
+        targets[0] if targets and not refs else None,
+        metric=metric,
+        refs=refs or None,
+        data=data,
+        by_data=by_data,
+        lower_is_better=lower,
+        variant=variant,
+        project=settings(),
+    )
     rankings = result if isinstance(result, list) else [result]
     if json_out:
         out = [r.to_dict() for r in rankings]
@@ -167,7 +173,8 @@ def delete(
       relay delete processing/plain@latest --cascade --yes
     """
     from relayml.errors import UsageError
-    from relayml.lifecycle import check_delete, delete as do_delete, plan_delete
+    from relayml.lifecycle import check_delete, plan_delete
+    from relayml.lifecycle import delete as do_delete
 
     project = settings()
     plan = plan_delete(refs, cascade=cascade, project=project)
@@ -295,9 +302,13 @@ def reproduce(
     from relayml.lifecycle import reproduce as do_reproduce
 
     result = do_reproduce(
-        ref, tolerance=tolerance, refetch=refetch, allow_head=allow_head,
-        echo=lambda line: err_console.print(line, highlight=False), project=settings(),
-    )  # fmt: skip
+        ref,
+        tolerance=tolerance,
+        refetch=refetch,
+        allow_head=allow_head,
+        echo=lambda line: err_console.print(line, highlight=False),
+        project=settings(),
+    )
     if json_out:
         print_json(result.to_dict())
     else:
@@ -308,9 +319,12 @@ def reproduce(
             table.add_column(col, justify="right" if col in ("recorded", "reproduced") else "left")
         for c in result.checks:
             table.add_row(
-                c.step, c.name, _num(c.recorded), _num(c.reproduced),
+                c.step,
+                c.name,
+                _num(c.recorded),
+                _num(c.reproduced),
                 "[green]yes[/green]" if c.agrees else "[red]NO[/red]",
-            )  # fmt: skip
+            )
         console.print(table)
         if result.data is not None:
             d = result.data
@@ -373,10 +387,15 @@ def refresh(
 
     names = [c.strip() for c in candidates.split(",") if c.strip()] if candidates else None
     report = do_refresh(
-        alias=alias, candidates=names, metric=metric, margin=margin, lower_is_better=lower,
-        params=parse_assignments(param), project=settings(),
+        alias=alias,
+        candidates=names,
+        metric=metric,
+        margin=margin,
+        lower_is_better=lower,
+        params=parse_assignments(param),
+        project=settings(),
         echo=lambda line: err_console.print(line, highlight=False),
-    )  # fmt: skip
+    )
     if json_out:
         print_json(report.to_dict())
         return
@@ -391,10 +410,13 @@ def refresh(
     for e in report.entries:
         params = ", ".join(f"{k}={v}" for k, v in sorted(e["params"].items()))
         table.add_row(
-            e["role"], e["key"], params, _num(e["value"]),
+            e["role"],
+            e["key"],
+            params,
+            _num(e["value"]),
             "" if e["delta"] is None else f"{e['delta']:+.4g}",
             "[green]promoted[/green]" if e["promoted"] else "",
-        )  # fmt: skip
+        )
     console.print(table)
     if report.promoted:
         p = report.promoted

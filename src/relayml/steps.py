@@ -173,6 +173,13 @@ class Variant:
         params: the user parameters, in signature order.
         inputs: the upstream steps whose outputs the function receives.
         wants_ctx: the function takes a ``ctx`` parameter.
+
+    Example:
+        >>> import relayml as relay
+        >>> training = relay.step("training", upstream="processing")
+        >>> v = training.variant("rf")(lambda ctx, processing, n_estimators=100: None)
+        >>> v.inputs, list(v.params), v.wants_ctx
+        (('processing',), ['n_estimators'], True)
     """
 
     step: str
@@ -241,6 +248,14 @@ class Step:
         name: the step's name; its experiment is ``<project>/<name>``.
         upstream: the steps whose runs this step consumes, in order.
         variants: the registered variants by name.
+
+    Example:
+        >>> import relayml as relay
+        >>> load = relay.step("load", doc="snapshot the table")
+        >>> load.variant("transactions")(lambda ctx: None).name
+        'transactions'
+        >>> list(load.variants)
+        ['transactions']
     """
 
     name: str

@@ -84,9 +84,9 @@ def test_grid_search_and_batch_scoring_match_local(
     grid = ["-P", "n_jobs=-1", "-P", "cv=3", "--json"]
     local = relay("run", "training", "logreg", *grid)
     assert local.code == 0, local
-    monkeypatch.setenv("RELAY_EXECUTOR", cluster)
+    monkeypatch.setenv("RELAY_EXECUTOR", "local")  # restored afterwards; --executor sets it
     seen_before = _tasks_run(cluster)
-    remote = relay("run", "training", "logreg", *grid)
+    remote = relay("run", "training", "logreg", *grid, "--executor", cluster)
     assert remote.code == 0, remote
     assert _tasks_run(cluster) > seen_before  # the fits ran on the workers
     a, b = json.loads(local.out), json.loads(remote.out)
@@ -107,9 +107,15 @@ def test_grid_search_and_batch_scoring_match_local(
             raw.to_parquet(source)
         here, there = tmp_path / f"local{suffix}", tmp_path / f"dask{suffix}"
         n_local = predict_file(run.model_uri, source, here)
-        n_dask = predict_partitions(
-            run.model_uri, source, there, executor=cluster, partition_rows=1000
-        )
+        if suffix == ".csv":
+            n_dask = predict_partitions(
+                run.model_uri, source, there, executor=cluster, partition_rows=1000
+            )
+        else:  # through the CLI: relay predict --executor
+            result = relay("predict", b["key"], "-i", str(source), "-o", str(there),
+                           "--batch-size", "1000", "--executor", cluster)  # fmt: skip
+            assert result.code == 0, result
+            n_dask = len(pd.read_parquet(there))
         assert n_local == n_dask == len(raw)
         assert here.read_bytes() == there.read_bytes() if suffix == ".csv" else True
         left = pd.read_parquet(here) if suffix == ".parquet" else pd.read_csv(here)

@@ -46,7 +46,14 @@ if TYPE_CHECKING:
 
     from relayml.config import Settings
 
-__all__ = ["dask_client", "is_dask", "joblib_backend", "predict_partitions", "scheduler_address"]
+__all__ = [
+    "dask_client",
+    "is_dask",
+    "joblib_backend",
+    "predict_partitions",
+    "project_executor",
+    "scheduler_address",
+]
 
 LOCAL = "dask://local"
 _PREFIX = "dask://"
@@ -91,6 +98,23 @@ def scheduler_address(executor: str | None) -> str | None:
             f"executor {executor!r}: expected dask://HOST:PORT, e.g. dask://127.0.0.1:8786"
         )
     return f"tcp://{host}:{port}"
+
+
+def project_executor(project: Any = None) -> str:
+    """The executor of a project (``RELAY_EXECUTOR`` first); ``local`` outside any project.
+
+    Example:
+        >>> project_executor("examples/fraud")  # doctest: +SKIP
+        'local'
+    """
+    if os.environ.get("RELAY_EXECUTOR"):
+        return os.environ["RELAY_EXECUTOR"]
+    from relayml.runs import open_project
+
+    try:
+        return open_project(project).executor
+    except ConfigError:
+        return "local"
 
 
 def _executor_of(where: Settings | str | None) -> str:

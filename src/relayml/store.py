@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from mlflow.entities import Run as MlflowRun
     from mlflow.tracking import MlflowClient
 
-__all__ = ["PAGE", "Store", "get_store", "quote"]
+__all__ = ["PAGE", "Store", "ensure_indexes", "get_store", "quote"]
 
 PAGE = 1000
 _STORES: dict[tuple[str, str, str], Store] = {}
@@ -81,8 +81,13 @@ class Store:
                 # MLflow creates and migrates the tables on first use; two processes doing
                 # it at once fail ("table ... already exists"), so they take turns.
                 self.client: MlflowClient = MlflowClient(tracking_uri=uri, registry_uri=uri)
+                self.client.search_experiments(max_results=1)  # the schema exists from here
+                ensure_indexes(uri)
         else:
             self.client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+            if uri.startswith("postgresql"):
+                self.client.search_experiments(max_results=1)
+                ensure_indexes(uri)
         self._experiments: dict[str, str] = {}
 
     # -- experiments -----------------------------------------------------------------------
@@ -288,6 +293,53 @@ class Store:
     def delete_run(self, run_id: str) -> None:
         """Mark a run deleted (MLflow's soft delete)."""
         self.client.delete_run(run_id)
+
+
+_INDEXES = {
+    # Equality lookups on tags (run keys, fingerprints, upstream ids, variants): MLflow indexes
+    # tags by run only. PostgreSQL's btree rows cannot hold long tag values: a hash index there.
+    "sqlite": [
+        "CREATE INDEX IF NOT EXISTS relay_tags_key_value ON tags (key, value)",
+        "CREATE INDEX IF NOT EXISTS relay_runs_experiment_start"
+        " ON runs (experiment_id, start_time)",
+    ],
+    "postgresql": [
+        "CREATE INDEX IF NOT EXISTS relay_tags_value_hash ON tags USING hash (value)",
+        "CREATE INDEX IF NOT EXISTS relay_runs_experiment_start"
+        " ON runs (experiment_id, start_time)",
+    ],
+}
+_INDEXED: set[str] = set()
+
+
+def ensure_indexes(uri: str) -> None:
+    """Add relayml's lookup indexes to an MLflow tracking database (idempotent).
+
+    MLflow indexes tags by run only, so a search by tag value scans every tag of that key.
+    relayml searches by tag equality constantly (run keys, fingerprints, upstream ids), so it
+    adds an index on tag values and one on runs by experiment and start time. They are plain
+    indexes beside MLflow's schema: MLflow's migrations and queries are unaffected.
+    ``relay server`` calls this for its backend store.
+
+    Example:
+        >>> ensure_indexes("sqlite:////tmp/relay-doc.db")  # doctest: +SKIP
+    """
+    if uri in _INDEXED:
+        return
+    import sqlalchemy as sa
+
+    dialect = "sqlite" if uri.startswith("sqlite") else "postgresql"
+    engine = sa.create_engine(uri)
+    try:
+        for statement in _INDEXES[dialect]:
+            try:
+                with engine.begin() as con:
+                    con.execute(sa.text(statement))
+            except sa.exc.SQLAlchemyError:
+                pass  # a concurrent creator won the race, or no permission: searches still work
+    finally:
+        engine.dispose()
+    _INDEXED.add(uri)
 
 
 def _param_value(value: Any) -> str:

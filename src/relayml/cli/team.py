@@ -86,6 +86,8 @@ def server_command(
         argv += ["--workers", str(workers)]
     env = dict(os.environ)
     env.pop("MLFLOW_TRACKING_URI", None)
+    # MLflow's job runner (GenAI jobs: a dozen worker processes) serves nothing relay uses
+    env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     if auth:
         argv += ["--app-name", "basic-auth"]
         env["MLFLOW_AUTH_CONFIG_PATH"] = str(_auth_config(s))

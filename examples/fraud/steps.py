@@ -145,7 +145,7 @@ def logreg(
     ratios = {"l1": [1.0], "l2": [0.0], "both": [1.0, 0.0]}  # l1_ratio: 1 is L1, 0 is L2
     grid = {"C": [C] if C is not None else [0.01, 0.1, 1.0, 10.0], "l1_ratio": ratios[penalty]}
     search = GridSearchCV(
-        LogisticRegression(solver="liblinear", max_iter=1000),
+        LogisticRegression(solver="liblinear", max_iter=1000, random_state=seed),
         grid,
         scoring="roc_auc",
         cv=StratifiedKFold(cv, shuffle=True, random_state=seed),

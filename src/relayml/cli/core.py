@@ -281,8 +281,9 @@ def registered_versions(run: Run) -> list[dict[str, Any]]:
     except Exception:
         return []
     out = []
-    for v in versions:
-        out.append({"name": v.name, "version": int(v.version), "aliases": list(v.aliases or [])})
+    for v in versions:  # search results carry no aliases: read each version
+        full = client.get_model_version(v.name, v.version)
+        out.append({"name": v.name, "version": int(v.version), "aliases": list(full.aliases)})
     return out
 
 

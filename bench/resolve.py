@@ -435,6 +435,9 @@ def bench_store(backend: str, total: int, args: argparse.Namespace, base: Path) 
     from relayml.store import get_store
 
     root = make_project(base / f"{backend}-{total}")
+    # MLflow's set_tracking_uri exports MLFLOW_TRACKING_URI, which relay's settings would then
+    # prefer over the next project's relay.toml: forget the previous store's URI
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
     pg_name = None
     if backend == "postgresql":
         import sqlalchemy as sa

@@ -84,7 +84,7 @@ def chain_table(result: Chain, *, explain: bool = False) -> Any:
     title = "chain (dry run: nothing was run)" if result.dry_run else "chain"
     table = Table(title=title, title_justify="left")
     for col in ("step", "variant", "run", "", "why"):
-        table.add_column(col, no_wrap=col in ("run",))
+        table.add_column(col, no_wrap=col != "why", overflow="fold")
     for p in result.steps:
         shown = p.status if not (result.dry_run and p.status == "new") else "new (to run)"
         style = STATUS_STYLE.get(p.status, "white")

@@ -163,3 +163,16 @@ def test_tracking_uri_from_environment(project: Path, relay, monkeypatch, tmp_pa
     assert relay("run", "load", "transactions").code == 0
     assert other.exists()
     assert not (project / ".relay" / "mlflow.db").exists()
+
+
+def test_two_projects_in_one_process_keep_their_own_stores(tmp_path: Path) -> None:
+    """MLflow exports its tracking URI to the environment; relay must not take it for the
+    user's override and send the second project's runs into the first one's store."""
+    first = make_project(tmp_path / "a", days=1, rows_per_day=50)
+    second = make_project(tmp_path / "b", days=1, rows_per_day=60)
+    a = relayml.run("load", "transactions", project=first)
+    b = relayml.run("load", "transactions", project=second)
+    assert relayml.get("load@latest", project=first) == a
+    assert relayml.get("load@latest", project=second) == b
+    assert (first / ".relay" / "mlflow.db").exists() and (second / ".relay" / "mlflow.db").exists()
+    assert b.tags["relay.snapshot.fraud.rows"] == "60"

@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 import time
@@ -56,7 +57,9 @@ def get_store(settings: Settings) -> Store:
     with _LOCK:
         if ident not in _STORES:
             _STORES[ident] = Store(settings)
-        return _STORES[ident]
+        store = _STORES[ident]
+    store.activate()
+    return store
 
 
 class Store:
@@ -68,12 +71,11 @@ class Store:
     """
 
     def __init__(self, settings: Settings) -> None:
-        import mlflow
         from mlflow.tracking import MlflowClient
 
         self.settings = settings
         uri = settings.tracking_uri
-        mlflow.set_tracking_uri(uri)
+        self.activate()
         if uri.startswith("sqlite:///"):
             path = Path(uri.removeprefix("sqlite:///"))
             _prepare_sqlite(path)
@@ -89,6 +91,25 @@ class Store:
                 self.client.search_experiments(max_results=1)
                 ensure_indexes(uri)
         self._experiments: dict[str, str] = {}
+
+    def activate(self) -> None:
+        """Point MLflow's process-wide (fluent) API at this store, for model logging.
+
+        ``mlflow.set_tracking_uri`` also exports ``MLFLOW_TRACKING_URI`` to the environment,
+        where relayml would later read it as the user's override of every project's
+        ``relay.toml``; the environment is put back as it was.
+        """
+        import mlflow
+
+        names = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+        before = {name: os.environ.get(name) for name in names}
+        mlflow.set_tracking_uri(self.settings.tracking_uri)
+        mlflow.set_registry_uri(self.settings.tracking_uri)
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
     # -- experiments -----------------------------------------------------------------------
 

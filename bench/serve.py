@@ -1,15 +1,26 @@
-"""Benchmark: relayml's scoring server vs. `mlflow models serve` on the fraud bundle.
+"""Benchmark: relayml's scoring server vs. `mlflow models serve` on the fraud example's bundle.
 
-Both servers serve the same bundle (ColumnTransformer/StandardScaler + LogisticRegression on a
-synthetic fraud table) with the same number of workers, bound to 127.0.0.1. A separate
-load-generator process (asyncio + uvloop, raw keep-alive HTTP/1.1 sockets) sends a fixed
-number of requests at concurrency 1, 8 and 32, with single-record and 100-record
-``dataframe_records`` payloads, and reports requests/s, rows/s, p50 and p99 latency. The
-ceiling is an empty route (a raw ASGI app answering a constant) on the same web stack
-(uvicorn + httptools + uvloop). Answers of both servers are checked equal first.
+The model is the fraud example's ``training/logreg`` bundle, produced by the real pipeline
+(``relay run load transactions``, ``processing plain``, ``training logreg -P cv=2`` in a fresh
+copy of ``examples/fraud``): ColumnTransformer(StandardScaler on Time/Amount, passthrough
+V1..V28, pandas output) + LogisticRegression(liblinear) with its decision threshold (answers
+``{"label", "score"}``), and the same processor + model logged again without a threshold
+(answers labels). Each server serves it with the same number of workers, bound to 127.0.0.1:
+relayml through its CLI (``relay serve``), MLflow with ``mlflow models serve --env-manager
+local``, and an empty route (a raw ASGI app answering a constant on the same uvicorn +
+httptools + uvloop stack) as the ceiling.
+
+A separate load-generator process (asyncio + uvloop, raw keep-alive HTTP/1.1 sockets) sends a
+fixed number of ``dataframe_records`` requests at concurrency 1, 8 and 32, with 1 and 100
+records, and measures requests/s, p50 and p99 latency. Unless ``--no-pin``, every server
+(worker processes included) is pinned to CPU 0 and the load generator to CPU 1, so that they
+do not compete for a core. Each scenario runs ``--runs`` times; the table gives medians over
+the runs (of requests/s and of each percentile). relayml's and MLflow's answers are checked
+equal (parsed JSON) first.
 
 Usage:
-    python bench/serve.py [--requests 4000] [--mlflow-requests 400] [--workers 1]
+    python bench/serve.py [--requests 4000] [--mlflow-requests 300] [--runs 3] [--workers 1]
+                          [--project DIR] [--no-pin]
 """
 
 from __future__ import annotations
@@ -20,7 +31,9 @@ import concurrent.futures
 import contextlib
 import multiprocessing
 import os
+import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -30,39 +43,60 @@ from pathlib import Path
 import httpx
 import numpy as np
 import orjson
-import pandas as pd
 
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "fraud"
 FEATURES = ["Time", *[f"V{i}" for i in range(1, 29)], "Amount"]
+CONCURRENCY = (1, 8, 32)
+SERVER_CPU, LOAD_CPU = 0, 1
 
 
-def make_fraud_table(n: int = 20_000, seed: int = 0) -> pd.DataFrame:
-    rng = np.random.default_rng(seed)
-    X = rng.standard_normal((n, 28))
-    logit = X @ rng.standard_normal(28) * 1.5 - 19.0
-    df = pd.DataFrame(X, columns=[f"V{i}" for i in range(1, 29)])
-    df.insert(0, "Time", np.sort(rng.uniform(0, 172_800, n)))
-    df["Amount"] = np.round(rng.lognormal(3, 1.2, n), 2)
-    df.insert(0, "id", np.arange(n, dtype=np.int64))
-    df["Class"] = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(np.int64)
-    return df
+def fraud_project(where: Path) -> Path:
+    """A fresh copy of the fraud example with its pipeline run (load, processing, training)."""
+    for name in ("relay.toml", "steps.py", "generate.py"):
+        shutil.copy(EXAMPLE / name, where / name)
+    (where / ".gitignore").write_text(".relay/\ndata/\n__pycache__/\n")
+    (where / "data").mkdir(exist_ok=True)
+    sh = {"cwd": where, "check": True, "capture_output": True}
+    subprocess.run([sys.executable, "generate.py", "--url", "sqlite:///data/fraud.db"], **sh)
+    subprocess.run(["git", "init", "-q", "-b", "main"], **sh)
+    subprocess.run(["git", "add", "-A"], **sh)
+    git_id = ["-c", "user.name=bench", "-c", "user.email=bench@relay.invalid"]
+    subprocess.run(["git", *git_id, "commit", "-qm", "fraud example"], **sh)
+    for step in (["load", "transactions"], ["processing", "plain"], ["training", "logreg"]):
+        extra = ["-P", "cv=2"] if step[0] == "training" else []
+        subprocess.run([sys.executable, "-m", "relayml", "run", *step, *extra], **sh)
+    return where
 
 
-def log_fraud_bundle(tracking: str) -> tuple[str, pd.DataFrame]:
-    import mlflow
-    from sklearn.compose import ColumnTransformer
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.preprocessing import StandardScaler
-
+def fraud_bundles(project: Path) -> tuple[str, dict[str, str], list[dict]]:
+    """(tracking URI, {"threshold": uri, "plain": uri}, 100 raw records of the test split)."""
+    import relayml as relay
     from relayml.bundle import log_bundle
+    from relayml.runs import open_project
 
-    mlflow.set_tracking_uri(tracking)
-    mlflow.set_experiment("training")
-    df = make_fraud_table()
-    proc = ColumnTransformer([("num", StandardScaler(), FEATURES)]).fit(df[FEATURES])
-    model = LogisticRegression(max_iter=1000).fit(proc.transform(df[FEATURES]), df["Class"])
-    with mlflow.start_run() as run:
-        uri = log_bundle(proc, model, raw_example=df.head(5), run_id=run.info.run_id)
-    return uri, df
+    settings = open_project(project)
+    training = relay.get("training/logreg@latest", project=settings)
+    processing = relay.get("processing/plain@latest", project=settings)
+    uris = {"threshold": training.model_uri}
+    plain_tag = "relay.bench.plain_model"
+    if plain_tag in training.tags:
+        uris["plain"] = training.tags[plain_tag]
+    else:
+        import mlflow
+
+        load = relay.get("load/transactions@latest", project=settings).load("output")
+        uris["plain"] = log_bundle(
+            processing.load("processor"),
+            training.load("model"),
+            raw_example=load.head(5),
+            run_id=training.run_id,
+            name="model_plain",
+        )
+        mlflow.MlflowClient().set_tag(training.run_id, plain_tag, uris["plain"])
+    records = relay.get("load/transactions@latest", project=settings).load("output")
+    rows = records[FEATURES].iloc[-100:].to_dict(orient="records")
+    return settings.tracking_uri, uris, rows
 
 
 # ------------------------------------------------------------------------------- servers
@@ -90,8 +124,11 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def server(cmd: list[str], port: int, env: dict[str, str]):
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def server(cmd: list[str], port: int, env: dict[str, str], cwd: Path):
+    proc = subprocess.Popen(
+        cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )  # fmt: skip
     try:
         deadline = time.monotonic() + 120
         while True:
@@ -105,11 +142,14 @@ def server(cmd: list[str], port: int, env: dict[str, str]):
             time.sleep(0.3)
         yield f"http://127.0.0.1:{port}"
     finally:
-        proc.terminate()
+        import signal
+
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)  # the server and its workers, nothing else
         try:
             proc.wait(15)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
 
 
@@ -146,8 +186,10 @@ async def _load(port: int, request: bytes, total: int, concurrency: int) -> dict
     }
 
 
-def run_load(port: int, request: bytes, total: int, concurrency: int) -> dict:
-    """Runs in the load-generator process."""
+def run_load(port: int, request: bytes, total: int, concurrency: int, cpu: int | None) -> dict:
+    """Runs in the load-generator process (pinned to ``cpu`` if given)."""
+    if cpu is not None:
+        os.sched_setaffinity(0, {cpu})
     try:
         import uvloop
 
@@ -164,111 +206,115 @@ def http_request(port: int, body: bytes) -> bytes:
     ).encode() + body
 
 
+def median_of(runs: list[dict]) -> dict:
+    return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+
+
 # ------------------------------------------------------------------------------------- main
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=4000, help="per relayml/empty scenario")
-    parser.add_argument("--mlflow-requests", type=int, default=400, help="per MLflow scenario")
+    parser.add_argument("--mlflow-requests", type=int, default=300, help="per MLflow scenario")
+    parser.add_argument("--runs", type=int, default=3, help="repetitions; medians reported")
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--project", type=Path, help="a fraud project already run (reused)")
+    parser.add_argument("--no-pin", action="store_true", help="do not pin servers and load")
     args = parser.parse_args()
 
-    tmp = Path(tempfile.mkdtemp(prefix="relay-bench-"))
-    tracking = f"sqlite:///{tmp}/mlflow.db"
-    uri, df = log_fraud_bundle(tracking)
+    pin = not args.no_pin and shutil.which("taskset") is not None and (os.cpu_count() or 1) > 1
+    project = args.project or fraud_project(Path(tempfile.mkdtemp(prefix="relay-bench-")))
+    tracking, uris, rows = fraud_bundles(project.resolve())
     env = {
         **os.environ,
         "MLFLOW_TRACKING_URI": tracking,
         "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "true",
     }
-    rows = df[FEATURES].iloc[:100].to_dict(orient="records")
     bodies = {
         1: orjson.dumps({"dataframe_records": rows[:1]}),
         100: orjson.dumps({"dataframe_records": rows}),
     }
-    w = args.workers
-    ports = {"relayml": free_port(), "mlflow": free_port(), "empty": free_port()}
-    commands = {
-        "relayml": [
-            sys.executable,
-            "-c",
-            f"from relayml.serve import run_server; "
-            f"run_server({uri!r}, port={ports['relayml']}, workers={w})",
-        ],
-        "mlflow": [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "models",
-            "serve",
-            "-m",
-            uri,
-            "--env-manager",
-            "local",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(ports["mlflow"]),
-            "-w",
-            str(w),
-        ],
-        "empty": [sys.executable, "-c", EMPTY_APP.replace("PORT", str(ports["empty"]))],
-    }
-    print(f"model {uri}; workers {w}; {os.cpu_count()} CPUs; load generator: 1 process")
-    results: dict[tuple[str, int, int], dict] = {}
+    w = str(args.workers)
+    taskset = ["taskset", "-c", str(SERVER_CPU)] if pin else []
+    py = sys.executable
+
+    def command(server_kind: str, port: int, uri: str) -> list[str]:
+        if server_kind == "relayml":
+            cmd = [py, "-m", "relayml", "serve", uri, "--port", str(port), "--workers", w]
+        elif server_kind == "mlflow":
+            cmd = [py, "-m", "mlflow", "models", "serve", "-m", uri, "--env-manager", "local"]
+            cmd += ["-h", "127.0.0.1", "-p", str(port), "-w", w]
+        else:
+            cmd = [py, "-c", EMPTY_APP.replace("PORT", str(port))]
+        return [*taskset, *cmd]
+
+    print(
+        f"models {uris}; workers {w}; {os.cpu_count()} CPUs; "
+        + (f"servers on CPU {SERVER_CPU}, load generator on CPU {LOAD_CPU}" if pin else "unpinned")
+        + f"; {args.runs} runs, medians",
+        flush=True,
+    )
+    results: dict[tuple[str, str, int, int], dict] = {}
+    answers: dict[tuple[str, int], object] = {}
     spawn = multiprocessing.get_context("spawn")
+    scenarios = [("relayml", k) for k in uris] + [("mlflow", k) for k in uris] + [("empty", "-")]
+    load_cpu = LOAD_CPU if pin else None
     with concurrent.futures.ProcessPoolExecutor(1, mp_context=spawn) as pool:
-        for name in ("relayml", "mlflow", "empty"):
-            with server(commands[name], ports[name], env) as url:
-                if name == "relayml":
-                    relay_answers = {
-                        n: httpx.post(
-                            f"{url}/invocations",
-                            content=b,
-                            headers={"content-type": "application/json"},
-                        ).json()
-                        for n, b in bodies.items()
-                    }
-                if name == "mlflow":
-                    for n, b in bodies.items():
-                        theirs = httpx.post(
-                            f"{url}/invocations",
-                            content=b,
-                            headers={"content-type": "application/json"},
-                        ).json()
-                        same = theirs == relay_answers[n]
-                        print(f"answers equal ({n} record(s)): {same}")
+        for name, kind in scenarios:
+            port = free_port()
+            with server(command(name, port, uris.get(kind, "")), port, env, project) as url:
+                for n, body in bodies.items():
+                    if name == "empty":
+                        continue
+                    got = httpx.post(
+                        f"{url}/invocations",
+                        content=body,
+                        headers={"content-type": "application/json"},
+                    ).json()
+                    if name == "relayml":
+                        answers[(kind, n)] = got
+                    else:
+                        same = got == answers[(kind, n)]
+                        print(f"answers equal ({kind}, {n} record(s)): {same}", flush=True)
                         if not same:
                             raise SystemExit("answers differ")
                 total = args.mlflow_requests if name == "mlflow" else args.requests
                 for n, body in bodies.items():
-                    request = http_request(ports[name], body)
-                    pool.submit(run_load, ports[name], request, 50, 4).result()  # warm-up
-                    for conc in (1, 8, 32):
-                        r = pool.submit(run_load, ports[name], request, total, conc).result()
-                        results[(name, n, conc)] = r
+                    request = http_request(port, body)
+                    pool.submit(run_load, port, request, 200, 4, load_cpu).result()  # warm-up
+                    for conc in CONCURRENCY:
+                        runs = [
+                            pool.submit(run_load, port, request, total, conc, load_cpu).result()
+                            for _ in range(args.runs)
+                        ]
+                        r = results[(name, kind, n, conc)] = median_of(runs)
                         print(
-                            f"  {name:8s} rows={n:3d} c={conc:2d}: {r['rps']:8.0f} req/s "
-                            f"p50 {r['p50']:7.2f} ms  p99 {r['p99']:7.2f} ms",
+                            f"  {name:8s} {kind:9s} rows={n:3d} c={conc:2d}: {r['rps']:8.0f} "
+                            f"req/s  p50 {r['p50']:7.2f} ms  p99 {r['p99']:7.2f} ms  (runs: "
+                            + ", ".join(f"{x['rps']:.0f}" for x in runs)
+                            + ")",
                             flush=True,
                         )
 
     print()
     print(
-        "| rows/req | conc | relayml req/s | p50 ms | p99 ms | mlflow req/s | p50 ms | p99 ms "
-        "| empty req/s | relay/mlflow | relay/empty |"
+        "| bundle | rows/req | conc | relayml req/s | p50 ms | p99 ms | mlflow req/s | p50 ms "
+        "| p99 ms | empty req/s | relay/mlflow | relay/empty |"
     )
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for n in bodies:
-        for conc in (1, 8, 32):
-            a, b, e = (results[(k, n, conc)] for k in ("relayml", "mlflow", "empty"))
-            print(
-                f"| {n} | {conc} | {a['rps']:.0f} | {a['p50']:.2f} | {a['p99']:.2f} "
-                f"| {b['rps']:.0f} | {b['p50']:.1f} | {b['p99']:.1f} | {e['rps']:.0f} "
-                f"| {a['rps'] / b['rps']:.1f}× | {a['rps'] / e['rps']:.2f} |"
-            )
-    print("\nrows/s = req/s × rows/req; 100-record relay/mlflow rows/s ratio = req/s ratio above")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for kind in uris:
+        for n in bodies:
+            for conc in CONCURRENCY:
+                a = results[("relayml", kind, n, conc)]
+                b = results[("mlflow", kind, n, conc)]
+                e = results[("empty", "-", n, conc)]
+                print(
+                    f"| {kind} | {n} | {conc} | {a['rps']:.0f} | {a['p50']:.2f} | {a['p99']:.2f} "
+                    f"| {b['rps']:.0f} | {b['p50']:.1f} | {b['p99']:.1f} | {e['rps']:.0f} "
+                    f"| {a['rps'] / b['rps']:.1f}× | {a['rps'] / e['rps']:.2f} |"
+                )
+    print("\nrows/s = req/s × rows/req, so the 100-record relay/mlflow ratio is the rows/s ratio")
 
 
 if __name__ == "__main__":

@@ -295,6 +295,16 @@ def _log(
 ) -> str:
     import mlflow
 
+    # Created here so that the model lives in the training run's experiment (MLflow would
+    # otherwise put it in the active experiment, by default "Default" under ./mlruns).
+    run = mlflow.MlflowClient().get_run(run_id)
+    model_id = mlflow.initialize_logged_model(
+        name=name,
+        source_run_id=run_id,
+        tags=tags,
+        params=dict(run.data.params),
+        experiment_id=run.info.experiment_id,
+    ).model_id
     sklearn_ok = _is_sklearn_transformer(processor) and hasattr(model, "get_params")
     if sklearn_ok:
         from sklearn.pipeline import Pipeline
@@ -314,8 +324,8 @@ def _log(
             input_example=example,
             code_paths=paths or None,
             skops_trusted_types=_untrusted_types(pipeline),
-            tags=tags,
             run_id=run_id,
+            model_id=model_id,
         )
     elif callable(processor):
         runtime, runtime_file = _runtime()
@@ -334,8 +344,8 @@ def _log(
             signature=signature,
             input_example=example,
             code_paths=paths,
-            tags=tags,
             run_id=run_id,
+            model_id=model_id,
             flavor_name="pyfunc",
         )
     else:
@@ -396,13 +406,17 @@ def _transformer_fn(t: Any, in_names: list[str]) -> Callable[[np.ndarray], np.nd
                 X = fn(X)
             return X
 
+        pipe._numpy_only = all(getattr(fn, "_numpy_only", False) for fn in fns)  # type: ignore[attr-defined]
         return pipe
     if isinstance(t, ColumnTransformer):
         if getattr(t, "sparse_output_", False):
             raise _NotCompilable
+        # "pandas" output only wraps the same values in a DataFrame: the final estimator then
+        # converts it back with np.asarray (Fortran order), which fast() reproduces
         if (getattr(t, "_sklearn_output_config", None) or {}).get("transform") not in (
             None,
             "default",
+            "pandas",
         ):
             raise _NotCompilable
         fitted_names = list(getattr(t, "feature_names_in_", in_names or []))
@@ -416,9 +430,8 @@ def _transformer_fn(t: Any, in_names: list[str]) -> Callable[[np.ndarray], np.nd
             if trans == "drop" or not idx:
                 continue
             sub_names = [in_names[i] for i in idx]
-            parts.append(
-                (None if trans == "passthrough" else _transformer_fn(trans, sub_names), idx)
-            )
+            identity = (isinstance(trans, str) and trans == "passthrough") or _is_identity(trans)
+            parts.append((None if identity else _transformer_fn(trans, sub_names), idx))
 
         def column_transform(X: np.ndarray) -> np.ndarray:
             outs = []
@@ -427,6 +440,9 @@ def _transformer_fn(t: Any, in_names: list[str]) -> Callable[[np.ndarray], np.nd
                 outs.append(np.asfortranarray(sub) if fn is None else fn(sub))
             return np.hstack(outs)
 
+        column_transform._numpy_only = all(  # type: ignore[attr-defined]
+            fn is None or getattr(fn, "_numpy_only", False) for fn, _ in parts
+        )
         return column_transform
     if type(t) is StandardScaler:
         mean = t.mean_ if t.with_mean else None
@@ -444,6 +460,7 @@ def _transformer_fn(t: Any, in_names: list[str]) -> Callable[[np.ndarray], np.nd
                 X /= scale
             return X
 
+        scaler._numpy_only = True  # type: ignore[attr-defined]
         return scaler
     # any other transformer: its own transform, fed a DataFrame when it was fitted on one
     if getattr(t, "feature_names_in_", None) is not None:
@@ -458,8 +475,26 @@ def _transformer_fn(t: Any, in_names: list[str]) -> Callable[[np.ndarray], np.nd
     return t.transform
 
 
+def _is_identity(t: Any) -> bool:
+    """A ``FunctionTransformer()`` without a function (how ``remainder="passthrough"`` is
+    fitted since scikit-learn 1.x): it hands its input on unchanged."""
+    from sklearn.preprocessing import FunctionTransformer
+
+    return type(t) is FunctionTransformer and t.func is None and not t.validate
+
+
 class _NotCompilable(Exception):
     pass
+
+
+def _output_names(t: Any) -> list[str] | None:
+    """Column names of a transformer's pandas output (``None`` for array output)."""
+    if (getattr(t, "_sklearn_output_config", None) or {}).get("transform") != "pandas":
+        return None
+    try:
+        return [str(n) for n in t.get_feature_names_out()]
+    except (AttributeError, ValueError, TypeError):
+        return None
 
 
 def _sklearn_config() -> Any:
@@ -490,6 +525,7 @@ class Bundle:
     model: Any
     output_columns: list[str] | None = None
     _fast: Callable[[np.ndarray], Any] | None = field(default=None, repr=False)
+    _fast_config: bool = field(default=True, repr=False)
 
     @property
     def columns(self) -> list[str]:
@@ -545,11 +581,32 @@ class Bundle:
         """
         if self._fast is None:
             return self.predict(pd.DataFrame(X, columns=self.columns))
+        out = self.score_matrix(X)
+        if isinstance(out, tuple):
+            names = self.output_columns or ["label", "score"]
+            return pd.DataFrame(dict(zip(names, out, strict=True)))
+        return out
+
+    def score_matrix(self, X: np.ndarray) -> np.ndarray | tuple[np.ndarray, ...]:
+        """Like :meth:`predict_matrix` (numeric bundles only), without building a DataFrame.
+
+        Returns:
+            A 1-d array of predictions, or for a bundle with a threshold the tuple of arrays
+            ``(label, score)``, in :attr:`output_columns` order.
+
+        Example:
+            >>> label, score = bundle.score_matrix(raw[bundle.columns].to_numpy())  # doctest: +SKIP
+        """
+        fast = self._fast
+        if fast is None:
+            raise UsageError(f"bundle {self.uri} is not numeric; use predict(DataFrame)")
         if np.isnan(X).any():
             col = self.columns[int(np.nonzero(np.isnan(X).any(axis=0))[0][0])]
             raise BundleInputError(f"column {col!r} has a missing value (null/NaN)", field=col)
+        if not self._fast_config:  # pure numpy: no scikit-learn call to configure
+            return fast(X)
         with _sklearn_config():
-            return self._fast(X)
+            return fast(X)
 
     def predict(self, df: pd.DataFrame) -> Any:
         """Predict on raw records.
@@ -580,50 +637,108 @@ class Bundle:
             raise BundleInputError(f"the model rejected the input: {e}") from e
 
 
-def _linear_predict(model: Any) -> Callable[[np.ndarray], np.ndarray] | None:
-    """``LogisticRegression.predict`` of a binary model, without its per-call overhead.
-
-    The same operations as scikit-learn's ``LinearClassifierMixin`` (``X @ coef_.T +
-    intercept_``, then the sign picks the class), so the labels are identical.
-    """
+def _binary_logreg(model: Any) -> bool:
     from sklearn.linear_model import LogisticRegression
 
-    if type(model) is not LogisticRegression or len(model.classes_) != 2:
-        return None
-    coef_t, intercept, classes = model.coef_.T, model.intercept_, model.classes_
-
-    def predict(X: np.ndarray) -> np.ndarray:
-        scores = (X @ coef_t + intercept).reshape(-1)
-        return classes[(scores > 0).astype(np.intp)]
-
-    return predict
+    return (
+        type(model) is LogisticRegression
+        and len(model.classes_) == 2
+        and model.coef_.shape[0] == 1
+        and getattr(model.coef_, "dtype", None) == np.float64
+    )
 
 
-def _compile(pipeline: Any, schema: list[tuple[str, str]]) -> Callable[[np.ndarray], Any] | None:
+def _decision(model: Any) -> Callable[[np.ndarray], np.ndarray]:
+    """``LinearClassifierMixin.decision_function`` of a binary model, minus its overhead.
+
+    The same operations in the same order (``X @ coef_.T + intercept_``, flattened): with the
+    same matrix layout the floats are bit-for-bit scikit-learn's. Folding the scaler into the
+    coefficients would change the rounding, so the steps are kept apart.
+    """
+    coef_t, intercept = model.coef_.T, model.intercept_
+
+    def decision(X: np.ndarray) -> np.ndarray:
+        return (X @ coef_t + intercept).reshape(-1)
+
+    return decision
+
+
+def _final_predict(final: Any) -> tuple[Callable[[np.ndarray], Any], bool] | None:
+    """A numpy ``predict`` for the final step, and whether it calls scikit-learn.
+
+    - binary ``LogisticRegression``: labels from the sign of the decision, as sklearn does;
+    - the runtime's ``ThresholdClassifier`` around one: ``(label, score)`` with
+      ``score = expit(decision)`` (``LogisticRegression.predict_proba``'s binary branch).
+    """
+    if _binary_logreg(final):
+        decision, classes = _decision(final), final.classes_
+
+        def predict(X: np.ndarray) -> np.ndarray:
+            return classes[(decision(X) > 0).astype(np.intp)]
+
+        return predict, False
+    if type(final).__name__ == "ThresholdClassifier" and type(final).__module__ == _RUNTIME_MODULE:
+        inner = final.estimator
+        if not _binary_logreg(inner):
+            return None
+        from scipy.special import expit
+
+        decision, classes = _decision(inner), inner.classes_
+        threshold = final.threshold
+
+        def predict_threshold(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            score = decision(X)
+            expit(score, out=score)
+            return classes[(score >= threshold).astype(np.intp)], score
+
+        return predict_threshold, False
+    return None
+
+
+def _compile(
+    pipeline: Any, schema: list[tuple[str, str]]
+) -> tuple[Callable[[np.ndarray], Any], bool] | None:
+    """A numpy function equal to ``pipeline.predict`` on a float64 matrix of the schema's
+    columns, and whether it needs scikit-learn's config context (it calls sklearn code)."""
     if not all(t == "double" for _, t in schema) or not hasattr(pipeline, "steps"):
         return None
     steps = [s for _, s in pipeline.steps if s not in (None, "passthrough")]
     if not steps:
         return None
     *transformers, final = steps
-    if getattr(final, "feature_names_in_", None) is not None:
-        return None
     names: list[str] | None = [n for n, _ in schema]
+    to_frame = None  # output names of the last transformer when it outputs pandas
     try:
         fns = []
         for t in transformers:
             fns.append(_transformer_fn(t, names))  # type: ignore[arg-type]
             names = None
+            to_frame = _output_names(t)
     except (_NotCompilable, AttributeError):
         return None
-    predict = _linear_predict(final) or final.predict
+    final_names = getattr(final, "feature_names_in_", None)
+    if final_names is None and type(final).__name__ == "ThresholdClassifier":
+        final_names = getattr(getattr(final, "estimator", None), "feature_names_in_", None)
+    if final_names is not None and (to_frame is None or [str(n) for n in final_names] != to_frame):
+        return None
+    compiled = _final_predict(final)
+    if compiled is None:
+        if final_names is not None:
+            return None
+        predict, needs_config = final.predict, True
+    else:
+        predict, needs_config = compiled
+    generic = any(not getattr(fn, "_numpy_only", False) for fn in fns)
+    fortran = to_frame is not None  # np.asarray(DataFrame) is Fortran-ordered
 
     def fast(X: np.ndarray) -> Any:
         for fn in fns:
             X = fn(X)
+        if fortran:
+            X = np.asfortranarray(X)
         return predict(X)
 
-    return fast
+    return fast, needs_config or generic
 
 
 def _provenance(run_id: str | None) -> dict[str, str]:
@@ -699,15 +814,16 @@ def load_bundle(uri: str) -> Bundle:
     with _allow_deserialization():
         if "sklearn" in info.flavors:
             model = mlflow.sklearn.load_model(uri)
-            fast = _compile(model, schema)
+            compiled = _compile(model, schema)
         else:
             model = mlflow.pyfunc.load_model(uri)
-            fast = None
+            compiled = None
     return Bundle(
         uri=uri,
         input_schema=schema,
         provenance=_provenance(info.run_id),
         model=model,
         output_columns=output_columns,
-        _fast=fast,
+        _fast=compiled[0] if compiled else None,
+        _fast_config=compiled[1] if compiled else True,
     )

@@ -415,6 +415,20 @@ def _openapi(bundle: Bundle) -> dict[str, Any]:
 _JSON_HEADERS = [(b"content-type", b"application/json")]
 
 
+def _freeze_heap() -> None:
+    """Move everything loaded so far (MLflow, pandas, scikit-learn, the model: ~10^6 objects)
+    out of the garbage collector's reach.
+
+    Requests allocate a few containers each; every ~700 of them trigger a young collection
+    and now and then a full one, which walked that whole heap for tens of milliseconds: the
+    p99 latency. Frozen objects are never scanned (nor freed, which they never are anyway).
+    """
+    import gc
+
+    gc.collect()
+    gc.freeze()
+
+
 class ScoringApp:
     """The ASGI scoring app; build it with :func:`create_app`."""
 
@@ -449,6 +463,7 @@ class ScoringApp:
             while True:
                 message = await receive()
                 if message["type"] == "lifespan.startup":
+                    _freeze_heap()
                     await send({"type": "lifespan.startup.complete"})
                 elif message["type"] == "lifespan.shutdown":
                     await send({"type": "lifespan.shutdown.complete"})
@@ -563,20 +578,27 @@ class ScoringApp:
             raise _HTTPError(
                 500, "internal", "the model failed on this input; see the server log"
             ) from None
-        await self._respond(
-            send,
-            200,
-            orjson.dumps(
-                {"predictions": predictions_payload(predictions)},
-                option=orjson.OPT_SERIALIZE_NUMPY,
-            ),
-        )
+        await self._respond(send, 200, _render(predictions, bundle.output_columns))
 
 
 def _predict(bundle: Bundle, data: np.ndarray | pd.DataFrame) -> Any:
     if isinstance(data, np.ndarray):
-        return bundle.predict_matrix(data)
+        return bundle.score_matrix(data)  # an array, or a tuple of arrays (label, score)
     return bundle.predict(data)
+
+
+def _render(predictions: Any, output_columns: list[str] | None) -> bytes:
+    """The response body ``{"predictions": ...}``, without an intermediate DataFrame."""
+    if isinstance(predictions, tuple):  # (label, score) arrays of a bundle with a threshold
+        names = output_columns or ["label", "score"]
+        columns = [a.tolist() for a in predictions]
+        records = [dict(zip(names, row, strict=True)) for row in zip(*columns, strict=True)]
+        return orjson.dumps({"predictions": records})
+    if isinstance(predictions, np.ndarray) and predictions.dtype.kind in "iub":
+        return orjson.dumps({"predictions": predictions}, option=orjson.OPT_SERIALIZE_NUMPY)
+    return orjson.dumps(
+        {"predictions": predictions_payload(predictions)}, option=orjson.OPT_SERIALIZE_NUMPY
+    )
 
 
 def create_app(

@@ -29,6 +29,7 @@ This module must not write to MLflow: it only reads models.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import io
 import json
@@ -653,6 +654,7 @@ def run_server(
     max_body: int = 5 * 2**20,
     token: str | None = None,
     provenance: dict[str, Any] | None = None,
+    bundle: Bundle | None = None,
 ) -> None:
     """Serve a bundle over HTTP until interrupted (uvicorn, httptools and uvloop if installed).
 
@@ -664,6 +666,7 @@ def run_server(
         max_body: largest request body, in bytes.
         token: bearer token required on every route but ``/ping`` and ``/health``.
         provenance: extra provenance for ``GET /version``.
+        bundle: the bundle at ``model_uri`` if the caller loaded it already.
 
     Raises:
         NotFound: no model at ``model_uri`` (checked before the server starts).
@@ -677,7 +680,8 @@ def run_server(
 
     if workers < 1:
         raise UsageError(f"workers must be at least 1; got {workers}")
-    bundle = load_bundle(model_uri)  # fail early, in the parent, with a clear error
+    if bundle is None:
+        bundle = load_bundle(model_uri)  # fail early, in the parent, with a clear error
     provenance = {"model_uri": model_uri, **bundle.provenance, **(provenance or {})}
     os.environ[_ENV] = json.dumps(
         {"model_uri": model_uri, "token": token, "max_body": max_body, "provenance": provenance}
@@ -769,7 +773,7 @@ def predict_file(
                 convert_options=pacsv.ConvertOptions(column_types=column_types),
             )
         except pa.ArrowInvalid as e:
-            raise UsageError(f"input {input}: {e}") from e
+            raise _csv_error(input, e) from e
         names = reader.schema.names
         batches = reader
     missing = [c for c in bundle.columns if c not in names]
@@ -786,7 +790,7 @@ def predict_file(
     writer: Any = None
     written = 0
     try:
-        for batch in _rebatch(batches, batch_size):
+        for batch in _csv_errors(_rebatch(batches, batch_size), input):
             frame = batch.to_pandas()
             try:
                 predictions = bundle.predict(frame)
@@ -822,6 +826,36 @@ def predict_file(
             writer.close()
         tmp.unlink(missing_ok=True)
     return written
+
+
+def _csv_error(input: Path, error: Exception) -> UsageError:
+    """A one-line error naming the CSV column Arrow only numbers (``In CSV column #31``)."""
+    import csv
+    import re
+
+    message = str(error).splitlines()[0]
+    found = re.search(r"column #(\d+)", message)
+    if found:
+        with contextlib.suppress(OSError, StopIteration, csv.Error, IndexError):
+            with input.open(newline="") as f:
+                name = next(csv.reader(f))[int(found[1])]
+            message = message.replace(found[0], f"column {name!r}")
+    return UsageError(f"input {input}: {message}; fix or drop the bad values")
+
+
+def _csv_errors(batches: Any, input: Path) -> Any:
+    """``batches``, with Arrow's conversion errors (met while streaming) as UsageErrors."""
+    import pyarrow as pa
+
+    iterator = iter(batches)
+    while True:
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            return
+        except pa.ArrowInvalid as e:
+            raise _csv_error(input, e) from e
+        yield batch
 
 
 def _rebatch(batches: Any, size: int) -> Any:

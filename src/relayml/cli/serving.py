@@ -64,6 +64,7 @@ def serve_command(
 
       relay serve "load=transactions@latest processing=plain training=logreg"
     """
+    from relayml.bundle import load_bundle
     from relayml.errors import UsageError
     from relayml.serve import resolve_model, run_server
 
@@ -74,11 +75,13 @@ def serve_command(
             raise UsageError(f"--token-env {token_env}: the variable is unset or empty")
     limit = parse_size(max_body)
     uri, prov = resolve_model(ref, project=settings())
+    bundle = load_bundle(uri)  # a bad model fails here, before anything is announced
     err_console.print(f"serving {uri} ({prov.get('training', ref)}) on http://{host}:{port}")
     err_console.print("  POST /invocations · GET /version · GET /openapi.json · Ctrl-C stops")
     run_server(
-        uri, host=host, port=port, workers=workers, max_body=limit, token=token, provenance=prov
-    )
+        uri, host=host, port=port, workers=workers, max_body=limit, token=token,
+        provenance=prov, bundle=bundle,
+    )  # fmt: skip
 
 
 @app.command("predict")

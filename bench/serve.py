@@ -8,7 +8,8 @@ V1..V28, pandas output) + LogisticRegression(liblinear) with its decision thresh
 (answers labels). Each server serves it with the same number of workers, bound to 127.0.0.1:
 relayml through its CLI (``relay serve``), MLflow with ``mlflow models serve --env-manager
 local``, and an empty route (a raw ASGI app answering a constant on the same uvicorn +
-httptools + uvloop stack) as the ceiling.
+httptools + uvloop stack, with the same options as ``relay serve``: no access log, no proxy
+headers middleware) as the ceiling.
 
 A separate load-generator process (asyncio + uvloop, raw keep-alive HTTP/1.1 sockets) sends a
 fixed number of ``dataframe_records`` requests at concurrency 1, 8 and 32, with 1 and 100
@@ -113,7 +114,7 @@ async def app(scope, receive, send):
                             (b"content-length", b"19")]})
     await send({"type": "http.response.body", "body": b'{"predictions":[0]}'})
 uvicorn.run(app, host="127.0.0.1", port=PORT, http="httptools", loop="uvloop",
-            access_log=False, log_level="warning")
+            access_log=False, log_level="warning", proxy_headers=False)
 """
 
 

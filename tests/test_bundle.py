@@ -126,6 +126,54 @@ def test_threshold_bundle_returns_label_and_score(fraud):
     assert got["label"].sum() > 0
 
 
+def fit_fraud_example(df: pd.DataFrame) -> tuple[ColumnTransformer, LogisticRegression]:
+    """The fraud example's logreg bundle: Time/Amount scaled, V1..V28 passed through, pandas
+    output, liblinear fitted on the DataFrame (examples/fraud/steps.py, processing plain)."""
+    processor = ColumnTransformer(
+        [("scale", StandardScaler(), ["Time", "Amount"])],
+        remainder="passthrough",
+        verbose_feature_names_out=False,
+    )
+    processor.set_output(transform="pandas")
+    matrix = processor.fit(df[FEATURES]).transform(df[FEATURES])
+    model = LogisticRegression(solver="liblinear", C=0.1, max_iter=1000).fit(matrix, df["Class"])
+    return processor, model
+
+
+@pytest.mark.parametrize("threshold", [None, 0.01])
+def test_fraud_example_bundle_is_compiled_and_bit_for_bit(tracking, threshold):
+    df = make_fraud_table(6_000, seed=3)
+    processor, model = fit_fraud_example(df.iloc[:4000])
+    with mlflow.start_run() as run:
+        uri = log_bundle(
+            processor, model, raw_example=df.head(5), run_id=run.info.run_id, threshold=threshold
+        )
+    bundle = load_bundle(uri)
+    assert bundle.numeric  # the numpy path, not pipeline.predict on a DataFrame
+    pipeline = bundle.model
+    rng = np.random.default_rng(0)
+    test = df.iloc[4000:].reset_index(drop=True)
+    for n in (1, 2, 3, 7, 64, 100, 2000):
+        rows = test.sample(n, random_state=int(rng.integers(1 << 30)))
+        rows[FEATURES] = rows[FEATURES] * rng.choice([1.0, 1e3, 1e-3], len(FEATURES))
+        expected = pipeline.predict(rows[FEATURES])
+        for got in (bundle.predict(rows), bundle.predict_matrix(rows[FEATURES].to_numpy())):
+            if threshold is None:
+                assert np.array_equal(got, expected) and got.dtype == expected.dtype
+            else:
+                for column in ("label", "score"):
+                    assert np.array_equal(got[column].to_numpy(), expected[column].to_numpy())
+                    assert got[column].dtype == expected[column].dtype
+        raw = bundle.score_matrix(np.ascontiguousarray(rows[FEATURES].to_numpy()))
+        if threshold is not None:
+            assert np.array_equal(raw[1], expected["score"].to_numpy())
+    pyfunc = mlflow.pyfunc.load_model(uri)
+    if threshold is not None:
+        assert pyfunc.predict(test).equals(bundle.predict(test))
+    else:
+        assert np.array_equal(pyfunc.predict(test), bundle.predict(test))
+
+
 @pytest.mark.parametrize(
     ("frame", "match"),
     [

@@ -16,7 +16,7 @@ import numpy as np
 import orjson
 import pandas as pd
 import pytest
-from test_bundle import FEATURES, fit_fraud, make_fraud_table
+from test_bundle import FEATURES, fit_fraud, fit_fraud_example, make_fraud_table
 
 from relayml import __version__
 from relayml.bundle import load_bundle, log_bundle
@@ -48,7 +48,17 @@ def served(tmp_path_factory: pytest.TempPathFactory):
             threshold=0.05,
             name="model_thr",
         )
+        example_proc, example_model = fit_fraud_example(df.iloc[:6000])
+        example = log_bundle(  # the fraud example's structure: pandas output, liblinear
+            example_proc,
+            example_model,
+            raw_example=df.head(5),
+            run_id=run.info.run_id,
+            threshold=0.05,
+            name="model_example",
+        )
     yield {
+        "example": load_bundle(example),
         "tracking": tracking,
         "plain": load_bundle(plain),
         "threshold": load_bundle(thr),
@@ -116,9 +126,10 @@ def mlflow_server(uri: str, tracking: str):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", ["plain", "threshold"])
+@pytest.mark.parametrize("kind", ["plain", "threshold", "example"])
 def test_answers_equal_mlflow_models_serve(served, kind):
     bundle = served[kind]
+    assert bundle.numeric  # the compiled numpy path is what is compared
     client = TestClient(create_app(bundle))
     rows = served["test"].head(100)
     with mlflow_server(bundle.uri, served["tracking"]) as url:

@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import inspect
+import math
 import os
 import sys
 import tempfile
@@ -424,6 +425,7 @@ def _transformer_fn(t: Any, in_names: list[str]) -> Callable[[np.ndarray], np.nd
             raise _NotCompilable
         perm = [in_names.index(n) for n in fitted_names]
         parts: list[tuple[Callable[[np.ndarray], np.ndarray] | None, list[int]]] = []
+        affine: list[Any] = []  # per part: None (passthrough), (mean, scale), or False
         indices = t._transformer_to_input_indices
         for tname, trans, _ in t.transformers_:
             idx = [perm[i] for i in indices.get(tname, [])]
@@ -432,6 +434,34 @@ def _transformer_fn(t: Any, in_names: list[str]) -> Callable[[np.ndarray], np.nd
             sub_names = [in_names[i] for i in idx]
             identity = (isinstance(trans, str) and trans == "passthrough") or _is_identity(trans)
             parts.append((None if identity else _transformer_fn(trans, sub_names), idx))
+            affine.append(None if identity else _scaler_params(trans))
+
+        if all(a is not False for a in affine):
+            # only scalers and passthrough: one gather into the output's column order, then
+            # the scalers' in-place subtract/divide on their column blocks (the same float
+            # operations as StandardScaler.transform, so the same bits)
+            order = np.array([i for _, idx in parts for i in idx], dtype=np.intp)
+            blocks = []
+            start = 0
+            for (_, idx), a in zip(parts, affine, strict=True):
+                if a is not None:
+                    blocks.append((slice(start, start + len(idx)), *a))
+                start += len(idx)
+
+            def gather_scale(X: np.ndarray) -> np.ndarray:
+                # X.T[order] is a C-ordered (columns, rows) copy: its transpose is the
+                # Fortran-ordered matrix np.hstack / np.asarray(DataFrame) give scikit-learn
+                Z = X.T[order].T
+                for where, mean, scale in blocks:
+                    V = Z[:, where]
+                    if mean is not None:
+                        V -= mean
+                    if scale is not None:
+                        V /= scale
+                return Z
+
+            gather_scale._numpy_only = True  # type: ignore[attr-defined]
+            return gather_scale
 
         def column_transform(X: np.ndarray) -> np.ndarray:
             outs = []
@@ -473,6 +503,21 @@ def _transformer_fn(t: Any, in_names: list[str]) -> Callable[[np.ndarray], np.nd
 
         return generic_named
     return t.transform
+
+
+def _scaler_params(t: Any) -> tuple[np.ndarray | None, np.ndarray | None] | bool:
+    """``(mean, scale)`` of a fitted float64 StandardScaler, else ``False``."""
+    from sklearn.preprocessing import StandardScaler
+
+    if type(t) is not StandardScaler or getattr(t, "_sklearn_output_config", {}).get(
+        "transform"
+    ) not in (None, "default", "pandas"):
+        return False
+    mean = t.mean_ if t.with_mean else None
+    scale = t.scale_ if t.with_std else None
+    if any(a is not None and a.dtype != np.float64 for a in (mean, scale)):
+        return False
+    return mean, scale
 
 
 def _is_identity(t: Any) -> bool:
@@ -600,7 +645,9 @@ class Bundle:
         fast = self._fast
         if fast is None:
             raise UsageError(f"bundle {self.uri} is not numeric; use predict(DataFrame)")
-        if np.isnan(X).any():
+        if X.dtype != np.float64:
+            X = X.astype(np.float64)
+        if math.isnan(X.sum()) and np.isnan(X).any():  # the sum is the cheap test
             col = self.columns[int(np.nonzero(np.isnan(X).any(axis=0))[0][0])]
             raise BundleInputError(f"column {col!r} has a missing value (null/NaN)", field=col)
         if not self._fast_config:  # pure numpy: no scikit-learn call to configure

@@ -84,6 +84,9 @@ def client_main(project: str, load_id: str, client: int, seconds: float, go: str
     import relayml.chain
     import relayml.runner  # noqa: F401
 
+    # warm up (imports of the steps module, MLflow's REST client, sklearn): the figures are
+    # about requests, not about a process's first import
+    _cli(*request("cached", load_id, client, 0), "--dry-run", "--json")
     Path(out + ".ready").touch()
     while not Path(go).exists():
         time.sleep(0.05)
@@ -289,6 +292,7 @@ def main() -> None:
     import tempfile
 
     import sqlalchemy as sa
+
     from conftest import free_port, make_project, wait_http
 
     url = os.environ.get("RELAY_TEST_POSTGRES_URL")
@@ -317,10 +321,12 @@ def main() -> None:
             env = {"RELAY_TRACKING_URI": f"http://127.0.0.1:{port}"}
             load_id = seed_load(project, env)
             # warm the cached chain once so every client count measures the same thing
-            subprocess.run(
+            warm = subprocess.run(
                 [sys.executable, "-m", "relayml", *request("cached", load_id, 0, 0)],
-                cwd=project, env={**os.environ, **env}, capture_output=True, check=True,
+                cwd=project, env={**os.environ, **env}, capture_output=True, text=True,
             )  # fmt: skip
+            if warm.returncode:
+                raise RuntimeError(f"warming the cached chain failed: {warm.stderr[-3000:]}")
             results = run_clients(project, load_id, n, args.seconds, env, tmp / f"work-{n}")
             os.environ.update(env)
             counts = verify(project, results)

@@ -52,9 +52,9 @@ def test_config_turns_execution_into_an_executor(tmp_path: Path) -> None:
 
 
 def test_unreachable_scheduler_is_one_clear_error(relay, project: Path, monkeypatch) -> None:
-    from conftest import free_port
-
     from relayml.executor import dask_client
+
+    from conftest import free_port
 
     with (
         pytest.raises(ConfigError, match="cannot reach the Dask scheduler"),

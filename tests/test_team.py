@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from conftest import ROOT, free_port, relay_process, wait_http
 
 sys.path.insert(0, str(ROOT / "bench"))

@@ -18,6 +18,14 @@ def filled_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One project shared by the read-only tests of this module: load → processing (robust,
     plain) → training (logreg C=10, logreg C=1)."""
     root = make_project(tmp_path_factory.mktemp("runs") / "fraud")
+    with pytest.MonkeyPatch.context() as env:  # module fixtures run before _isolated_env
+        for var in ("RELAY_TRACKING_URI", "MLFLOW_TRACKING_URI", "RELAY_PROJECT"):
+            env.delenv(var, raising=False)
+        _fill(root)
+    return root
+
+
+def _fill(root: Path) -> None:
     for step, variant, params in (
         ("load", "transactions", {}),
         ("processing", "robust", {}),
@@ -26,7 +34,6 @@ def filled_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ("training", "logreg", {"C": "1", "cv": "2"}),
     ):
         relayml.run(step, variant, params, project=root)
-    return root
 
 
 @pytest.fixture

@@ -120,6 +120,9 @@ def runs_command(
     status: str = typer.Option(None, "--status", help="FINISHED, FAILED, KILLED, RUNNING, STALE."),
     data: str = typer.Option(None, "--data", help="Only runs on this data version (REF|DIGEST)."),
     limit: int = typer.Option(50, "--limit", "-n", help="At most this many runs."),
+    metric: list[str] = typer.Option(
+        None, "--metric", "-m", help="Metric columns to show (default: up to four)."
+    ),
     json_out: bool = typer.Option(False, "--json", help="Print a JSON array for scripts."),
 ) -> None:
     """List runs, newest first.
@@ -149,18 +152,20 @@ def runs_command(
     if json_out:
         print_json([r.to_dict() for r in found])
         return
-    console.print(runs_table(found, title=step or "all steps"))
+    console.print(runs_table(found, title=step or "all steps", metrics=metric or None))
 
 
-def runs_table(found: RunList, *, title: str) -> Any:
+def _main_metrics(found: RunList, count: int = 4) -> list[str]:
+    """Up to ``count`` metric names: AUC-like first, then test metrics, then the rest."""
+    names = {m for r in found for m in r.metrics}
+    return sorted(names, key=lambda m: ("auc" not in m, not m.startswith("test_"), m))[:count]
+
+
+def runs_table(found: RunList, *, title: str, metrics: list[str] | None = None) -> Any:
     """A Rich table of runs: key, status, upstream, data version, main metrics."""
     from rich.table import Table
 
-    metrics: list[str] = []
-    for r in found:
-        for m in sorted(r.metrics):
-            if m not in metrics and len(metrics) < 4:
-                metrics.append(m)
+    metrics = metrics or _main_metrics(found)
     table = Table(title=f"runs of {title} (newest first)", title_justify="left")
     table.add_column("key", style="bold", no_wrap=True)
     table.add_column("status")

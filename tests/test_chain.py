@@ -7,9 +7,10 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import git
 
 import relayml
+
+from conftest import git
 
 EXTRA_STEPS = '''
 

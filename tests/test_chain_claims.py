@@ -10,10 +10,11 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import relay_process
 from test_chain import extend
 
 import relayml
+
+from conftest import relay_process
 
 
 def slow_runs(root: Path) -> relayml.RunList:

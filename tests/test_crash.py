@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from conftest import git, relay_process
 
 pytestmark = pytest.mark.slow
@@ -37,6 +38,16 @@ def slow(ctx: relay.Context, seconds: float = 60.0, fail: bool = False, marker: 
     if fail:
         raise ValueError("slow variant asked to fail")
     return pd.DataFrame({"x": [1, 2, 3]})
+
+
+@processing.variant("slowproc")
+def slowproc(ctx: relay.Context, load: pd.DataFrame, test_size: float = 0.25):
+    """A slow processing step; its speed and marker come from the environment (same params,
+    same fingerprint, whatever the test's timing)."""
+    if _os.environ.get("RELAY_TEST_MARKER"):
+        _Path(_os.environ["RELAY_TEST_MARKER"]).write_text(str(_os.getpid()))
+    _time.sleep(float(_os.environ.get("RELAY_TEST_SECONDS", "0")))
+    return getattr(plain, "func", plain)(ctx, load, test_size=test_size)
 '''
 
 
@@ -143,3 +154,24 @@ def test_sigkill_is_stale_and_never_reused(project: Path, relay) -> None:
     latest = json.loads(relay("show", "load@latest", "--json").out)
     assert latest["variant"] == "transactions"
     print(f"\nSIGKILL: {running['key']} shown as STALE, refused as upstream")
+
+    # a chain whose claimant was SIGKILLed: the next identical request takes the claim over
+    load_id = json.loads(relay("show", "load/transactions@latest", "--json").out)["run_id"]
+    request = ["chain", f"load={load_id}", "processing=slowproc", "--json"]
+    marker = project / "claimed"
+    first = relay_process(
+        *request, cwd=project, env={"RELAY_TEST_MARKER": str(marker), "RELAY_TEST_SECONDS": "120"}
+    )
+    wait_for(marker, first)
+    first.send_signal(signal.SIGKILL)
+    first.communicate(timeout=30)
+    [dead] = runs_json(relay, "processing", "--status", "RUNNING")
+    second = relay_process(*request, cwd=project, env={"RELAY_TEST_SECONDS": "0"})
+    out, err = second.communicate(timeout=180)
+    assert second.returncode == 0, err
+    taken = json.loads(out)["steps"][1]
+    assert taken["status"] == "new" and taken["run_status"] == "FINISHED"
+    assert taken["run_id"] != dead["run_id"]
+    after = json.loads(relay("show", dead["key"], "--json").out)
+    assert after["status"] != "RUNNING"  # the stale claim was closed
+    print(f"claim of SIGKILLed {dead['key']} ({after['status']}) taken over by {taken['key']}")

@@ -226,6 +226,9 @@ def test_incoherent_candidates_skipped(proj: Path) -> None:
     c = relayml.chain(f"load={a['load'].key}", "processing=plain", explain=True, project=proj)
     assert statuses(c) == ["reused", "reused"]
     assert c["processing"] == a["processing"]  # not the newer one, which is on another load
+    pinned = f"load={a['load'].run_id}"  # a run id pins too
+    by_id = relayml.chain(pinned, "processing=plain", dry_run=True, project=proj)
+    assert by_id.runs == c.runs
     passed = dict(c.steps[1].passed_over)
     assert str(b["processing"].key) in passed
     assert "upstream load is " + str(b["load"].key) in passed[str(b["processing"].key)]

@@ -100,6 +100,8 @@ class Link:
     def __str__(self) -> str:
         if self.ref is None:
             return f"{self.step}={self.variant}"
+        if _is_run_id(self.ref):
+            return f"{self.step}={self.ref}"
         when = self.ref.split("@", 1)[1] if "@" in self.ref else self.ref
         return f"{self.step}={self.variant}@{when}"
 

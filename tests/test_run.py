@@ -56,6 +56,11 @@ def test_run_chain_of_steps(project: Path, relay) -> None:
         training.metrics
     )
     assert [r.key for r in load.downstream] == [processing.key]
+    # the bundle is a logged model of the training run's own experiment, under .relay/
+    model = client_model(training)
+    assert model.experiment_id == training.mlflow.info.experiment_id
+    assert model.source_run_id == training.run_id
+    assert not (project / "mlruns").exists()  # nothing is written into the work tree
     assert processing.load("processor").feature_names_in_[0] == "Time"
     assert set(processing.outputs) == {"processor", "train", "test"}
     # plain MLflow sees experiments by name and the relay tags
@@ -69,6 +74,13 @@ def test_run_chain_of_steps(project: Path, relay) -> None:
     assert mlrun.info.run_name == str(training.key)
     assert mlrun.data.tags["mlflow.source.git.commit"] == git(project, "rev-parse", "HEAD").strip()
     assert mlrun.data.tags["relay.git.dirty"] == "false"
+
+
+def client_model(run):
+    from mlflow.tracking import MlflowClient
+
+    model_id = run.model_uri.removeprefix("models:/")
+    return MlflowClient(run.settings.tracking_uri).get_logged_model(model_id)
 
 
 def relay_get(ref: str):

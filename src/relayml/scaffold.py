@@ -89,7 +89,7 @@ def logreg(ctx, processing, C: float = 1.0):
     return {{"model": model}}
 '''
 
-GITIGNORE = ".relay/\n__pycache__/\n"
+GITIGNORE = ".relay/\nmlruns/\n__pycache__/\n"
 
 
 def init_project(directory: Path, *, name: str | None = None) -> list[Path]:

@@ -257,46 +257,56 @@ def main() -> None:
         flush=True,
     )
     results: dict[tuple[str, str, int, int], dict] = {}
+    samples: dict[tuple[str, str, int, int], list[dict]] = {}
     answers: dict[tuple[str, int], object] = {}
     spawn = multiprocessing.get_context("spawn")
     scenarios = [("relayml", k) for k in uris] + [("mlflow", k) for k in uris] + [("empty", "-")]
     load_cpu = LOAD_CPU if pin else None
-    with concurrent.futures.ProcessPoolExecutor(1, mp_context=spawn) as pool:
+    with contextlib.ExitStack() as stack:
+        # every server up at once (idle ones cost nothing); runs interleave across servers,
+        # so a burst of background load on the machine hits all of them alike
+        ports = {}
         for name, kind in scenarios:
-            port = free_port()
-            with server(command(name, port, uris.get(kind, "")), port, env, project) as url:
-                for n, body in bodies.items():
-                    if name == "empty":
-                        continue
-                    got = httpx.post(
-                        f"{url}/invocations",
-                        content=body,
-                        headers={"content-type": "application/json"},
-                    ).json()
-                    if name == "relayml":
-                        answers[(kind, n)] = got
-                    else:
-                        same = got == answers[(kind, n)]
-                        print(f"answers equal ({kind}, {n} record(s)): {same}", flush=True)
-                        if not same:
-                            raise SystemExit("answers differ")
-                total = args.mlflow_requests if name == "mlflow" else args.requests
-                for n, body in bodies.items():
-                    request = http_request(port, body)
-                    pool.submit(run_load, port, request, 200, 4, load_cpu).result()  # warm-up
-                    for conc in CONCURRENCY:
-                        runs = [
-                            pool.submit(run_load, port, request, total, conc, load_cpu).result()
-                            for _ in range(args.runs)
-                        ]
-                        r = results[(name, kind, n, conc)] = median_of(runs)
-                        print(
-                            f"  {name:8s} {kind:9s} rows={n:3d} c={conc:2d}: {r['rps']:8.0f} "
-                            f"req/s  p50 {r['p50']:7.2f} ms  p99 {r['p99']:7.2f} ms  (runs: "
-                            + ", ".join(f"{x['rps']:.0f}" for x in runs)
-                            + ")",
-                            flush=True,
+            port = ports[(name, kind)] = free_port()
+            url = stack.enter_context(
+                server(command(name, port, uris.get(kind, "")), port, env, project)
+            )
+            for n, body in bodies.items():
+                if name == "empty":
+                    continue
+                got = httpx.post(
+                    f"{url}/invocations", content=body, headers={"content-type": "application/json"}
+                ).json()
+                if name == "relayml":
+                    answers[(kind, n)] = got
+                else:
+                    same = got == answers[(kind, n)]
+                    print(f"answers equal ({kind}, {n} record(s)): {same}", flush=True)
+                    if not same:
+                        raise SystemExit("answers differ")
+        pool = stack.enter_context(concurrent.futures.ProcessPoolExecutor(1, mp_context=spawn))
+        for n, body in bodies.items():
+            requests = {key: http_request(port, body) for key, port in ports.items()}
+            for key, port in ports.items():  # warm-up
+                pool.submit(run_load, port, requests[key], 200, 4, load_cpu).result()
+            for conc in CONCURRENCY:
+                for _ in range(args.runs):
+                    for (name, kind), port in ports.items():
+                        total = args.mlflow_requests if name == "mlflow" else args.requests
+                        job = pool.submit(
+                            run_load, port, requests[(name, kind)], total, conc, load_cpu
                         )
+                        samples.setdefault((name, kind, n, conc), []).append(job.result())
+                for name, kind in ports:
+                    runs = samples[(name, kind, n, conc)]
+                    r = results[(name, kind, n, conc)] = median_of(runs)
+                    print(
+                        f"  {name:8s} {kind:9s} rows={n:3d} c={conc:2d}: {r['rps']:8.0f} "
+                        f"req/s  p50 {r['p50']:7.2f} ms  p99 {r['p99']:7.2f} ms  (runs: "
+                        + ", ".join(f"{x['rps']:.0f}" for x in runs)
+                        + ")",
+                        flush=True,
+                    )
 
     print()
     print(

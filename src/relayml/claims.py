@@ -20,7 +20,7 @@ This module only searches and writes through :class:`relayml.store.Store`.
 
 Example:
     >>> outcome = claim(store, request)  # doctest: +SKIP
-    >>> outcome.reused is None  # we hold the claim: execute the request in outcome.run_id
+    >>> outcome.reused is None  # we hold the claim: run it in outcome.run_id  # doctest: +SKIP
     True
 """
 

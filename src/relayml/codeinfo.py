@@ -76,20 +76,32 @@ def code_state(root: Path) -> CodeState:
     """Read the git state of the project folder ``root`` (limited to that folder).
 
     Untracked files that git does not ignore are part of the diff, so a new file that the
-    steps import is not lost.
+    steps import is not lost. A clean tree costs two ``git`` calls (the top folder and HEAD in
+    one, then ``git status``); the diff is only computed when the folder has changes.
 
     Example:
         >>> code_state(Path("/tmp")).commit is None  # doctest: +SKIP
         True
     """
     try:
-        top = Path(_git(root, "rev-parse", "--show-toplevel").strip())
-    except (subprocess.CalledProcessError, FileNotFoundError):
+        head = subprocess.run(
+            ["git", "rev-parse", "--show-toplevel", "--verify", "-q", "HEAD"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+        )
+    except FileNotFoundError:  # no git installed
         return CodeState(None, False, "", None)
-    try:
-        commit = _git(root, "rev-parse", "HEAD").strip()
-    except subprocess.CalledProcessError:
-        commit = None  # a repository without commits yet
+    lines = head.stdout.split("\n")
+    if head.returncode not in (0, 1) or not lines[0]:
+        return CodeState(None, False, "", None)  # not a repository
+    top = Path(lines[0])
+    commit = lines[1].strip() if head.returncode == 0 and len(lines) > 1 else ""
+    commit = commit or None  # None: a repository without commits yet
+    # --no-optional-locks: status must not take index.lock (other relay processes run git too)
+    status = _git(root, "--no-optional-locks", "status", "--porcelain", "-uall", "-z", "--", ".")
+    if not status:
+        return CodeState(commit, False, "", top)
     diff = _git(root, "diff", "HEAD", "--binary", "--", ".") if commit else ""
     untracked = _git(root, "ls-files", "--others", "--exclude-standard", "--", ".").split("\n")
     for name in filter(None, untracked):

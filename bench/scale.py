@@ -48,14 +48,15 @@ def main() -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="relay-bench-scale-"))
     root = make_project(tmp / "fraud", days=args.days, rows_per_day=args.rows_per_day)
-    steps = root / "steps.py"  # seed liblinear so that two searches can be compared exactly
-    steps.write_text(
-        steps.read_text().replace(
-            'LogisticRegression(solver="liblinear", max_iter=1000)',
-            'LogisticRegression(solver="liblinear", max_iter=1000, random_state=seed)',
+    steps = root / "steps.py"  # liblinear must be seeded for two searches to compare exactly
+    unseeded = 'LogisticRegression(solver="liblinear", max_iter=1000)'
+    if unseeded in steps.read_text():
+        steps.write_text(
+            steps.read_text().replace(
+                unseeded, unseeded.replace("1000)", "1000, random_state=seed)")
+            )
         )
-    )
-    git(root, "commit", "-qam", "seeded")
+        git(root, "commit", "-qam", "seeded")
     os.chdir(root)
     os.environ.pop("RELAY_EXECUTOR", None)
     load = relay.run("load", "transactions", project=root)

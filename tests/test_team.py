@@ -143,7 +143,8 @@ def test_relay_server_on_postgres_with_auth(
         _, err = anonymous.communicate(timeout=120)
         assert anonymous.returncode != 0
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGTERM)
         out, err = server.communicate(timeout=30)
     assert secret not in out + err
     assert "relay_team_test:***@" in err

@@ -300,9 +300,10 @@ def predict_partitions(
 
             for batch in batches:
                 part = pa.Table.from_batches([batch])
+                data = client.scatter(part, hash=False)  # data, not part of the task graph
                 pending.append(
                     client.submit(
-                        _score_partition, shipped, token, part, key_column, started, pure=False
+                        _score_partition, shipped, token, data, key_column, started, pure=False
                     )
                 )
                 started += part.num_rows

@@ -89,10 +89,28 @@ def server_command(
     # MLflow's job runner (GenAI jobs: a dozen worker processes) serves nothing relay uses
     env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     if auth:
+        import importlib.util
+
+        if importlib.util.find_spec("flask_wtf") is None:
+            raise UsageError("--auth needs MLflow's auth extra: pip install 'mlflow[auth]'")
         argv += ["--app-name", "basic-auth"]
         env["MLFLOW_AUTH_CONFIG_PATH"] = str(_auth_config(s))
+        if not env.get("MLFLOW_FLASK_SERVER_SECRET_KEY"):  # CSRF key, stable across restarts
+            env["MLFLOW_FLASK_SERVER_SECRET_KEY"] = _secret_key(s.root / ".relay" / "secret_key")
     argv += list(extra or [])
     return argv, env
+
+
+def _secret_key(path: Path) -> str:
+    """A random key kept in ``path`` (mode 600), created on first use."""
+    import secrets
+
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
+    return path.read_text().strip()
 
 
 def _auth_config(s: Settings) -> Path:

@@ -24,7 +24,13 @@ def main() -> None:
     _quiet_libraries()
     _register()
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)
+        # Typer turns Ctrl-C/SIGTERM into Exit(130) and, outside standalone mode, returns
+        # the code of any Exit instead of exiting: pass it on.
+        if code == 130:
+            raise KeyboardInterrupt
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except RelayError as e:
         err_console.print(f"[red]Error:[/red] {e}", highlight=False, markup=True, soft_wrap=True)
         sys.exit(e.exit_code)
@@ -51,6 +57,9 @@ def _quiet_libraries() -> None:
     import os
     import warnings
 
+    # with a tracking server MLflow prints "View run ... at: URL" on stdout when a run ends,
+    # which would break --json output
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     if os.environ.get("RELAY_DEBUG"):
         return
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")

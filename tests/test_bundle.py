@@ -52,11 +52,13 @@ def scale_features(df: pd.DataFrame) -> pd.DataFrame:
 def tracking(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("mlflow")
     uri = f"sqlite:///{root}/mlflow.db"
-    old = mlflow.get_tracking_uri()
+    old, old_registry = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
     mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)  # relay's stores set it globally: don't inherit another test's
     mlflow.set_experiment("training")
     yield uri
     mlflow.set_tracking_uri(old)
+    mlflow.set_registry_uri(old_registry)
 
 
 @pytest.fixture(scope="module")

@@ -570,6 +570,7 @@ def _complete(
         if p.status == REUSED:
             continue
         req = resolver.request(link, chosen)
+        req.variant.load()  # from the pipeline cache: import the steps module before claiming
         root = not resolver.pipeline.get(link.step).upstream
         forced = any(s in resolver.forced for s in _ancestry(resolver, link.step))
         if not root and not forced:

@@ -402,6 +402,7 @@ def execute(
         KeyboardInterrupt: Ctrl-C or SIGTERM; the run is KILLED.
     """
     settings = req.settings
+    func = req.variant.load()  # a variant from the pipeline cache imports the module now
     store = get_store(settings)
     run_id, key = created or _create_run(store, req)
     beat = _Heartbeat(store, run_id, settings.stale_after)
@@ -411,7 +412,7 @@ def execute(
         with _sigterm_raises(), beat:
             _record_code(store, run_id, req)
             args = _arguments(req, ctx)
-            returned = req.variant.func(**args)
+            returned = func(**args)
             _finish(store, req, ctx, as_dict(returned))
     except KeyboardInterrupt:
         _end(store, run_id, "KILLED", "interrupted (Ctrl-C or SIGTERM)")

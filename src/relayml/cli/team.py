@@ -175,6 +175,19 @@ def _run_child(argv: list[str], env: dict[str, str]) -> int:
         signal.signal(signal.SIGTERM, previous)
 
 
+def _prepare_backend(uri: str) -> None:
+    """Create (or migrate) MLflow's schema in the backend, then add relay's lookup indexes."""
+    if not uri.startswith(("sqlite:", "postgresql")):
+        return
+    from mlflow.tracking import MlflowClient
+
+    from relayml.store import ensure_indexes
+
+    with err_console.status("preparing the backend store"):
+        MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+        ensure_indexes(uri)
+
+
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def server(
     ctx: typer.Context,
@@ -227,6 +240,7 @@ def server(
         auth=auth, extra=list(ctx.args),
     )  # fmt: skip
     shown = argv[argv.index("--backend-store-uri") + 1]
+    _prepare_backend(shown)
     dest = argv[argv.index("--artifacts-destination") + 1]
     address = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
     err_console.print(f"backend store   {redact(shown)}", highlight=False)

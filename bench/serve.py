@@ -80,7 +80,7 @@ def fraud_bundles(project: Path) -> tuple[str, dict[str, str], list[dict]]:
     training = relay.get("training/logreg@latest", project=settings)
     processing = relay.get("processing/plain@latest", project=settings)
     uris = {"threshold": training.model_uri}
-    plain_tag = "relay.bench.plain_model"
+    plain_tag = "bench.plain_model"  # not relay.*: stays out of /version
     if plain_tag in training.tags:
         uris["plain"] = training.tags[plain_tag]
     else:

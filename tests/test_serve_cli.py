@@ -119,14 +119,17 @@ def _serving(
 
 @pytest.fixture(scope="module")
 def servers(fraud: Path) -> Iterator[dict[str, str]]:
-    """Two servers started side by side: a run reference (token, 1 KiB limit) and the alias."""
+    """Two servers started side by side: a run reference (token, 1 KiB limit) and the registry
+    alias with 2 worker processes (which must find the project's store on their own)."""
     env = {k: v for k, v in os.environ.items() if k not in _ENV}
     with (
         _serving(
             fraud, "training/logreg@latest", "--token-env", "SCORING_TOKEN", "--max-body", "1KiB",
             env={**env, "SCORING_TOKEN": TOKEN},
         ) as (run_url, run_proc),
-        _serving(fraud, "models:/fraud@champion", env=env) as (alias_url, alias_proc),
+        _serving(
+            fraud, "models:/fraud@champion", "--workers", "2", env=env
+        ) as (alias_url, alias_proc),
     ):  # fmt: skip
         wait_http(f"{run_url}/ping", timeout=90, proc=run_proc)
         wait_http(f"{alias_url}/ping", timeout=90, proc=alias_proc)

@@ -655,7 +655,14 @@ _ENV = "RELAY_SERVE_CONFIG"
 
 def _app_from_env() -> ScoringApp:
     """uvicorn factory for worker processes: the settings travel in an environment variable."""
+    import mlflow
+
     config = json.loads(os.environ[_ENV])
+    # the parent resolved the model in the project's store; workers are fresh processes
+    if config.get("tracking_uri"):
+        mlflow.set_tracking_uri(config["tracking_uri"])
+    if config.get("registry_uri"):
+        mlflow.set_registry_uri(config["registry_uri"])
     return create_app(
         load_bundle(config["model_uri"]),
         token=config.get("token"),
@@ -702,8 +709,17 @@ def run_server(
     if bundle is None:
         bundle = load_bundle(model_uri)  # fail early, in the parent, with a clear error
     provenance = {"model_uri": model_uri, **bundle.provenance, **(provenance or {})}
+    import mlflow
+
     os.environ[_ENV] = json.dumps(
-        {"model_uri": model_uri, "token": token, "max_body": max_body, "provenance": provenance}
+        {
+            "model_uri": model_uri,
+            "token": token,
+            "max_body": max_body,
+            "provenance": provenance,
+            "tracking_uri": mlflow.get_tracking_uri(),
+            "registry_uri": mlflow.get_registry_uri(),
+        }
     )
     options: dict[str, Any] = {
         "host": host,

@@ -1006,9 +1006,14 @@ def serve(
     """
     uri, prov = resolve_model(ref, project=project)
     run_server(
-        uri, host=host, port=port, workers=workers, max_body=max_body, token=token,
+        uri,
+        host=host,
+        port=port,
+        workers=workers,
+        max_body=max_body,
+        token=token,
         provenance=prov,
-    )  # fmt: skip
+    )
 
 
 def predict(
@@ -1030,7 +1035,24 @@ def predict(
         20000
     """
     uri, _ = resolve_model(ref, project=project)
+    from relayml.executor import is_dask, predict_partitions, project_executor
+
+    executor = project_executor(project)
+    if is_dask(executor):  # partitions scored on the Dask cluster, same output
+        return predict_partitions(
+            uri,
+            input,
+            output,
+            executor=executor,
+            key_column=key_column,
+            partition_rows=batch_size,
+            progress=progress,
+        )
     return predict_file(
-        uri, Path(input), Path(output), key_column=key_column, batch_size=batch_size,
+        uri,
+        Path(input),
+        Path(output),
+        key_column=key_column,
+        batch_size=batch_size,
         progress=progress,
-    )  # fmt: skip
+    )

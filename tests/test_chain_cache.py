@@ -158,10 +158,16 @@ def test_changed_steps_module_invalidates_the_cache(
 
 def test_variant_source_from_another_file(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (project / "helpers.py").write_text('def helped(load, k: int = 1):\n    return {"k": k}\n')
+    (project / "consts.py").write_text("SIZE = 0.25\n")
     with (project / "steps.py").open("a") as f:
-        f.write("\nimport helpers\n\nprocessing.variant('helped')(helpers.helped)\n")
-    forget(monkeypatch)
-    forget(monkeypatch, "helpers")
+        f.write(
+            "\nimport helpers\nfrom consts import SIZE\n\n"
+            "processing.variant('helped')(helpers.helped)\n\n\n"
+            "@processing.variant('sized')\ndef sized(load, size: float = SIZE):\n"
+            "    return {'size': size}\n"
+        )
+    for name in ("steps", "helpers", "consts"):
+        forget(monkeypatch, name)
     load_pipeline(project, "steps")
     forget(monkeypatch)
     assert (
@@ -174,6 +180,18 @@ def test_variant_source_from_another_file(project: Path, monkeypatch: pytest.Mon
     fresh = load_pipeline(project, "steps").variant("processing", "helped")
     assert "steps" in sys.modules  # imported again
     assert "-k" in fresh.source and fresh.params["k"].default == 2
+
+    # a constant in a project module imported by the steps module changes a default
+    forget(monkeypatch)
+    assert (
+        load_pipeline(project, "steps").variant("processing", "sized").params["size"].default
+        == 0.25
+    )
+    assert "steps" not in sys.modules
+    (project / "consts.py").write_text("SIZE = 0.5\n")
+    forget(monkeypatch, "consts")
+    sized = load_pipeline(project, "steps").variant("processing", "sized")
+    assert "steps" in sys.modules and sized.params["size"].default == 0.5
 
 
 def test_corrupt_cache_is_ignored_and_rebuilt(project: Path) -> None:

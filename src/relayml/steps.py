@@ -17,10 +17,11 @@ declared (steps, upstream, variants, their params with types and defaults, input
 docs and each variant's source) to ``<root>/.relay/cache/pipeline-<sha256 of the module
 file>.json``; the next process whose module file has the same digest builds the pipeline
 from it without importing anything. Such a variant imports the module when it is actually
-called (and refuses to run if the module changed meanwhile). The cache is ignored (and
-rewritten) when unreadable, and never written when a declaration cannot be stored exactly;
-``RELAY_NO_PIPELINE_CACHE=1`` turns it off (for a steps module whose declarations depend on
-anything but its own file, e.g. environment variables).
+called (and refuses to run if the module changed meanwhile). The cache is stale when the
+module file, a project-local Python module imported with it or a file holding a variant's
+source changed; it is ignored (and rewritten) when unreadable, and never written when a
+declaration cannot be stored exactly. ``RELAY_NO_PIPELINE_CACHE=1`` turns it off, for a steps
+module whose declarations depend on anything else (environment variables, a YAML file).
 
 Example:
     >>> import relayml as relay
@@ -553,7 +554,9 @@ def _value(value: Any) -> Any:
 
 def _encode(root: Path, module: str, pipeline: Pipeline) -> dict[str, Any]:
     assert pipeline.module_file is not None
-    files: dict[str, str] = {}  # other files holding variant source: their digests
+    # other files whose change may change the declarations: project-local modules (helpers the
+    # steps module imports, e.g. a default taken from a constant there) and variant sources
+    files = _local_modules(root, pipeline.module_file)
     steps = []
     for s in pipeline.steps.values():
         variants = []
@@ -599,10 +602,30 @@ def _encode(root: Path, module: str, pipeline: Pipeline) -> dict[str, Any]:
     }
 
 
+def _local_modules(root: Path, module_file: Path) -> dict[str, str]:
+    """``{path: sha256}`` of the imported Python files inside the project folder."""
+    top = root.resolve()
+    out: dict[str, str] = {}
+    for mod in list(sys.modules.values()):
+        name = getattr(mod, "__file__", None)
+        if not name or not name.endswith(".py"):
+            continue
+        path = Path(name).resolve()
+        if path == module_file.resolve() or not path.is_relative_to(top):
+            continue
+        if {"site-packages", "dist-packages"} & set(path.parts) or not path.is_file():
+            continue  # a virtual environment inside the project
+        out[str(path)] = _file_digest(path)
+    return out
+
+
 def _write_cache(root: Path, module: str, pipeline: Pipeline) -> None:
     """Best effort: a pipeline that cannot be cached, or a read-only folder, changes nothing."""
     try:
         data = _encode(root, module, pipeline)
+        assert pipeline.module_file is not None
+        if _file_digest(pipeline.module_file) != pipeline.module_digest:
+            return  # edited meanwhile: the declarations read may not be that file's
         target = pipeline_cache_file(root, pipeline.module_digest)
         target.parent.mkdir(parents=True, exist_ok=True)
         staged = target.with_name(f".{target.name}.{os.getpid()}.tmp")

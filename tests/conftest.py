@@ -25,6 +25,11 @@ sys.path.insert(0, str(EXAMPLE))  # generate.py
 
 PROJECT_FILES = ("relay.toml", "steps.py", "generate.py")
 
+# Tools that tests start by name (`mlflow models serve` execs `uvicorn`) come from this
+# interpreter's environment, also when pytest runs as `.venv/bin/python -m pytest` without an
+# activated venv (as `make test` and CI do).
+os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]])
+
 
 @pytest.fixture(autouse=True)
 def _isolated_env(monkeypatch: pytest.MonkeyPatch) -> None:

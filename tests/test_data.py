@@ -6,10 +6,9 @@ when unset or unreachable, failed instead when ``RELAY_REQUIRE_POSTGRES=1``).
 
 from __future__ import annotations
 
-import re
-
 import datetime as dt
 import os
+import re
 import sqlite3
 import uuid
 from collections.abc import Iterator

@@ -9,9 +9,10 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import make_project
 
 import relayml
+
+from conftest import make_project
 
 
 def add_code(root: Path, code: str) -> None:

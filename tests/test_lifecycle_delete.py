@@ -7,11 +7,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import relay_process
 
 import relayml as rl
 from relayml.runs import open_project
 from relayml.store import get_store
+
+from conftest import relay_process
 
 
 def _folder(run_id: str) -> Path | None:

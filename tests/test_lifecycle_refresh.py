@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from conftest import relay_process
-
 import relayml as rl
 from relayml.runs import open_project
 from relayml.store import get_store
+
+from conftest import relay_process
 
 FAST = ("-P", "cv=2", "-P", "n_estimators=10")
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from conftest import git
-
 import relayml as rl
 from relayml.runs import open_project
 from relayml.store import get_store
+
+from conftest import git
 
 
 def _change_code(project: Path) -> None:

@@ -44,6 +44,22 @@ def test_cli_help_is_fast_and_lists_commands() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == "False False"
-    for command in ("run", "runs", "show", "chain", "lineage", "serve", "predict", "promote",
-                    "delete", "gc", "reproduce", "refresh", "compare", "server", "ui", "init"):
+    for command in (
+        "run",
+        "runs",
+        "show",
+        "chain",
+        "lineage",
+        "serve",
+        "predict",
+        "promote",
+        "delete",
+        "gc",
+        "reproduce",
+        "refresh",
+        "compare",
+        "server",
+        "ui",
+        "init",
+    ):
         assert command in out.stdout, command

@@ -103,13 +103,14 @@ def mlflow_server(uri: str, tracking: str):
         [*cmd, "-p", str(port), "-h", "127.0.0.1"],
         env=env,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 90
         while True:
-            assert proc.poll() is None, "mlflow models serve exited"
+            assert proc.poll() is None, f"mlflow models serve exited: {proc.stderr.read()[-3000:]}"
             with contextlib.suppress(httpx.HTTPError):
                 if httpx.get(f"{url}/ping", timeout=1).status_code == 200:
                     break

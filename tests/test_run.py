@@ -221,7 +221,7 @@ relayml.cli.main()
 
 def test_two_processes_in_the_same_second(project: Path) -> None:
     relayml.run("load", "transactions")
-    start = int(time.time()) + 8.2  # both processes warm up, then start together
+    start = int(time.time()) + 12.2  # both processes warm up (imports), then start together
     procs = [
         subprocess.Popen(
             [sys.executable, "-c", STARTER, str(start)],
@@ -237,7 +237,9 @@ def test_two_processes_in_the_same_second(project: Path) -> None:
     found = relayml.runs("processing", status="FINISHED")
     keys = [str(r.key) for r in found]
     assert len(keys) == 2 and len(set(keys)) == 2, keys
-    assert all(abs(r.started.timestamp() - start) < 5 for r in found)
+    # they really started together (a slow machine may start both late, but together)
+    a, b = (r.started.timestamp() for r in found)
+    assert abs(a - b) < 3, (a, b)
 
 
 def test_run_json_output(project: Path, relay) -> None:

@@ -88,7 +88,7 @@ def test_interrupt_marks_killed_and_exits_cleanly(project: Path, relay) -> None:
     add_slow_variant(project)
     procs = {}
     for signum in (signal.SIGTERM, signal.SIGINT):
-        marker = project / f"started-{signum}"
+        marker = project.parent / f"started-{signum}"
         procs[signum] = (marker, relay_process("run", "load", "slow", "-P", f"marker={marker}",
                                                cwd=project))  # fmt: skip
     for marker, proc in procs.values():
@@ -136,7 +136,7 @@ def test_exception_marks_failed_with_traceback(project: Path, relay) -> None:
 def test_sigkill_is_stale_and_never_reused(project: Path, relay) -> None:
     add_slow_variant(project, stale_after=4)
     assert relay("run", "load", "transactions").code == 0
-    marker = project / "started"
+    marker = project.parent / "started"
     proc = relay_process("run", "load", "slow", "-P", f"marker={marker}", cwd=project)
     wait_for(marker, proc)
     [running] = runs_json(relay, "load", "--status", "RUNNING")
@@ -158,7 +158,7 @@ def test_sigkill_is_stale_and_never_reused(project: Path, relay) -> None:
     # a chain whose claimant was SIGKILLed: the next identical request takes the claim over
     load_id = json.loads(relay("show", "load/transactions@latest", "--json").out)["run_id"]
     request = ["chain", f"load={load_id}", "processing=slowproc", "--json"]
-    marker = project / "claimed"
+    marker = project.parent / "claimed"  # outside the project: not part of its code state
     first = relay_process(
         *request, cwd=project, env={"RELAY_TEST_MARKER": str(marker), "RELAY_TEST_SECONDS": "120"}
     )
@@ -173,5 +173,6 @@ def test_sigkill_is_stale_and_never_reused(project: Path, relay) -> None:
     assert taken["status"] == "new" and taken["run_status"] == "FINISHED"
     assert taken["run_id"] != dead["run_id"]
     after = json.loads(relay("show", dead["key"], "--json").out)
-    assert after["status"] != "RUNNING"  # the stale claim was closed
+    assert after["status"] == "FAILED"  # the stale claim was closed, and says why
+    assert after["tags"]["relay.stale"] == "true"
     print(f"claim of SIGKILLed {dead['key']} ({after['status']}) taken over by {taken['key']}")

@@ -261,7 +261,9 @@ def predict_partitions(
         raise UsageError(f"partition_rows must be at least 1; got {partition_rows}")
     bundle = load_bundle(model_uri)
     needed = set(bundle.columns)
-    names, batches = _open_input(input, bundle, partition_rows)
+    from relayml.serve import open_input
+
+    names, batches = open_input(input, bundle, partition_rows)
     missing = [c for c in bundle.columns if c not in names]
     if missing:
         raise UsageError(f"input {input}: missing column {missing[0]!r} the model needs")
@@ -321,47 +323,6 @@ def predict_partitions(
                 writer.close()
             tmp.unlink(missing_ok=True)
     return written
-
-
-def _open_input(input: Path, bundle: Any, rows: int) -> tuple[list[str], Iterator[Any]]:
-    """Column names and a stream of record batches of exactly ``rows`` rows (the last fewer)."""
-    import pyarrow as pa
-    import pyarrow.csv as pacsv
-    import pyarrow.parquet as pq
-
-    if _KINDS[input.suffix.lower()] == "parquet":
-        source = pq.ParquetFile(input)
-        return source.schema_arrow.names, _rebatch(source.iter_batches(batch_size=rows), rows)
-    arrow_types = {"double": pa.float64(), "float": pa.float32(), "long": pa.int64()}
-    column_types = {n: arrow_types[t] for n, t in bundle.input_schema if t in arrow_types}
-    try:
-        reader = pacsv.open_csv(
-            input,
-            read_options=pacsv.ReadOptions(block_size=1 << 24),
-            convert_options=pacsv.ConvertOptions(column_types=column_types),
-        )
-    except pa.ArrowInvalid as e:
-        raise UsageError(f"input {input}: {e}") from e
-    return reader.schema.names, _rebatch(reader, rows)
-
-
-def _rebatch(batches: Any, size: int) -> Iterator[Any]:
-    """Record batches of exactly ``size`` rows (the last one smaller)."""
-    import pyarrow as pa
-
-    pending: list[Any] = []
-    count = 0
-    for batch in batches:
-        while batch.num_rows:
-            take = min(size - count, batch.num_rows)
-            pending.append(batch.slice(0, take))
-            count += take
-            batch = batch.slice(take)
-            if count == size:
-                yield pa.Table.from_batches(pending).combine_chunks().to_batches()[0]
-                pending, count = [], 0
-    if count:
-        yield pa.Table.from_batches(pending).combine_chunks().to_batches()[0]
 
 
 def _pickled_bundle(bundle: Any, cloudpickle: Any) -> bytes:

@@ -36,7 +36,7 @@ import json
 import logging
 import operator
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -794,24 +794,7 @@ def predict_file(
         raise UsageError(f"batch_size must be at least 1; got {batch_size}")
     bundle = load_bundle(model_uri)
     needed = set(bundle.columns)
-
-    if kinds[input.suffix.lower()] == "parquet":
-        source = pq.ParquetFile(input)
-        names = source.schema_arrow.names
-        batches = source.iter_batches(batch_size=batch_size)
-    else:
-        arrow_types = {"double": pa.float64(), "float": pa.float32(), "long": pa.int64()}
-        column_types = {n: arrow_types[t] for n, t in bundle.input_schema if t in arrow_types}
-        try:
-            reader = pacsv.open_csv(
-                input,
-                read_options=pacsv.ReadOptions(block_size=1 << 24),
-                convert_options=pacsv.ConvertOptions(column_types=column_types),
-            )
-        except pa.ArrowInvalid as e:
-            raise _csv_error(input, e) from e
-        names = reader.schema.names
-        batches = reader
+    names, batches = open_input(input, bundle, batch_size)
     missing = [c for c in bundle.columns if c not in names]
     if missing:
         raise UsageError(f"input {input}: missing column {missing[0]!r} the model needs")
@@ -826,7 +809,7 @@ def predict_file(
     writer: Any = None
     written = 0
     try:
-        for batch in _csv_errors(_rebatch(batches, batch_size), input):
+        for batch in batches:
             frame = batch.to_pandas()
             try:
                 predictions = bundle.predict(frame)
@@ -892,6 +875,37 @@ def _csv_errors(batches: Any, input: Path) -> Any:
         except pa.ArrowInvalid as e:
             raise _csv_error(input, e) from e
         yield batch
+
+
+def open_input(input: Path, bundle: Bundle, rows: int) -> tuple[list[str], Iterator[Any]]:
+    """Column names and record batches of exactly ``rows`` rows (the last fewer) of a file.
+
+    A CSV or Parquet file of raw records, streamed; CSV columns are typed by the bundle's
+    input schema, and a value that does not convert is a UsageError naming the column.
+
+    Example:
+        >>> names, batches = open_input(Path("new.csv"), bundle, 100_000)  # doctest: +SKIP
+    """
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    if input.suffix.lower() in (".parquet", ".pq"):
+        source = pq.ParquetFile(input)
+        names, batches = source.schema_arrow.names, source.iter_batches(batch_size=rows)
+    else:
+        arrow_types = {"double": pa.float64(), "float": pa.float32(), "long": pa.int64()}
+        column_types = {n: arrow_types[t] for n, t in bundle.input_schema if t in arrow_types}
+        try:
+            reader = pacsv.open_csv(
+                input,
+                read_options=pacsv.ReadOptions(block_size=1 << 24),
+                convert_options=pacsv.ConvertOptions(column_types=column_types),
+            )
+        except pa.ArrowInvalid as e:
+            raise _csv_error(input, e) from e
+        names, batches = reader.schema.names, reader
+    return names, _csv_errors(_rebatch(batches, rows), input)
 
 
 def _rebatch(batches: Any, size: int) -> Any:

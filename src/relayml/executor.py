@@ -201,8 +201,6 @@ def joblib_backend(where: Settings | str | None = None) -> Iterator[Client | Non
 
 # -- batch scoring ------------------------------------------------------------------------
 
-_KINDS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
-
 
 def predict_partitions(
     model_uri: str,
@@ -249,30 +247,12 @@ def predict_partitions(
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
-    from relayml.bundle import load_bundle
+    from relayml.serve import PARQUET_SUFFIXES, scoring_input
 
     input, output = Path(input), Path(output)
-    for what, path in (("input", input), ("output", output)):
-        if path.suffix.lower() not in _KINDS:
-            raise UsageError(f"{what} {path}: unknown suffix; use .csv or .parquet")
-    if not input.is_file():
-        raise UsageError(f"input {input}: no such file")
-    if partition_rows < 1:
-        raise UsageError(f"partition_rows must be at least 1; got {partition_rows}")
-    bundle = load_bundle(model_uri)
-    needed = set(bundle.columns)
-    from relayml.serve import open_input
-
-    names, batches = open_input(input, bundle, partition_rows)
-    missing = [c for c in bundle.columns if c not in names]
-    if missing:
-        raise UsageError(f"input {input}: missing column {missing[0]!r} the model needs")
-    if key_column is None:
-        key_column = next((c for c in names if c not in needed), None)
-    elif key_column not in names:
-        raise UsageError(
-            f"key column {key_column!r} is not in {input} (columns: {', '.join(names)})"
-        )
+    bundle, batches, key_column = scoring_input(
+        model_uri, input, output, partition_rows, key_column
+    )
     payload = _pickled_bundle(bundle, cloudpickle)
     token = str(hash(payload))
     tmp = output.with_name(f".{output.name}.part")
@@ -292,7 +272,7 @@ def predict_partitions(
                     if writer is None:
                         writer = (
                             pq.ParquetWriter(tmp, table.schema)
-                            if _KINDS[output.suffix.lower()] == "parquet"
+                            if output.suffix.lower() in PARQUET_SUFFIXES
                             else pacsv.CSVWriter(tmp, table.schema)
                         )
                     writer.write_table(table)

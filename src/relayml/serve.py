@@ -783,27 +783,7 @@ def predict_file(
     import pyarrow.parquet as pq
 
     input, output = Path(input), Path(output)
-    kinds = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
-    if input.suffix.lower() not in kinds:
-        raise UsageError(f"input {input}: unknown suffix; use .csv or .parquet")
-    if output.suffix.lower() not in kinds:
-        raise UsageError(f"output {output}: unknown suffix; use .csv or .parquet")
-    if not input.is_file():
-        raise UsageError(f"input {input}: no such file")
-    if batch_size < 1:
-        raise UsageError(f"batch_size must be at least 1; got {batch_size}")
-    bundle = load_bundle(model_uri)
-    needed = set(bundle.columns)
-    names, batches = open_input(input, bundle, batch_size)
-    missing = [c for c in bundle.columns if c not in names]
-    if missing:
-        raise UsageError(f"input {input}: missing column {missing[0]!r} the model needs")
-    if key_column is None:
-        key_column = next((c for c in names if c not in needed), None)
-    elif key_column not in names:
-        raise UsageError(
-            f"key column {key_column!r} is not in {input} (columns: {', '.join(names)})"
-        )
+    bundle, batches, key_column = scoring_input(model_uri, input, output, batch_size, key_column)
 
     tmp = output.with_name(f".{output.name}.part")
     writer: Any = None
@@ -827,7 +807,7 @@ def predict_file(
                 out["prediction"] = np.asarray(predictions)
             table = pa.table(out)
             if writer is None:
-                if kinds[output.suffix.lower()] == "parquet":
+                if output.suffix.lower() in PARQUET_SUFFIXES:
                     writer = pq.ParquetWriter(tmp, table.schema)
                 else:
                     writer = pacsv.CSVWriter(tmp, table.schema)
@@ -877,6 +857,45 @@ def _csv_errors(batches: Any, input: Path) -> Any:
         yield batch
 
 
+PARQUET_SUFFIXES = (".parquet", ".pq")
+
+
+def scoring_input(
+    model_uri: str, input: Path, output: Path, rows: int, key_column: str | None
+) -> tuple[Bundle, Iterator[Any], str | None]:
+    """Check a batch-scoring request and open it: the bundle, its input batches, the key column.
+
+    The key column defaults to the input's first column that the model does not use.
+
+    Raises:
+        UsageError: an unknown suffix, a missing file, a column the model needs missing from
+            the input, an unknown key column, or fewer than one row per batch.
+
+    Example:
+        >>> args = (uri, Path("in.csv"), Path("out.csv"), 1000, None)
+        >>> bundle, batches, key = scoring_input(*args)  # doctest: +SKIP
+    """
+    for what, path in (("input", input), ("output", output)):
+        if path.suffix.lower() not in (".csv", *PARQUET_SUFFIXES):
+            raise UsageError(f"{what} {path}: unknown suffix; use .csv or .parquet")
+    if not input.is_file():
+        raise UsageError(f"input {input}: no such file")
+    if rows < 1:
+        raise UsageError(f"rows per batch must be at least 1; got {rows}")
+    bundle = load_bundle(model_uri)
+    names, batches = open_input(input, bundle, rows)
+    missing = [c for c in bundle.columns if c not in names]
+    if missing:
+        raise UsageError(f"input {input}: missing column {missing[0]!r} the model needs")
+    if key_column is None:
+        key_column = next((c for c in names if c not in set(bundle.columns)), None)
+    elif key_column not in names:
+        raise UsageError(
+            f"key column {key_column!r} is not in {input} (columns: {', '.join(names)})"
+        )
+    return bundle, batches, key_column
+
+
 def open_input(input: Path, bundle: Bundle, rows: int) -> tuple[list[str], Iterator[Any]]:
     """Column names and record batches of exactly ``rows`` rows (the last fewer) of a file.
 
@@ -890,7 +909,7 @@ def open_input(input: Path, bundle: Bundle, rows: int) -> tuple[list[str], Itera
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
-    if input.suffix.lower() in (".parquet", ".pq"):
+    if input.suffix.lower() in PARQUET_SUFFIXES:
         source = pq.ParquetFile(input)
         names, batches = source.schema_arrow.names, source.iter_batches(batch_size=rows)
     else:

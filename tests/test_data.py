@@ -7,7 +7,6 @@ when unset or unreachable, failed instead when ``RELAY_REQUIRE_POSTGRES=1``).
 from __future__ import annotations
 
 import datetime as dt
-import os
 import re
 import sqlite3
 import uuid
@@ -93,36 +92,11 @@ def sqlite_db(tmp_path_factory: pytest.TempPathFactory, frame: pd.DataFrame) -> 
     return DB("sqlite", f"sqlite:///{path}", "tx")
 
 
-def _postgres_url() -> str:
-    """The test server's URL, or skip (fail under RELAY_REQUIRE_POSTGRES=1)."""
-    url = os.environ.get("RELAY_TEST_POSTGRES_URL")
-    required = os.environ.get("RELAY_REQUIRE_POSTGRES") == "1"
-    reason = None
-    if not url:
-        reason = "RELAY_TEST_POSTGRES_URL is not set"
-    else:
-        import sqlalchemy as sa
-
-        try:
-            engine = sa.create_engine(url)
-            with engine.connect() as conn:
-                conn.execute(sa.text("SELECT 1"))
-            engine.dispose()
-        except Exception as e:
-            reason = f"PostgreSQL at {redact(url)} is unreachable: {e}"
-    if reason is not None:
-        if required:
-            pytest.fail(f"RELAY_REQUIRE_POSTGRES=1 but {reason}")
-        pytest.skip(reason)
-    assert url is not None
-    return url
-
-
 @pytest.fixture(scope="module")
-def pg_db(frame: pd.DataFrame) -> Iterator[DB]:
+def pg_db(frame: pd.DataFrame, postgres_url: str) -> Iterator[DB]:
     import sqlalchemy as sa
 
-    url = _postgres_url()
+    url = postgres_url
     table = f"relay_test_tx_{uuid.uuid4().hex[:8]}"
     engine = sa.create_engine(url)
     with engine.begin() as conn:

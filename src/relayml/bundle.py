@@ -387,6 +387,15 @@ def register(model_uri: str, name: str, alias: str = "champion") -> int:
 # loading and fast prediction
 
 
+def _standardize(V: np.ndarray, mean: Any, scale: Any) -> np.ndarray:
+    """StandardScaler's arithmetic, in place and in its order: subtract, then divide."""
+    if mean is not None:
+        V -= mean
+    if scale is not None:
+        V /= scale
+    return V
+
+
 def _transformer_fn(t: Any, in_names: list[str]) -> Callable[[np.ndarray], np.ndarray]:
     """A numpy function equal to ``t.transform`` on float64 input columns ``in_names``."""
     from sklearn.compose import ColumnTransformer
@@ -453,11 +462,7 @@ def _transformer_fn(t: Any, in_names: list[str]) -> Callable[[np.ndarray], np.nd
                 # Fortran-ordered matrix np.hstack / np.asarray(DataFrame) give scikit-learn
                 Z = X.T[order].T
                 for where, mean, scale in blocks:
-                    V = Z[:, where]
-                    if mean is not None:
-                        V -= mean
-                    if scale is not None:
-                        V /= scale
+                    _standardize(Z[:, where], mean, scale)
                 return Z
 
             gather_scale._numpy_only = True  # type: ignore[attr-defined]
@@ -483,12 +488,7 @@ def _transformer_fn(t: Any, in_names: list[str]) -> Callable[[np.ndarray], np.nd
 
         def scaler(X: np.ndarray) -> np.ndarray:
             X = np.asfortranarray(X) if from_frame else X
-            X = X.copy(order="K")
-            if mean is not None:
-                X -= mean
-            if scale is not None:
-                X /= scale
-            return X
+            return _standardize(X.copy(order="K"), mean, scale)
 
         scaler._numpy_only = True  # type: ignore[attr-defined]
         return scaler

@@ -341,29 +341,15 @@ def _bundle_on_worker(token: str, payload: bytes) -> Any:
 
 def _score_partition(payload: bytes, token: str, part: Any, key_column: str | None, start: int):
     """Score one partition on a worker; returns an Arrow table (key column + predictions)."""
-    import numpy as np
-    import pandas as pd
-    import pyarrow as pa
 
     from relayml.bundle import BundleInputError
+    from relayml.serve import prediction_table
 
     bundle = _bundle_on_worker(token, payload)
-    frame = part.to_pandas()
     try:
-        predictions = bundle.predict(frame)
+        return prediction_table(bundle, part, key_column, start)
     except BundleInputError as e:
         return ("error", start, str(e))
-    out: dict[str, Any] = {}
-    if key_column is None:
-        out["row"] = np.arange(start, start + len(frame), dtype=np.int64)
-    else:
-        out[key_column] = part.column(key_column)
-    if isinstance(predictions, pd.DataFrame):
-        for c in predictions.columns:
-            out[str(c)] = predictions[c].to_numpy()
-    else:
-        out["prediction"] = np.asarray(predictions)
-    return pa.table(out)
 
 
 def _result(future: Any, input: Path) -> Any:

@@ -778,7 +778,6 @@ def predict_file(
         >>> predict_file(uri, Path("new.parquet"), Path("out.csv"))  # doctest: +SKIP
         284807
     """
-    import pyarrow as pa
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
@@ -790,29 +789,17 @@ def predict_file(
     written = 0
     try:
         for batch in batches:
-            frame = batch.to_pandas()
             try:
-                predictions = bundle.predict(frame)
+                table = prediction_table(bundle, batch, key_column, written)
             except BundleInputError as e:
                 raise UsageError(f"input {input}, rows {written}..: {e}") from e
-            out: dict[str, Any] = {}
-            if key_column is None:
-                out["row"] = np.arange(written, written + len(frame), dtype=np.int64)
-            else:
-                out[key_column] = batch.column(key_column)
-            if isinstance(predictions, pd.DataFrame):
-                for c in predictions.columns:
-                    out[str(c)] = predictions[c].to_numpy()
-            else:
-                out["prediction"] = np.asarray(predictions)
-            table = pa.table(out)
             if writer is None:
                 if output.suffix.lower() in PARQUET_SUFFIXES:
                     writer = pq.ParquetWriter(tmp, table.schema)
                 else:
                     writer = pacsv.CSVWriter(tmp, table.schema)
             writer.write_table(table)
-            written += len(frame)
+            written += batch.num_rows
             if progress is not None:
                 progress(written)
         if writer is None:  # empty input: still write a file with a header
@@ -858,6 +845,32 @@ def _csv_errors(batches: Any, input: Path) -> Any:
 
 
 PARQUET_SUFFIXES = (".parquet", ".pq")
+
+
+def prediction_table(bundle: Bundle, batch: Any, key_column: str | None, start: int) -> Any:
+    """Score one record batch: the key column (or row numbers from ``start``) and predictions.
+
+    Raises:
+        BundleInputError: a record the model cannot take (the message names the column).
+
+    Example:
+        >>> prediction_table(bundle, batch, "id", 0).column_names  # doctest: +SKIP
+        ['id', 'label', 'score']
+    """
+    import pyarrow as pa
+
+    predictions = bundle.predict(batch.to_pandas())
+    out: dict[str, Any] = {}
+    if key_column is None:
+        out["row"] = np.arange(start, start + batch.num_rows, dtype=np.int64)
+    else:
+        out[key_column] = batch.column(key_column)
+    if isinstance(predictions, pd.DataFrame):
+        for c in predictions.columns:
+            out[str(c)] = predictions[c].to_numpy()
+    else:
+        out["prediction"] = np.asarray(predictions)
+    return pa.table(out)
 
 
 def scoring_input(

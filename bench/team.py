@@ -13,7 +13,10 @@ Python's start-up):
 - ``run``: ``relay run processing plain -P seed=7 --from <L>``, identical for everyone: a new
   run each time, several in the same second (unique keys).
 
-Printed per client count: requests, step runs per second, p95 time of a cached chain.
+Printed per client count: requests, step runs per second, p95 time of a cached chain, and,
+as the baseline measured in the same run, the p95 time of one bare ``MlflowClient.get_run``
+sent to the same server four times a second while the clients work (the first of the cached
+chain's three requests: what any client of that server waits for).
 Targets: no errors at 8 clients; cached-chain p95 at 8 clients at most 3x its 1-client value.
 
 The same client and checks serve the concurrency tests (tests/test_team.py).
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import io
 import json
 import os
@@ -35,8 +39,10 @@ import random
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -113,9 +119,17 @@ def client_main(project: str, load_id: str, client: int, seconds: float, go: str
 
 
 def run_clients(
-    project: Path, load_id: str, clients: int, seconds: float, env: dict[str, str], work: Path
-) -> list[dict[str, Any]]:
-    """Start ``clients`` client processes at once; return every request's result."""
+    project: Path,
+    load_id: str,
+    clients: int,
+    seconds: float,
+    env: dict[str, str],
+    work: Path,
+    probe: Callable[[], object] | None = None,
+) -> tuple[list[dict[str, Any]], list[float]]:
+    """Start ``clients`` client processes at once; return every request's result, and the
+    durations of ``probe`` called four times a second meanwhile (in a thread of this
+    process, which otherwise only waits)."""
     work.mkdir(parents=True, exist_ok=True)
     go = work / "go"
     go.unlink(missing_ok=True)
@@ -148,13 +162,26 @@ def run_clients(
             raise TimeoutError("clients did not start")
         time.sleep(0.1)
     go.write_text(str(time.time()))
+    probed: list[float] = []
+    if probe is not None:
+        threading.Thread(
+            target=_probe_loop, args=(probe, time.monotonic() + seconds, probed), daemon=True
+        ).start()
     results: list[dict[str, Any]] = []
     for p, out in zip(procs, outs, strict=True):
         _, err = p.communicate(timeout=seconds + 600)
         if p.returncode != 0 or not out.exists():
             raise RuntimeError(f"client exited with {p.returncode}: {err[-3000:]}")
         results.extend(json.loads(out.read_text()))
-    return results
+    return results, probed
+
+
+def _probe_loop(probe: Callable[[], object], deadline: float, out: list[float]) -> None:
+    while time.monotonic() < deadline:
+        started = time.monotonic()
+        probe()
+        out.append(time.monotonic() - started)
+        time.sleep(max(0.0, 0.25 - (time.monotonic() - started)))
 
 
 # -- checks ------------------------------------------------------------------------------
@@ -287,6 +314,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=30.0, help="per client count")
     parser.add_argument("--clients", default="1,2,4,8")
+    parser.add_argument(
+        "--workers", type=int, default=None, help="server workers (default: relay server's)"
+    )
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT / "tests"))
     import tempfile
@@ -300,8 +330,8 @@ def main() -> None:
         sys.exit("set RELAY_TEST_POSTGRES_URL=postgresql+psycopg://postgres@127.0.0.1:5432/test")
     tmp = Path(tempfile.mkdtemp(prefix="relay-bench-team-"))
     print(f"{'clients':>7} {'requests':>8} {'errors':>6} {'step runs/s':>11} "
-          f"{'cached p95 s':>12} {'ratio':>6}")  # fmt: skip
-    anchor = None
+          f"{'cached p95 s':>12} {'ratio':>6} {'mlflow get p95':>15} {'ratio':>6}")  # fmt: skip
+    anchor = bare_anchor = None
     admin = sa.create_engine(url, isolation_level="AUTOCOMMIT")
     for n in [int(x) for x in args.clients.split(",")]:
         name = f"relay_bench_{os.getpid()}_{n}"
@@ -313,7 +343,8 @@ def main() -> None:
         port = free_port()
         server = subprocess.Popen(
             [sys.executable, "-m", "relayml", "server", "--backend", db, "--port", str(port),
-             "--workers", "2", "--artifacts", str(tmp / f"artifacts-{n}")],
+             *(["--workers", str(args.workers)] if args.workers else []),
+             "--artifacts", str(tmp / f"artifacts-{n}")],
             cwd=project, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         try:
@@ -327,16 +358,27 @@ def main() -> None:
             )  # fmt: skip
             if warm.returncode:
                 raise RuntimeError(f"warming the cached chain failed: {warm.stderr[-3000:]}")
-            results = run_clients(project, load_id, n, args.seconds, env, tmp / f"work-{n}")
+            from mlflow.tracking import MlflowClient
+
+            bare = MlflowClient(env["RELAY_TRACKING_URI"])
+            bare.get_run(load_id)
+            results, probed = run_clients(
+                project, load_id, n, args.seconds, env, tmp / f"work-{n}",
+                probe=functools.partial(bare.get_run, load_id),
+            )  # fmt: skip
             os.environ.update(env)
             counts = verify(project, results)
             elapsed = max(args.seconds, 1e-9)
             p95 = counts["cached_p95_s"]
             anchor = anchor if anchor is not None else p95
             ratio = f"{p95 / anchor:.2f}" if p95 and anchor else "-"
+            bare_p95 = _p95(probed)
+            bare_anchor = bare_anchor if bare_anchor is not None else bare_p95
+            bare_ratio = f"{bare_p95 / bare_anchor:.2f}" if bare_p95 and bare_anchor else "-"
             print(f"{n:>7} {counts['requests']:>8} {counts['errors']:>6} "
                   f"{counts['step_runs_created'] / elapsed:>11.2f} "
-                  f"{p95 if p95 is not None else float('nan'):>12.2f} {ratio:>6}",
+                  f"{p95 if p95 is not None else float('nan'):>12.3f} {ratio:>6} "
+                  f"{(bare_p95 or float('nan')) * 1000:>15.1f} {bare_ratio:>6}",
                   flush=True)  # fmt: skip
             for p in counts["problems"]:
                 print(f"        problem: {p}")

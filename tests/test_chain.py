@@ -126,6 +126,37 @@ def test_reuse_whole_chain_and_record(proj: Path, relay) -> None:
     assert all(r.step != "chains" for r in relayml.runs(project=proj, limit=None))
 
 
+def test_a_cached_chain_costs_one_request_per_step(proj: Path, monkeypatch) -> None:
+    """A fully reused chain reads the pinned load and searches once per later step; its
+    record id comes from the final run's ``relay.chain.record`` tag (no fourth request)."""
+    from mlflow.tracking import MlflowClient
+
+    first = relayml.chain("load=transactions", "processing=plain", project=proj)
+    assert first["processing"].tags.get("relay.chain.record") is None  # as first returned
+    assert (
+        relayml.get(first["processing"].run_id, project=proj).tags["relay.chain.record"]
+        == first.record_id
+    )
+    calls: list[str] = []
+
+    def counted(name: str):
+        real = getattr(MlflowClient, name)
+
+        def call(self, *args, **kwargs):
+            calls.append(name)
+            return real(self, *args, **kwargs)
+
+        return call
+
+    for name in ("get_run", "search_runs", "create_run", "set_tag", "log_batch"):
+        monkeypatch.setattr(MlflowClient, name, counted(name))
+    again = relayml.chain(f"load={first['load'].run_id}", "processing=plain", project=proj)
+    assert statuses(again) == ["reused", "reused"]
+    assert again.record_id == first.record_id
+    assert calls == ["get_run", "search_runs"]
+    assert again.record is not None and again.record.info.run_id == first.record_id
+
+
 def proj_zone(root: Path):
     return relayml.open_project(root).zone
 

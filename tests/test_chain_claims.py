@@ -74,7 +74,7 @@ def test_threads_claim_at_the_same_moment(project: Path) -> None:
     pipeline = pipeline_of(settings)
     links = parse_links([f"load={load.key}", "processing=slow"])
     res = _Resolver(settings, get_store(settings), pipeline, code_state(root), links,
-                    {"load": {}, "processing": {"tag": "x"}}, set())  # fmt: skip
+                    {"load": {}, "processing": {"tag": "x"}}, set(), {"load": load})  # fmt: skip
     req = res.request(links[1], {"load": load})
     barrier = threading.Barrier(4)
     outcomes: list = []

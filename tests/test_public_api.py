@@ -35,6 +35,27 @@ def test_importing_relayml_is_light() -> None:
     assert out.stdout.strip() == "False"
 
 
+@pytest.mark.parametrize(("chosen", "client_on"), [(None, False), ("false", True)])
+def test_mlflow_telemetry_is_off_unless_the_user_chose(chosen: str | None, client_on: bool) -> None:
+    """MLflow's telemetry thread races the REST client when offline (a tracking call fails
+    with "... failed with exception '_MLFLOW_TELEMETRY_SESSION_ID'"); relay turns it off."""
+    import os
+
+    code = (
+        "import relayml, mlflow\n"
+        "from mlflow.telemetry import get_telemetry_client\n"
+        "print(get_telemetry_client() is not None)"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTEST_CURRENT_TEST", "CI")}
+    env.pop("MLFLOW_DISABLE_TELEMETRY", None)
+    if chosen is not None:
+        env["MLFLOW_DISABLE_TELEMETRY"] = chosen
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
+    )
+    assert out.stdout.strip().splitlines()[-1] == str(client_on)
+
+
 def test_cli_help_is_fast_and_lists_commands() -> None:
     code = (
         "import sys, time; t=time.perf_counter(); sys.argv=['relay','--help']\n"

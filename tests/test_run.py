@@ -209,6 +209,24 @@ def test_same_second_runs_get_distinct_keys(project: Path, monkeypatch) -> None:
     assert len(keys) == len(set(keys)) == 2
 
 
+def test_a_collision_jumps_past_every_taken_second(project: Path, monkeypatch) -> None:
+    """Keys that ran ahead of a frozen clock: the next run collides once, not once a second."""
+    import relayml.runner as runner
+
+    relayml.run("load", "transactions")
+    frozen = time.time()
+    monkeypatch.setattr(runner.time, "time", lambda: frozen)
+    made = [relayml.run("processing", "plain", params={"seed": n}) for n in range(4)]
+    last = relayml.run("processing", "plain", params={"seed": 9})
+    assert int(last.key.time) - int(made[0].key.time) == 4
+    withdrawn = last.store.search(
+        ["processing"], "tags.`relay.withdrawn` = 'key collision'", deleted=True
+    )
+    assert len(withdrawn) == 4  # one collision per run after the first, not 1 + 2 + 3 + 4
+    keys = [r.key for r in relayml.runs("processing")]
+    assert len(keys) == len(set(keys)) == 5
+
+
 STARTER = """
 import sys, time
 import relayml.cli, relayml.runner, relayml.store, mlflow.tracking, sklearn.linear_model  # warm up

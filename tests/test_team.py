@@ -34,7 +34,7 @@ def _report(title: str, counts: dict) -> None:
 
 def _stress(project: Path, clients: int, env: dict[str, str], work: Path, title: str) -> dict:
     load_id = team.seed_load(project, env)
-    results = team.run_clients(project, load_id, clients, SECONDS, env, work)
+    results, _ = team.run_clients(project, load_id, clients, SECONDS, env, work)
     counts = team.verify(project, results)
     _report(title, counts)
     assert counts["problems"] == []

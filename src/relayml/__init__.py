@@ -21,11 +21,18 @@ Names are imported lazily, so ``import relayml`` stays cheap in a steps module.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 import types
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+# MLflow's usage telemetry starts a thread at `import mlflow` that, when it cannot reach its
+# server (no internet), removes an environment variable while the REST client is reading the
+# environment: a tracking call then fails at random with "API request ... failed with
+# exception '_MLFLOW_TELEMETRY_SESSION_ID'". relay turns it off unless the user chose.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 _EXPORTS: dict[str, str] = {
     # declaring

@@ -64,6 +64,7 @@ __all__ = [
 ]
 
 CHAINS = "chains"
+RECORD_TAG = "relay.chain.record"  # on a chain's final run: the id of the chain's record
 CANDIDATES = 5  # FINISHED runs with the same fingerprint tried per step (newest first)
 EXPLAINED = 5  # newest runs of a step/variant compared in --explain
 
@@ -234,8 +235,8 @@ class Chain:
 
     Attributes:
         steps: the planned steps in dependency order.
-        record: the chain's record run in ``<project>/chains`` (an ``mlflow.entities.Run``),
-            None for a dry run.
+        record_id: the run id of the chain's record in ``<project>/chains``, None for a dry
+            run (:attr:`record` fetches the record itself).
         dry_run: nothing was run.
 
     Example:
@@ -245,8 +246,16 @@ class Chain:
     """
 
     steps: list[Planned]
-    record: MlflowRun | None = None
+    record_id: str | None = None
     dry_run: bool = False
+
+    @property
+    def record(self) -> MlflowRun | None:
+        """The chain's record run (an ``mlflow.entities.Run``, fetched from the store)."""
+        runs = list(self.runs.values())
+        if self.record_id is None or not runs:
+            return None
+        return runs[0].store.get_run(self.record_id)
 
     def __getitem__(self, step: str) -> Run:
         run = self.runs.get(step)
@@ -298,7 +307,7 @@ class Chain:
             "data_version": self.data_version,
             "model_uri": self.model_uri,
             "metrics": self.metrics,
-            "record": self.record.info.run_id if self.record else None,
+            "record": self.record_id,
         }
 
 
@@ -314,6 +323,7 @@ class _Resolver:
     links: list[Link]
     bound: dict[str, dict[str, Any]]
     forced: set[str]
+    pinned: dict[str, Run]
 
     def request(self, link: Link, chosen: Mapping[str, Run]) -> Request:
         from relayml.runner import Request
@@ -336,7 +346,7 @@ class _Resolver:
         if not ups:
             if link.ref is None:
                 return self.new_from(i, "fresh retrieval (give @DATE or @latest to reuse one)")
-            run = _pinned(self.settings, link)
+            run = self.pinned[link.step]
             rest = self.resolve(i + 1, {**chosen, link.step: run})
             return [Planned(link.step, link.variant, REUSED, run, f"given as {link}"), *rest]
         missing = [u for u in ups if u not in chosen]
@@ -530,10 +540,11 @@ def chain(
     parsed = parse_links(links, params)
     forced = {force} if isinstance(force, str) else set(force or ())
     ordered = _validate(pipeline, parsed, forced)
-    for link in ordered:  # pinned by run id: learn the variant
+    pinned = {link.step: _pinned(settings, link) for link in ordered if link.ref is not None}
+    for n, link in enumerate(ordered):  # pinned by run id: learn the variant
         if not link.variant:
-            run = _pinned(settings, link)
-            ordered[ordered.index(link)] = Link(link.step, run.variant, link.params, run.run_id)
+            run = pinned[link.step]
+            ordered[n] = Link(link.step, run.variant, link.params, run.run_id)
     bound = {
         link.step: pipeline.variant(link.step, link.variant).bind(link.params) for link in ordered
     }
@@ -545,7 +556,7 @@ def chain(
             )
     store = get_store(settings)
     resolver = _Resolver(
-        settings, store, pipeline, code_state(settings.root), ordered, bound, forced
+        settings, store, pipeline, code_state(settings.root), ordered, bound, forced, pinned
     )
     plan = resolver.resolve(0, {})
     if explain:
@@ -554,15 +565,19 @@ def chain(
     if dry_run:
         return result
     _complete(resolver, result, show_progress, on_event or (lambda line: None))
-    result.record = _record(settings, store, result, ordered)
+    result.record_id = _record(settings, store, result, ordered)
     return result
 
 
 def _complete(
     resolver: _Resolver, result: Chain, show_progress: bool, say: Callable[[str], None]
 ) -> None:
-    """Run the missing steps in order, claiming each one first."""
-    from relayml.claims import claim, finished_like
+    """Run the missing steps in order, claiming each one first.
+
+    A claim finds a run that another process finished since the chain was resolved, so no
+    separate look-up precedes it.
+    """
+    from relayml.claims import claim
     from relayml.runner import execute
 
     chosen = {p.step: p.run for p in result.steps if p.run is not None}
@@ -573,12 +588,6 @@ def _complete(
         req.variant.load()  # from the pipeline cache: import the steps module before claiming
         root = not resolver.pipeline.get(link.step).upstream
         forced = any(s in resolver.forced for s in _ancestry(resolver, link.step))
-        if not root and not forced:
-            found = finished_like(resolver.store, req, limit=1)  # made meanwhile?
-            if found:
-                p.status, p.run, p.reason = REUSED, found[0], "finished meanwhile elsewhere"
-                chosen[link.step] = found[0]
-                continue
         try:
             if root or forced:
                 say(f"running {link.step}/{link.variant}")
@@ -601,7 +610,9 @@ def _complete(
         except StepFailed as e:
             failed = _failed_run(resolver, req)
             p.status, p.run, p.reason = FAILED, failed, str(e)
-            _record(resolver.settings, resolver.store, result, resolver.links, error=str(e))
+            result.record_id = _record(
+                resolver.settings, resolver.store, result, resolver.links, error=str(e)
+            )
             raise ChainFailed(f"{e}; resume with: {_resume_hint(result)}", result) from e
         p.run = run
         chosen[link.step] = run
@@ -640,19 +651,30 @@ def _record(
     result: Chain,
     links: list[Link],
     error: str | None = None,
-) -> MlflowRun:
-    """Log the chain as a run of ``<project>/chains`` (or find the identical record)."""
+) -> str:
+    """Log the chain as a run of ``<project>/chains``, or find the identical record; its id.
+
+    The final run determines the whole chain (its recorded upstream, and theirs), so the
+    record's id is kept on the final run as the tag ``relay.chain.record``: a chain whose
+    steps were all reused finds its record without a search. A chain with a new step cannot
+    have a record yet.
+    """
     runs = result.runs
     ident = digest(canonical({s: r.run_id for s, r in runs.items()}), error or "")
-    if error is None:
-        found = store.search(
+    final = result.steps[-1]
+    if error is None and all(p.status == REUSED for p in result.steps):
+        assert final.run is not None
+        known = final.run.tags.get(RECORD_TAG)
+        if known:
+            return known
+        found = store.search(  # recorded before the tag existed
             [CHAINS],
             f"tags.`relay.chain.id` = {quote(ident)} AND attributes.status = 'FINISHED'",
             limit=1,
         )
         if found:
-            return found[0]
-    final = result.steps[-1]
+            store.set_tag(final.run.run_id, RECORD_TAG, found[0].info.run_id)
+            return found[0].info.run_id
     tags = {
         "relay.project": settings.project,
         "relay.chain.id": ident,
@@ -683,9 +705,9 @@ def _record(
     metrics = result.metrics if error is None else {}
     store.log(run_id, params=params, metrics=metrics)
     store.finish(run_id, "FAILED" if error else "FINISHED")
-    got = store.get_run(run_id)
-    assert got is not None
-    return got
+    if error is None and final.run is not None:
+        store.set_tag(final.run.run_id, RECORD_TAG, run_id)
+    return run_id
 
 
 def _note(result: Chain) -> str:

@@ -49,16 +49,14 @@ class CodeState:
     """Where the project's code stands.
 
     Attributes:
-        commit: HEAD's commit, or None outside a git repository.
+        commit: HEAD's commit, or None outside a git repository (or before its first commit).
         dirty: uncommitted changes exist in the project's folder.
         diff: those changes as a patch (tracked changes and untracked files), "" when clean.
-        repo_root: the repository's top folder, or None.
     """
 
     commit: str | None
     dirty: bool
     diff: str
-    repo_root: Path | None
 
     @property
     def fingerprint(self) -> str:
@@ -76,32 +74,29 @@ def code_state(root: Path) -> CodeState:
     """Read the git state of the project folder ``root`` (limited to that folder).
 
     Untracked files that git does not ignore are part of the diff, so a new file that the
-    steps import is not lost. A clean tree costs two ``git`` calls (the top folder and HEAD in
-    one, then ``git status``); the diff is only computed when the folder has changes.
+    steps import is not lost. A clean tree costs one ``git status`` (its branch header names
+    HEAD's commit); the diff is only computed when the folder has changes.
 
     Example:
         >>> code_state(Path("/tmp")).commit is None  # doctest: +SKIP
         True
     """
     try:
-        head = subprocess.run(
-            ["git", "rev-parse", "--show-toplevel", "--verify", "-q", "HEAD"],
-            cwd=root,
-            capture_output=True,
-            text=True,
-        )
+        # --no-optional-locks: status must not take index.lock (other relay processes run git)
+        proc = subprocess.run(
+            ["git", "--no-optional-locks", "status", "--porcelain=v2", "--branch", "-uall",
+             "-z", "--", "."],
+            cwd=root, capture_output=True, text=True,
+        )  # fmt: skip
     except FileNotFoundError:  # no git installed
-        return CodeState(None, False, "", None)
-    lines = head.stdout.split("\n")
-    if head.returncode not in (0, 1) or not lines[0]:
-        return CodeState(None, False, "", None)  # not a repository
-    top = Path(lines[0])
-    commit = lines[1].strip() if head.returncode == 0 and len(lines) > 1 else ""
-    commit = commit or None  # None: a repository without commits yet
-    # --no-optional-locks: status must not take index.lock (other relay processes run git too)
-    status = _git(root, "--no-optional-locks", "status", "--porcelain", "-uall", "-z", "--", ".")
-    if not status:
-        return CodeState(commit, False, "", top)
+        return CodeState(None, False, "")
+    if proc.returncode != 0:  # not a repository
+        return CodeState(None, False, "")
+    entries = [e for e in proc.stdout.split("\0") if e]
+    oid = next((e.split()[2] for e in entries if e.startswith("# branch.oid ")), "(initial)")
+    commit = None if oid == "(initial)" else oid  # None: a repository without commits yet
+    if not any(not e.startswith("# ") for e in entries):
+        return CodeState(commit, False, "")
     diff = _git(root, "diff", "HEAD", "--binary", "--", ".") if commit else ""
     untracked = _git(root, "ls-files", "--others", "--exclude-standard", "--", ".").split("\n")
     for name in filter(None, untracked):
@@ -112,4 +107,4 @@ def code_state(root: Path) -> CodeState:
             text=True,
         )
         diff += proc.stdout
-    return CodeState(commit, bool(diff), diff, top)
+    return CodeState(commit, bool(diff), diff)

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 from relayml.codeinfo import CodeState, canonical, code_state, digest
 from relayml.config import Settings
 from relayml.errors import NotFound, RelayError, SourceError, StepFailed, UnknownName, UsageError
-from relayml.keys import RunKey, format_time
+from relayml.keys import RunKey, format_time, parse_key
 from relayml.outputs import as_dict, cache_dir, handed_down, save_outputs
 from relayml.runs import Project, Run, get, open_project
 from relayml.steps import Pipeline, Variant, load_pipeline
@@ -533,9 +533,21 @@ def _create_run(store: Store, req: Request) -> tuple[str, RunKey]:
         store.set_tag(run_id, "relay.withdrawn", "key collision")
         store.finish(run_id, "KILLED")
         store.delete_run(run_id)
-        key = key.next_second()
+        key = _after_newest(store, key)
         time.sleep(random.uniform(0.0, 0.05))
     raise RelayError(f"could not allocate a unique key for {req.step}/{req.variant.name}")
+
+
+def _after_newest(store: Store, key: RunKey) -> RunKey:
+    """The key to try after a collision: one second after the newest key of the variant.
+
+    When many runs of a variant start each second their keys run ahead of the clock; jumping
+    past the newest one costs one search instead of a collision per taken second.
+    """
+    found = store.search([key.step], f"tags.`relay.variant` = {quote(key.variant)}", limit=1)
+    newest = found[0].data.tags.get("relay.key") if found else None
+    later = parse_key(newest) if newest else key
+    return max(key, later, key=lambda k: k.time).next_second()
 
 
 def _logged_params(req: Request) -> dict[str, Any]:

@@ -91,6 +91,7 @@ class Store:
                 self.client.search_experiments(max_results=1)
                 ensure_indexes(uri)
         self._experiments: dict[str, str] = {}
+        self._artifact_uris: dict[str, str] = {}  # of the runs this process created
 
     def activate(self) -> None:
         """Point MLflow's process-wide (fluent) API at this store, for model logging.
@@ -227,9 +228,11 @@ class Store:
     ) -> MlflowRun:
         """Create a RUNNING run in the step's experiment."""
         exp_id = self.experiment_id(step)
-        return self.client.create_run(
+        entity = self.client.create_run(
             exp_id, start_time=start_ms, tags=dict(tags), run_name=run_name
         )
+        self._artifact_uris[entity.info.run_id] = entity.info.artifact_uri
+        return entity
 
     def log(
         self,
@@ -261,14 +264,31 @@ class Store:
 
     def upload(self, run_id: str, local: Path, artifact_path: str | None = None) -> None:
         """Upload a file or a folder's contents as artifacts of a run."""
+        repo = self._artifact_repository(run_id)
         if local.is_dir():
-            self.client.log_artifacts(run_id, str(local), artifact_path)
+            repo.log_artifacts(str(local), artifact_path)
         else:
-            self.client.log_artifact(run_id, str(local), artifact_path)
+            repo.log_artifact(str(local), artifact_path)
 
     def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
         """Write a text artifact."""
-        self.client.log_text(run_id, text, artifact_file)
+        import tempfile
+
+        folder, _, name = artifact_file.rpartition("/")
+        with tempfile.TemporaryDirectory(prefix="relay-text-") as tmp:
+            path = Path(tmp) / name
+            path.write_text(text, encoding="utf-8")
+            self.upload(run_id, path, folder or None)
+
+    def _artifact_repository(self, run_id: str) -> Any:
+        """The artifact repository of a run; no look-up for the runs this process created."""
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+        uri = self._artifact_uris.get(run_id)
+        if uri is None:
+            entity = self.client.get_run(run_id)
+            uri = self._artifact_uris[run_id] = entity.info.artifact_uri
+        return get_artifact_repository(uri, tracking_uri=self.settings.tracking_uri)
 
     def download(self, run_id: str, path: str, dst: Path) -> Path:
         """Download an artifact file or folder of a run into ``dst``; returns the local path."""

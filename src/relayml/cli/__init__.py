@@ -10,9 +10,14 @@ runs, show, steps), and the chain, serving, lifecycle and team modules.
 
 from __future__ import annotations
 
+import functools
 import sys
+from typing import TYPE_CHECKING
 
 from relayml.cli.app import app, console, err_console
+
+if TYPE_CHECKING:
+    import click
 
 __all__ = ["app", "console", "err_console", "main"]
 
@@ -22,9 +27,8 @@ def main() -> None:
     from relayml.errors import RelayError
 
     _quiet_libraries()
-    _register()
     try:
-        code = app(standalone_mode=False)
+        code = _command()(standalone_mode=False)
         # Typer turns Ctrl-C/SIGTERM into Exit(130) and, outside standalone mode, returns
         # the code of any Exit instead of exiting: pass it on.
         if code == 130:
@@ -69,8 +73,13 @@ def _quiet_libraries() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def _register() -> None:
+@functools.cache
+def _command() -> click.Command:
+    """The click command of the whole CLI, built once per process (callers of :func:`main`
+    in a loop, like the team benchmark, would otherwise rebuild it on every call)."""
     import importlib
+
+    import typer
 
     for module in ("core", "chains", "serving", "lifecycle", "team"):
         try:
@@ -78,3 +87,4 @@ def _register() -> None:
         except ModuleNotFoundError as e:
             if e.name != f"relayml.cli.{module}":
                 raise
+    return typer.main.get_command(app)

@@ -185,3 +185,40 @@ def test_interrupted_gc_is_finished_by_gc(project: Path, relay) -> None:
         _gone(project, run_id, f)
     assert rl.get(str(load.key)).load().shape[0] > 0
     assert os.path.exists(project / ".relay" / "mlflow.db")
+
+
+@pytest.mark.postgres
+def test_delete_on_a_tracking_server(
+    project: Path, relay, mlflow_server: str, pg_database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Against a server: the same refusals and cascade; runs are marked deleted through the
+    REST API, and the server's own `mlflow gc` then purges rows and files."""
+    import subprocess
+
+    monkeypatch.setenv("RELAY_TRACKING_URI", mlflow_server)
+    load = rl.run("load", "transactions")
+    plain = rl.run("processing", "plain", upstream=[load])
+    plain.load("train")  # fill the local cache
+    assert (project / ".relay" / "cache" / plain.run_id).exists()
+
+    refused = relay("delete", str(load.key), "--yes")
+    assert refused.code == 2 and str(plain.key) in refused.err and "--cascade" in refused.err
+    assert rl.get(str(load.key)).status == "FINISHED"
+
+    done = relay("delete", str(load.key), "--cascade", "--yes")
+    assert done.code == 0 and "mlflow gc" in done.out, done
+    store = get_store(open_project())
+    for run in (load, plain):
+        assert store.get_run(run.run_id).info.lifecycle_stage == "deleted"
+    assert not (project / ".relay" / "cache" / plain.run_id).exists()
+    assert rl.runs("processing") == []
+
+    refused_gc = relay("gc")
+    assert refused_gc.code == 2 and "mlflow gc" in refused_gc.err, refused_gc
+
+    purge = subprocess.run(
+        [sys.executable, "-m", "mlflow", "gc", "--backend-store-uri", pg_database],
+        capture_output=True, text=True, env={**os.environ, "MLFLOW_TRACKING_URI": mlflow_server},
+    )  # fmt: skip
+    assert purge.returncode == 0, purge.stderr[-2000:]
+    assert store.get_run(plain.run_id) is None and store.get_run(load.run_id) is None

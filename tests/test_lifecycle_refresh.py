@@ -72,3 +72,26 @@ def test_overlapping_refreshes_do_not_both_promote(project: Path) -> None:
     store = get_store(open_project())
     records = store.search(["refresh"])
     assert sorted(r.info.status for r in records) == ["FINISHED", "KILLED"]
+
+
+def test_a_better_challenger_is_promoted(project: Path, relay) -> None:
+    """A champion that cannot rank (L1 with a tiny C: every weight is zero, AUC 0.5) loses to
+    the default grid on the same new data; the alias moves to the challenger's bundle."""
+    weak = ("-P", "C=0.0001", "-P", "penalty=l1", "-P", "cv=2")
+    first = relay("refresh", "--candidates", "logreg", "--metric", "test_roc_auc", *weak)
+    assert first.code == 0, first
+    _, weak_run = _champion()
+    assert rl.get(weak_run).metrics["test_roc_auc"] == 0.5
+
+    second = relay("refresh", "--candidates", "logreg", "-P", "cv=2", "--json")
+    assert second.code == 0, second
+    report = json.loads(second.out)
+    assert report["decision"] == "promoted"
+    winner = next(e for e in report["entries"] if e["promoted"])
+    assert winner["role"] == "challenger"
+    version, run_id = _champion()
+    assert (version, run_id) == (2, winner["run_id"]) == (2, report["promoted"]["run_id"])
+    new = rl.get(run_id)
+    assert new.metrics["test_roc_auc"] > 0.5 and new.params["C"] != "0.0001"
+    retrained = next(e for e in report["entries"] if e["role"] == "champion")
+    assert rl.get(retrained["run_id"]).upstream_ids == new.upstream_ids  # same new data

@@ -183,3 +183,13 @@ def test_two_projects_in_one_process_keep_their_own_stores(tmp_path: Path) -> No
     assert relayml.get("load@latest", project=second) == b
     assert (first / ".relay" / "mlflow.db").exists() and (second / ".relay" / "mlflow.db").exists()
     assert b.tags["relay.snapshot.fraud.rows"] == "60"
+
+
+def test_usage_errors_are_one_clear_message(project: Path, relay) -> None:
+    """Unknown options and wrong types exit 2 with the parser's message, not a traceback."""
+    bogus = relay("gc", "--bogus")
+    assert bogus.code == 2 and "No such option: --bogus" in bogus.err, bogus
+    wrong = relay("runs", "--limit", "abc")
+    assert wrong.code == 2 and "Invalid value for '--limit'" in wrong.err, wrong
+    for r in (bogus, wrong):
+        assert "Traceback" not in r.err and "relay" in r.err and "-h" in r.err

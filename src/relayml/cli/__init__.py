@@ -43,13 +43,17 @@ def main() -> None:
         sys.exit(130)
     except SystemExit:
         raise
-    except Exception as e:  # click's own usage errors and aborts
-        import click
+    except Exception as e:  # the parser's usage errors (unknown option, wrong type), aborts
+        import typer
 
-        if isinstance(e, click.exceptions.ClickException):
-            e.show()
+        if isinstance(e, typer.TyperException):
+            show = getattr(e, "show", None)
+            if show is not None:
+                show()
+            else:
+                err_console.print(f"[red]Error:[/red] {e.format_message()}", highlight=False)
             sys.exit(e.exit_code)
-        if isinstance(e, click.exceptions.Abort):
+        if isinstance(e, typer.Abort):
             err_console.print("Aborted.")
             sys.exit(1)
         raise

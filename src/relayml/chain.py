@@ -32,6 +32,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -673,7 +674,7 @@ def _record(
             limit=1,
         )
         if found:
-            store.set_tag(final.run.run_id, RECORD_TAG, found[0].info.run_id)
+            _remember_record(store, final.run.run_id, found[0].info.run_id)
             return found[0].info.run_id
     tags = {
         "relay.project": settings.project,
@@ -706,8 +707,20 @@ def _record(
     store.log(run_id, params=params, metrics=metrics)
     store.finish(run_id, "FAILED" if error else "FINISHED")
     if error is None and final.run is not None:
-        store.set_tag(final.run.run_id, RECORD_TAG, run_id)
+        _remember_record(store, final.run.run_id, run_id)
     return run_id
+
+
+def _remember_record(store: Store, final_id: str, record_id: str) -> None:
+    """Tag the final run with its chain's record; a shortcut, so losing a race is fine.
+
+    Two processes recording the same chain at once may both set the tag; MLflow's tag insert
+    is not an upsert under concurrency (a unique-key violation), and either record will do.
+    """
+    from mlflow.exceptions import MlflowException
+
+    with contextlib.suppress(MlflowException):
+        store.set_tag(final_id, RECORD_TAG, record_id)
 
 
 def _note(result: Chain) -> str:

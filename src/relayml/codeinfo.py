@@ -84,8 +84,8 @@ def code_state(root: Path) -> CodeState:
     try:
         # --no-optional-locks: status must not take index.lock (other relay processes run git)
         proc = subprocess.run(
-            ["git", "--no-optional-locks", "status", "--porcelain=v2", "--branch", "-uall",
-             "-z", "--", "."],
+            ["git", "--no-optional-locks", "status", "--porcelain=v2", "--branch",
+             "--no-ahead-behind", "-uall", "-z", "--", "."],
             cwd=root, capture_output=True, text=True,
         )  # fmt: skip
     except FileNotFoundError:  # no git installed

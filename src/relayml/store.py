@@ -91,7 +91,7 @@ class Store:
                 self.client.search_experiments(max_results=1)
                 ensure_indexes(uri)
         self._experiments: dict[str, str] = {}
-        self._artifact_uris: dict[str, str] = {}  # of the runs this process created
+        self._artifact_uris: dict[str, str] = {}  # run id → artifact URI, known or looked up
 
     def activate(self) -> None:
         """Point MLflow's process-wide (fluent) API at this store, for model logging.
@@ -281,7 +281,8 @@ class Store:
             self.upload(run_id, path, folder or None)
 
     def _artifact_repository(self, run_id: str) -> Any:
-        """The artifact repository of a run; no look-up for the runs this process created."""
+        """The artifact repository of a run: a run this process created, or one whose URI it
+        already looked up, costs no request to the tracking store."""
         from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
         uri = self._artifact_uris.get(run_id)

@@ -6,11 +6,13 @@ Tests talk to relayml through its public API and CLI. Everything a test creates 
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -33,7 +35,7 @@ os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.envir
 
 @pytest.fixture(autouse=True)
 def _isolated_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for var in ("RELAY_TRACKING_URI", "MLFLOW_TRACKING_URI", "RELAY_PROJECT", "RELAY_EXECUTOR"):
+    for var in _STORE_VARS:
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("GIT_AUTHOR_NAME", "relay-tests")
     monkeypatch.setenv("GIT_AUTHOR_EMAIL", "tests@relay.invalid")
@@ -51,7 +53,26 @@ def git(root: Path, *args: str) -> str:
 def make_project(
     root: Path, *, days: int = 3, rows_per_day: int = 1500, commit: bool = True
 ) -> Path:
-    """Copy the fraud example into ``root``, generate its data, and commit it to a git repo."""
+    """Copy the fraud example into ``root`` with its generated data, committed to a git repo,
+    and an empty tracking store already migrated (``.relay/mlflow.db``, ignored by git).
+
+    Each shape is built once per session and copied (generating rows, three git calls and
+    MLflow's migration chain cost seconds a project).
+    """
+    key = (days, rows_per_day, commit)
+    if key not in _TEMPLATES:
+        template = Path(tempfile.mkdtemp(prefix="relay-template-")) / "fraud"
+        atexit.register(shutil.rmtree, template.parent, ignore_errors=True)
+        _build_project(template, days=days, rows_per_day=rows_per_day, commit=commit)
+        _TEMPLATES[key] = template
+    shutil.copytree(_TEMPLATES[key], root, symlinks=True, dirs_exist_ok=True)
+    return root
+
+
+_TEMPLATES: dict[tuple[int, int, bool], Path] = {}
+
+
+def _build_project(root: Path, *, days: int, rows_per_day: int, commit: bool) -> None:
     import generate
 
     root.mkdir(parents=True, exist_ok=True)
@@ -66,7 +87,23 @@ def make_project(
         git(root, "init", "-q", "-b", "main")
         git(root, "add", "-A")
         git(root, "commit", "-qm", "fraud example")
-    return root
+    # the store as relay creates it (schema, WAL, relay's indexes), in a process of its own so
+    # that no connection stays open on the file that is copied
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from relayml.config import load_settings; from relayml.store import get_store; "
+            "get_store(load_settings())",
+        ],
+        cwd=root,
+        check=True,
+        capture_output=True,
+        env={k: v for k, v in os.environ.items() if k not in _STORE_VARS},
+    )
+
+
+_STORE_VARS = ("RELAY_TRACKING_URI", "MLFLOW_TRACKING_URI", "RELAY_PROJECT", "RELAY_EXECUTOR")
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -169,7 +170,9 @@ def test_tracking_uri_from_environment(project: Path, relay, monkeypatch, tmp_pa
     monkeypatch.setenv("RELAY_TRACKING_URI", f"sqlite:///{other}")
     assert relay("run", "load", "transactions").code == 0
     assert other.exists()
-    assert not (project / ".relay" / "mlflow.db").exists()
+    con = sqlite3.connect(project / ".relay" / "mlflow.db")
+    assert con.execute("SELECT COUNT(*) FROM runs").fetchone() == (0,)
+    con.close()
 
 
 def test_two_projects_in_one_process_keep_their_own_stores(tmp_path: Path) -> None:

@@ -36,7 +36,12 @@ def main() -> None:
         if isinstance(code, int) and code:
             sys.exit(code)
     except RelayError as e:
-        err_console.print(f"[red]Error:[/red] {e}", highlight=False, markup=True, soft_wrap=True)
+        from rich.markup import escape
+
+        from relayml.redaction import redact
+
+        message = escape(redact(str(e)))  # no secret, and "[...]" in a message is not markup
+        err_console.print(f"[red]Error:[/red] {message}", highlight=False, soft_wrap=True)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         err_console.print("[red]Error:[/red] interrupted; the running step was marked KILLED")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-STEPS = '''
+STEPS = """
 import sys
 
 import pandas as pd
@@ -36,7 +36,7 @@ def numbers(ctx, C: float = 1.0, n: int = 1):
 @load.variant("table")
 def table(ctx):
     return ctx.query("shop", "SELECT * FROM t")
-'''
+"""
 
 
 @pytest.fixture
@@ -131,9 +131,7 @@ def test_a_tracking_uri_of_an_unknown_scheme_is_refused(relay, tiny: Path) -> No
     assert not (tiny / "bogus:").exists() and not (tiny / "x").exists()
 
 
-def test_a_missing_sqlite_source_file_fails_the_load_and_creates_nothing(
-    relay, tiny: Path
-) -> None:
+def test_a_missing_sqlite_source_file_fails_the_load_and_creates_nothing(relay, tiny: Path) -> None:
     """Before: SQLite created an empty data/shop.db and the query said 'no such table'."""
     (tiny / "data").mkdir()
     result = relay("run", "load", "table")

@@ -7,26 +7,29 @@ artifact, the CLI's output, or the command line of any process ``relay server`` 
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
 import signal
 import sqlite3
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote, quote_plus
 
 import pytest
-from conftest import free_port, relay_process, wait_http
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+from conftest import free_port, relay_process, wait_http
 
 # any printable text: letters, digits, punctuation, symbols, spaces (no control characters)
 PASSWORDS = st.text(
     st.characters(blacklist_categories=("Cc", "Cs", "Co", "Cn")), min_size=4, max_size=24
 )
 
-LEAKY_STEPS = '''
+LEAKY_STEPS = """
 import os
 from urllib.parse import quote, quote_plus
 
@@ -47,7 +50,7 @@ def leaky(ctx, note: str = "none"):
     ctx.query("warehouse", "SELECT 1 AS a")
     pw = os.environ["WAREHOUSE_PASSWORD"]
     raise RuntimeError(f"cannot use {pw} / {pw!r} / {quote(pw)} / {quote_plus(pw)}")
-'''
+"""
 
 
 def _forms(password: str) -> set[str]:
@@ -61,15 +64,27 @@ def _leaks(password: str, text: str) -> list[str]:
     return [f for f in _forms(password) if f in text]
 
 
+@contextlib.contextmanager
+def _remembered(password: str) -> Iterator[None]:
+    """Remember ``password`` for redaction, and forget it afterwards: generated passwords like
+    ``0000`` must not be masked in the other tests of the session."""
+    from relayml.redaction import forget, remember
+
+    remember(password)
+    try:
+        yield
+    finally:
+        forget(password)
+
+
 # -- the redaction itself ----------------------------------------------------------------------
 
 
 @settings(max_examples=200, deadline=None)
 @given(password=PASSWORDS)
 def test_redact_hides_every_encoding_of_a_remembered_password(password: str) -> None:
-    from relayml.redaction import redact, remember
+    from relayml.redaction import redact
 
-    remember(password)
     url = f"postgresql+psycopg://me:{quote(password, safe=' +')}@db:5432/x"
     text = "\n".join(
         [
@@ -78,7 +93,19 @@ def test_redact_hides_every_encoding_of_a_remembered_password(password: str) -> 
             f"Traceback: RuntimeError({password!r}); {json.dumps(password)}",
         ]
     )
-    assert _leaks(password, redact(text)) == []
+    with _remembered(password):
+        assert _leaks(password, redact(text)) == []
+
+
+def test_log_records_are_redacted(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from relayml.redaction import redact_log_records
+
+    redact_log_records()
+    with _remembered("Log p@ss w0rd"), caplog.at_level(logging.INFO):
+        logging.getLogger("sqlalchemy.demo").warning("connect with %r failed", "Log p@ss w0rd")
+    assert caplog.messages == ["connect with '***' failed"]
 
 
 def test_a_url_password_with_a_space_is_redacted_without_being_remembered() -> None:
@@ -116,18 +143,19 @@ def test_no_generated_password_reaches_the_store(
     from relayml.data import with_password
 
     monkeypatch.setenv("RELAY_TEST_PW", password)
-    url = with_password("postgresql+psycopg://me@db:5432/x", "RELAY_TEST_PW")  # read: known
-    message = f"{url}: bad password {password!r} ({quote(password)}, {quote_plus(password)})"
-    n = next(_EXAMPLE)
-    run = store.create_run(
-        "load", start_ms=1, run_name=f"r{n}", tags={"relay.note": message}
-    ).info.run_id
-    store.log(run, params={"source": url, "why": message}, tags={"relay.source": url})
-    store.set_tag(run, "relay.error", message)
-    store.log_text(run, f"Traceback\n  {message}\n", "error/traceback.txt")
-    store.log_dataset(
-        run, name="x", digest="0" * 32, source=url, schema=None, profile=None, context="x"
-    )
+    with _remembered(password):  # forgotten afterwards (with_password remembers it too)
+        url = with_password("postgresql+psycopg://me@db:5432/x", "RELAY_TEST_PW")
+        message = f"{url}: bad password {password!r} ({quote(password)}, {quote_plus(password)})"
+        n = next(_EXAMPLE)
+        run = store.create_run(
+            "load", start_ms=1, run_name=f"r{n}", tags={"relay.note": message}
+        ).info.run_id
+        store.log(run, params={"source": url, "why": message}, tags={"relay.source": url})
+        store.set_tag(run, "relay.error", message)
+        store.log_text(run, f"Traceback\n  {message}\n", "error/traceback.txt")
+        store.log_dataset(
+            run, name="x", digest="0" * 32, source=url, schema=None, profile=None, context="x"
+        )
     entity = store.client.get_run(run)
     written = [
         *entity.data.params.values(),
@@ -144,7 +172,7 @@ def test_no_generated_password_reaches_the_store(
 
 
 @pytest.mark.postgres
-@pytest.mark.parametrize("password", ["p@ss w0rd", "it's \"q\" \\ 50%:/?#"])
+@pytest.mark.parametrize("password", ["p@ss w0rd", 'it\'s "q" \\ 50%:/?#'])
 def test_a_source_password_reaches_nothing_end_to_end(
     password: str, pg_database: str, tmp_path: Path, relay, monkeypatch: pytest.MonkeyPatch
 ) -> None:

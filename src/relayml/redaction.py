@@ -27,7 +27,16 @@ import re
 import threading
 from urllib.parse import quote, quote_plus, unquote
 
-__all__ = ["MASK", "MIN_LENGTH", "encodings", "redact", "remember", "remember_url"]
+__all__ = [
+    "MASK",
+    "MIN_LENGTH",
+    "encodings",
+    "forget",
+    "redact",
+    "redact_log_records",
+    "remember",
+    "remember_url",
+]
 
 #: What a secret is replaced with.
 MASK = "***"
@@ -86,6 +95,20 @@ def remember(secret: str | None) -> None:
         _KNOWN.update(f for f in forms if len(f) >= MIN_LENGTH)
 
 
+def forget(secret: str) -> None:
+    """Stop redacting ``secret`` (a rotated password; tests that generate many).
+
+    Example:
+        >>> remember("tmp-secret")
+        >>> forget("tmp-secret")
+        >>> redact("tmp-secret")
+        'tmp-secret'
+    """
+    forms = encodings(secret) | encodings(unquote(secret))
+    with _LOCK:
+        _KNOWN.difference_update(forms)
+
+
 def remember_url(url: str | None) -> None:
     """Remember the password of a URL or connection string, if it has one.
 
@@ -142,3 +165,39 @@ def _replace(text: str, known: list[str]) -> str:
                 text = text.replace(secret, MASK)
                 changed = True
     return text
+
+
+def redact_log_records() -> None:
+    """Redact every log record of this process (relay's, MLflow's, SQLAlchemy's) by value.
+
+    Installs a log record factory once; the CLI calls it at start. A record whose message
+    holds a secret gets the redacted text as its message (and no arguments).
+
+    Example:
+        >>> import logging
+        >>> redact_log_records()
+        >>> remember("hunter22")
+        >>> logging.getLogger("demo").makeRecord("demo", 30, "f", 1, "pw %s", ("hunter22",),
+        ...                                      None).getMessage()
+        'pw ***'
+    """
+    import logging
+
+    previous = logging.getLogRecordFactory()
+    if getattr(previous, "_relay_redacts", False):
+        return
+
+    def factory(*args: object, **kwargs: object) -> logging.LogRecord:
+        record = previous(*args, **kwargs)
+        if _KNOWN:
+            try:
+                message = record.getMessage()
+            except Exception:  # a broken format: logging reports it itself later
+                return record
+            clean = redact(message)
+            if clean != message:
+                record.msg, record.args = clean, None
+        return record
+
+    factory._relay_redacts = True  # type: ignore[attr-defined]
+    logging.setLogRecordFactory(factory)

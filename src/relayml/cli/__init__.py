@@ -70,6 +70,9 @@ def _quiet_libraries() -> None:
     import os
     import warnings
 
+    from relayml.redaction import redact_log_records
+
+    redact_log_records()  # whatever a library logs, no password it holds reaches the terminal
     # with a tracking server MLflow prints "View run ... at: URL" on stdout when a run ends,
     # which would break --json output
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")

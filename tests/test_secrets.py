@@ -168,6 +168,21 @@ def test_no_generated_password_reaches_the_store(
         assert _leaks(password, text) == [], text
 
 
+def test_identity_tags_keep_a_value_that_equals_a_secret(store) -> None:
+    """A password equal to a step name must not break lookups; errors still hide it."""
+    with _remembered("fraudload"):
+        run = store.create_run(
+            "fraudload",
+            start_ms=1,
+            run_name="identity",
+            tags={"relay.step": "fraudload", "relay.note": "fraudload"},
+        ).info.run_id
+        store.set_tag(run, "relay.error", "fraudload failed")
+    tags = store.client.get_run(run).data.tags
+    assert tags["relay.step"] == "fraudload"
+    assert tags["relay.note"] == "***" and tags["relay.error"] == "*** failed"
+
+
 # -- end to end: a run on PostgreSQL with a password that has a space ---------------------------
 
 

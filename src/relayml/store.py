@@ -401,20 +401,27 @@ def _client(uri: str) -> MlflowClient:
         ) from None
 
 
-# Tags whose values relay computes (names, keys, run ids, digests, times): never a secret, and
-# masking a secret that happens to equal a step name or part of a digest would break lookups.
+# Tags whose values relay computes (names, keys, run ids, digests, counts, times, manifests):
+# never a secret, and masking a secret that happens to equal a step name or part of a digest
+# would break lookups. Every other tag (errors, sources, notes, MLflow's and the user's) is
+# redacted.
 _IDENTITY_TAGS = (
     "relay.project", "relay.step", "relay.variant", "relay.key", "relay.time",
-    "relay.heartbeat", "relay.code", "relay.params", "relay.fingerprint", "relay.git.commit",
-    "relay.upstream.", "relay.data", "relay.as_of", "relay.provenance.", "mlflow.user",
-    "mlflow.source.git.commit", "relay.digest", "relay.rows", "relay.bytes",
+    "relay.heartbeat", "relay.code", "relay.params", "relay.fingerprint", "relay.git.",
+    "relay.upstream.", "relay.data", "relay.as_of", "relay.provenance.", "relay.digest",
+    "relay.rows", "relay.bytes", "relay.outputs", "relay.model", "relay.run_id",
+    "relay.retrieval_time", "relay.reproduces", "relay.stale", "relay.withdrawn",
+    "relay.snapshot.", "relay.chain.", "relay.refresh.", "mlflow.user",
+    "mlflow.source.git.commit",
 )  # fmt: skip
+_FREE_TEXT_TAGS = ("relay.chain.request", "relay.refresh.decision")
 
 
 def _tag_value(key: str, value: Any) -> str:
     """A tag's value as stored: secrets redacted, except in relay's identity tags."""
     text = str(value)
-    return text if key.startswith(_IDENTITY_TAGS) else redact(text)
+    identity = key.startswith(_IDENTITY_TAGS) and not key.endswith(_FREE_TEXT_TAGS)
+    return text if identity and not key.endswith(".source") else redact(text)
 
 
 def _param_value(value: Any) -> str:

@@ -9,7 +9,8 @@ in a URL, a database's error message, a traceback, a param. URL patterns
 never read itself.
 
 The store (params, tags, text artifacts), the runner (error messages and tracebacks) and the
-CLI (the ``Error:`` line) all pass what they write through :func:`redact`.
+CLI (the ``Error:`` line, and log records: :func:`redact_log_records`) all pass what they
+write through :func:`redact`.
 
 This module is vocabulary: it imports nothing from relayml. The remembered secrets live only in
 this process's memory, never on disk.

@@ -75,13 +75,14 @@ def test_server_command_line(project: Path) -> None:
     from relayml.config import load_settings
 
     s = load_settings(project)
-    argv, _ = server_command(s, port=5123, workers=3)
-    assert argv[argv.index("--backend-store-uri") + 1] == f"sqlite:///{project}/.relay/mlflow.db"
+    argv, env = server_command(s, port=5123, workers=3)
+    assert "--backend-store-uri" not in argv  # in the environment: ps shows argv to everyone
+    assert env["MLFLOW_BACKEND_STORE_URI"] == f"sqlite:///{project}/.relay/mlflow.db"
     assert argv[argv.index("--artifacts-destination") + 1] == str(project / ".relay/artifacts")
     assert argv[argv.index("--host") + 1] == "127.0.0.1"
     assert "--app-name" not in argv and argv[argv.index("--workers") + 1] == "3"
-    argv, _ = server_command(s, backend="postgresql+psycopg://u@h/db", artifacts="s3://b/m")
-    assert "postgresql+psycopg://u@h/db" in argv and "s3://b/m" in argv
+    argv, env = server_command(s, backend="postgresql+psycopg://u@h/db", artifacts="s3://b/m")
+    assert env["MLFLOW_BACKEND_STORE_URI"] == "postgresql+psycopg://u@h/db" and "s3://b/m" in argv
 
 
 def test_server_auth_needs_an_admin_password(relay, project: Path, monkeypatch) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from relayml import redaction
 from relayml.errors import ConfigError
 
 __all__ = ["CONFIG_FILE", "Settings", "Source", "find_root", "load_settings"]
@@ -111,10 +112,16 @@ class Settings:
             raise ConfigError(f"{root / CONFIG_FILE}: unknown time zone {tz!r}") from e
         execution = data.get("execution", {})
         executor = os.environ.get("RELAY_EXECUTOR") or _executor(execution)
+        module = project.get("steps", "steps")
+        if not isinstance(module, str) or not all(p.isidentifier() for p in module.split(".")):
+            raise ConfigError(
+                f"{root / CONFIG_FILE}: [project] steps must name the Python module of the "
+                f'steps, like "steps" or "pipeline.steps"; got {module!r}'
+            )
         return cls(
             root=root,
             project=name,
-            module=project.get("steps", "steps"),
+            module=module,
             tracking_uri=_absolute_uri(uri, root),
             artifact_location=_absolute_artifacts(artifacts, root),
             timezone=tz,
@@ -158,6 +165,9 @@ def _sources(raw: dict[str, Any], root: Path) -> dict[str, Source]:
         if url:
             url = _absolute_uri(url, root)
         path = (root / spec["path"]).resolve() if spec.get("path") else None
+        # known from here on: redacted by value from every message, tag, param and artifact
+        redaction.remember_url(url)
+        redaction.remember(os.environ.get(spec.get("password_env") or "", ""))
         out[name] = Source(name=name, url=url, path=path, password_env=spec.get("password_env"))
     return out
 

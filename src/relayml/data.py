@@ -37,7 +37,7 @@ import os
 import re
 import struct
 import tempfile
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,6 +50,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from relayml import redaction
 from relayml.errors import ConfigError, SourceError
 
 __all__ = [
@@ -73,9 +74,6 @@ DIGEST_VERSION = "relayml-digest-v1"
 # 128 bits: strong against collisions, and it fits MLflow\'s dataset digest column (36 chars),
 # so relay.data and datasets.digest hold the same string.
 DIGEST_BYTES = 16
-
-_MASK = "***"
-_SECRET_KEYS = r"password|passwd|pwd|pass|secret|token|api_key|apikey|access_key|sslpassword"
 
 
 # --------------------------------------------------------------------------------------------
@@ -115,19 +113,18 @@ class Snapshot:
 # Redaction and passwords
 # --------------------------------------------------------------------------------------------
 
-_USERINFO = re.compile(r"(?P<pre>[A-Za-z][A-Za-z0-9+.\-]*://[^:/@\s]*):(?P<pw>[^@\s]*)@")
-_QUERY_SECRET = re.compile(rf"(?P<pre>(?:^|[?&;\s])(?:{_SECRET_KEYS})=)(?P<pw>[^&;\s]*)", re.I)
-
 
 def redact(url: str) -> str:
-    """Hide any password in a URL or connection string.
+    """Hide any password in a URL, a connection string or a message.
 
-    Replaces the password of ``scheme://user:password@host`` with ``***``, and the values of
+    Replaces the password of ``scheme://user:password@host`` with ``***``, the values of
     ``password=``, ``pwd=``, ``secret=``, ``token=`` (and similar) query arguments or DSN
-    keywords. Anything else is kept, so the result still says where the data came from.
+    keywords, and every encoding of every password relayml has read (see
+    :mod:`relayml.redaction`). Anything else is kept, so the result still says where the data
+    came from.
 
     Args:
-        url: a SQLAlchemy URL, a libpq URI or DSN, or a file path (returned unchanged).
+        url: a SQLAlchemy URL, a libpq URI or DSN, a message, or a file path.
 
     Returns:
         The same text with every secret replaced by ``***``.
@@ -138,27 +135,7 @@ def redact(url: str) -> str:
         >>> redact("postgresql://host/db?sslmode=require&password=s3cr3t")
         'postgresql://host/db?sslmode=require&password=***'
     """
-    out = _USERINFO.sub(lambda m: f"{m['pre']}:{_MASK}@", url)
-    return _QUERY_SECRET.sub(lambda m: f"{m['pre']}{_MASK}", out)
-
-
-def _secrets_of(url: str) -> list[str]:
-    """The secret substrings of ``url`` (raw and URL-decoded), longest first."""
-    from urllib.parse import unquote
-
-    found: list[str] = []
-    for rx in (_USERINFO, _QUERY_SECRET):
-        for m in rx.finditer(url):
-            if m["pw"]:
-                found += [m["pw"], unquote(m["pw"]), quote(unquote(m["pw"]), safe="")]
-    return sorted({s for s in found if s and s != _MASK}, key=len, reverse=True)
-
-
-def _scrub(text: str, secrets: Iterable[str]) -> str:
-    """Remove every secret (and any URL password) from a message."""
-    for s in secrets:
-        text = text.replace(s, _MASK)
-    return redact(text)
+    return redaction.redact(url)
 
 
 def with_password(url: str, password_env: str | None) -> str:
@@ -193,6 +170,7 @@ def with_password(url: str, password_env: str | None) -> str:
             f"environment variable {password_env!r} is not set; it should hold the password "
             f"for {redact(url)} (export {password_env}=... or change password_env in relay.toml)"
         )
+    redaction.remember(password)
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 
@@ -672,12 +650,11 @@ def snapshot_query(
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    secrets = _secrets_of(url)
+    redaction.remember_url(url)
     source = redact(url)
 
     def wrap(e: BaseException) -> SourceError:
-        msg = _scrub(_error_text(e), secrets)
-        return SourceError(f"{source}: {msg}")
+        return SourceError(f"{source}: {redact(_error_text(e))}")
 
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
@@ -685,9 +662,8 @@ def snapshot_query(
     try:
         parsed = make_url(url)
     except ArgumentError as e:
-        raise SourceError(
-            f"cannot parse database URL {source!r}: {_scrub(str(e), secrets)}"
-        ) from None
+        raise SourceError(f"cannot parse database URL {source!r}: {redact(str(e))}") from None
+    _check_sqlite_file(parsed, source)
     if parsed.get_backend_name() == "postgresql" and _adbc_available():
         batches = _adbc_postgres_batches(parsed, sql, params, batch_size)
     else:
@@ -695,6 +671,20 @@ def snapshot_query(
     return _write_snapshot(
         batches, out, source=source, query=sql, schema=None, progress=progress, wrap=wrap
     )
+
+
+def _check_sqlite_file(url: Any, source: str) -> None:
+    """Refuse a SQLite file that does not exist (SQLite would create an empty one)."""
+    database = url.database or ""
+    if url.get_backend_name() != "sqlite" or database in ("", ":memory:"):
+        return
+    if database.startswith("file:") or url.query.get("mode") == "memory":
+        return  # a SQLite URI filename: SQLite itself says what is wrong with it
+    if not Path(database).is_file():
+        raise SourceError(
+            f"{source}: the SQLite database {database} does not exist; check the source's url "
+            "in relay.toml (a relative sqlite:/// path is relative to the project folder)"
+        )
 
 
 def _error_text(e: BaseException) -> str:
@@ -712,8 +702,19 @@ def _adbc_available() -> bool:
 
 
 def _libpq_uri(url: Any) -> str:
-    """A SQLAlchemy PostgreSQL URL as a libpq URI (driver name dropped)."""
-    return url.set(drivername="postgresql").render_as_string(hide_password=False)
+    """A SQLAlchemy PostgreSQL URL as a libpq URI (driver name dropped).
+
+    libpq wants every reserved character and space of the user and password percent-encoded,
+    which SQLAlchemy's rendering leaves as they are (``p@ss w0rd`` must be ``p%40ss%20w0rd``).
+    """
+    uri = url.set(drivername="postgresql").render_as_string(hide_password=False)
+    if url.username is None:
+        return uri
+    userinfo = quote(url.username, safe="")
+    if url.password is not None:
+        userinfo += ":" + quote(str(url.password), safe="")
+    # SQLAlchemy writes a reserved "@" of the user or password as %40: the first "@" ends them
+    return "postgresql://" + userinfo + uri[uri.index("@") :]
 
 
 def _adbc_postgres_batches(

@@ -42,6 +42,7 @@ from relayml.config import Settings
 from relayml.errors import NotFound, RelayError, SourceError, StepFailed, UnknownName, UsageError
 from relayml.keys import RunKey, format_time, parse_key
 from relayml.outputs import as_dict, cache_dir, handed_down, save_outputs
+from relayml.redaction import redact
 from relayml.runs import Project, Run, get, open_project
 from relayml.steps import Pipeline, Variant, load_pipeline
 from relayml.store import Store, get_store, quote
@@ -397,8 +398,9 @@ def execute(
             held through :func:`relayml.claims.claim`); default: create one.
 
     Raises:
-        StepFailed: the variant (or its data source) raised; the run is FAILED with the
-            traceback as the artifact ``error/traceback.txt``.
+        StepFailed: the variant (or its data source) raised or called ``sys.exit``; the run is
+            FAILED with the traceback as the artifact ``error/traceback.txt`` (and the exit
+            code as the tag ``relay.exit_code``).
         KeyboardInterrupt: Ctrl-C or SIGTERM; the run is KILLED.
     """
     settings = req.settings
@@ -417,11 +419,13 @@ def execute(
     except KeyboardInterrupt:
         _end(store, run_id, "KILLED", "interrupted (Ctrl-C or SIGTERM)")
         raise
-    except Exception as e:
+    except (Exception, SystemExit) as e:  # sys.exit() in a variant fails its run, too
         tb = traceback.format_exc()
         with _quiet():
             store.log_text(run_id, tb, "error/traceback.txt")
-        msg = _short(e)
+            if isinstance(e, SystemExit):
+                store.set_tag(run_id, "relay.exit_code", str(e.code))
+        msg = redact(_short(e))
         _end(store, run_id, "FAILED", msg)
         if isinstance(e, RelayError) and not isinstance(e, SourceError):
             raise
@@ -772,6 +776,8 @@ def _end(store: Store, run_id: str, status: str, message: str) -> None:
 
 
 def _short(e: BaseException) -> str:
+    if isinstance(e, SystemExit):
+        return f"the variant called sys.exit({e.code!r})"
     text = str(e).strip().split("\n")[0] or type(e).__name__
     return f"{type(e).__name__}: {text}" if not isinstance(e, RelayError) else text
 

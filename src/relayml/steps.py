@@ -39,6 +39,7 @@ import hashlib
 import importlib.util
 import inspect
 import json
+import math
 import os
 import sys
 import types
@@ -123,12 +124,27 @@ class Param:
             raise UsageError(
                 f"parameter {self.name!r} expects {_SCALARS[self.type]}, got {value!r}"
             ) from None
+        if not _in_range(out):
+            wanted = "a finite float" if isinstance(out, float) else "an int within int64"
+            raise UsageError(
+                f"parameter {self.name!r} expects {wanted} (so that MLflow stores it as "
+                f"given), got {value!r}"
+            )
         if self.choices and out not in self.choices:
             raise UsageError(
                 f"parameter {self.name!r} must be one of {', '.join(map(repr, self.choices))}, "
                 f"got {value!r}"
             )
         return out
+
+
+def _in_range(value: Any) -> bool:
+    """False for inf, nan and integers beyond int64: params must survive the store's round trip."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return -(2**63) <= value < 2**63
+    return True
 
 
 def _convert(kind: type, value: Any) -> Any:

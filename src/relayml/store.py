@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from relayml.config import Settings
-from relayml.errors import RelayError
+from relayml.errors import ConfigError, RelayError
+from relayml.redaction import redact
 
 if TYPE_CHECKING:
     from mlflow.entities import Run as MlflowRun
@@ -71,8 +72,6 @@ class Store:
     """
 
     def __init__(self, settings: Settings) -> None:
-        from mlflow.tracking import MlflowClient
-
         self.settings = settings
         uri = settings.tracking_uri
         self.activate()
@@ -82,11 +81,11 @@ class Store:
             with _file_lock(path.with_name(path.name + ".init-lock")):
                 # MLflow creates and migrates the tables on first use; two processes doing
                 # it at once fail ("table ... already exists"), so they take turns.
-                self.client: MlflowClient = MlflowClient(tracking_uri=uri, registry_uri=uri)
+                self.client: MlflowClient = _client(uri)
                 self.client.search_experiments(max_results=1)  # the schema exists from here
                 ensure_indexes(uri)
         else:
-            self.client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+            self.client = _client(uri)
             if uri.startswith("postgresql"):
                 self.client.search_experiments(max_results=1)
                 ensure_indexes(uri)
@@ -229,7 +228,10 @@ class Store:
         """Create a RUNNING run in the step's experiment."""
         exp_id = self.experiment_id(step)
         entity = self.client.create_run(
-            exp_id, start_time=start_ms, tags=dict(tags), run_name=run_name
+            exp_id,
+            start_time=start_ms,
+            tags={k: _tag_value(k, v) for k, v in tags.items()},
+            run_name=run_name,
         )
         self._artifact_uris[entity.info.run_id] = entity.info.artifact_uri
         return entity
@@ -243,7 +245,7 @@ class Store:
         tags: Mapping[str, str] | None = None,
         step: int = 0,
     ) -> None:
-        """Log params, metrics and tags in one batch call."""
+        """Log params, metrics and tags in one batch call (secrets redacted by value)."""
         from mlflow.entities import Metric, Param, RunTag
 
         now = int(time.time() * 1000)
@@ -251,12 +253,12 @@ class Store:
             run_id,
             metrics=[Metric(k, float(v), now, step) for k, v in (metrics or {}).items()],
             params=[Param(k, _param_value(v)) for k, v in (params or {}).items()],
-            tags=[RunTag(k, str(v)) for k, v in (tags or {}).items()],
+            tags=[RunTag(k, _tag_value(k, v)) for k, v in (tags or {}).items()],
         )
 
     def set_tag(self, run_id: str, key: str, value: str) -> None:
-        """Set one tag."""
-        self.client.set_tag(run_id, key, value)
+        """Set one tag (secrets redacted by value)."""
+        self.client.set_tag(run_id, key, _tag_value(key, value))
 
     def finish(self, run_id: str, status: str) -> None:
         """End a run as FINISHED, FAILED or KILLED."""
@@ -271,13 +273,13 @@ class Store:
             repo.log_artifact(str(local), artifact_path)
 
     def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
-        """Write a text artifact."""
+        """Write a text artifact (secrets redacted by value)."""
         import tempfile
 
         folder, _, name = artifact_file.rpartition("/")
         with tempfile.TemporaryDirectory(prefix="relay-text-") as tmp:
             path = Path(tmp) / name
-            path.write_text(text, encoding="utf-8")
+            path.write_text(redact(text), encoding="utf-8")
             self.upload(run_id, path, folder or None)
 
     def _artifact_repository(self, run_id: str) -> Any:
@@ -324,7 +326,7 @@ class Store:
             name=name,
             digest=digest,
             source_type="relay",
-            source=source,
+            source=redact(source),
             schema=schema,
             profile=profile,
         )
@@ -384,8 +386,46 @@ def ensure_indexes(uri: str) -> None:
     _INDEXED.add(uri)
 
 
+def _client(uri: str) -> MlflowClient:
+    """An MLflow client of ``uri``; a scheme MLflow has no store for is the user's error."""
+    from mlflow.tracking import MlflowClient
+    from mlflow.tracking.registry import UnsupportedModelRegistryStoreURIException
+
+    try:
+        return MlflowClient(tracking_uri=uri, registry_uri=uri)
+    except UnsupportedModelRegistryStoreURIException:
+        raise ConfigError(
+            f"tracking URI {redact(uri)!r} has a scheme MLflow cannot store runs in; use "
+            "sqlite:///PATH, postgresql+psycopg://..., http(s)://SERVER or a folder (set "
+            "[tracking] uri in relay.toml, or RELAY_TRACKING_URI)"
+        ) from None
+
+
+# Tags whose values relay computes (names, keys, run ids, digests, counts, times, manifests):
+# never a secret, and masking a secret that happens to equal a step name or part of a digest
+# would break lookups. Every other tag (errors, sources, notes, MLflow's and the user's) is
+# redacted.
+_IDENTITY_TAGS = (
+    "relay.project", "relay.step", "relay.variant", "relay.key", "relay.time",
+    "relay.heartbeat", "relay.code", "relay.params", "relay.fingerprint", "relay.git.",
+    "relay.upstream.", "relay.data", "relay.as_of", "relay.provenance.", "relay.digest",
+    "relay.rows", "relay.bytes", "relay.outputs", "relay.model", "relay.run_id",
+    "relay.retrieval_time", "relay.reproduces", "relay.stale", "relay.withdrawn",
+    "relay.snapshot.", "relay.chain.", "relay.refresh.", "mlflow.user",
+    "mlflow.source.git.commit",
+)  # fmt: skip
+_FREE_TEXT_TAGS = ("relay.chain.request", "relay.refresh.decision")
+
+
+def _tag_value(key: str, value: Any) -> str:
+    """A tag's value as stored: secrets redacted, except in relay's identity tags."""
+    text = str(value)
+    identity = key.startswith(_IDENTITY_TAGS) and not key.endswith(_FREE_TEXT_TAGS)
+    return text if identity and not key.endswith(".source") else redact(text)
+
+
 def _param_value(value: Any) -> str:
-    text = "None" if value is None else str(value)
+    text = "None" if value is None else redact(str(value))
     return text if len(text) <= 6000 else text[:5997] + "..."
 
 

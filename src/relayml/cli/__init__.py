@@ -36,7 +36,12 @@ def main() -> None:
         if isinstance(code, int) and code:
             sys.exit(code)
     except RelayError as e:
-        err_console.print(f"[red]Error:[/red] {e}", highlight=False, markup=True, soft_wrap=True)
+        from rich.markup import escape
+
+        from relayml.redaction import redact
+
+        message = escape(redact(str(e)))  # no secret, and "[...]" in a message is not markup
+        err_console.print(f"[red]Error:[/red] {message}", highlight=False, soft_wrap=True)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         err_console.print("[red]Error:[/red] interrupted; the running step was marked KILLED")
@@ -65,6 +70,9 @@ def _quiet_libraries() -> None:
     import os
     import warnings
 
+    from relayml.redaction import redact_log_records
+
+    redact_log_records()  # whatever a library logs, no password it holds reaches the terminal
     # with a tracking server MLflow prints "View run ... at: URL" on stdout when a run ends,
     # which would break --json output
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")

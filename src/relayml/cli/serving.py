@@ -107,8 +107,13 @@ def predict_command(
     """
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
+    from relayml.errors import UsageError
     from relayml.serve import predict
 
+    if not output.parent.is_dir():
+        raise UsageError(
+            f"--output {output}: the folder {output.parent} does not exist; create it first"
+        )
     if executor:
         os.environ["RELAY_EXECUTOR"] = executor
     with Progress(

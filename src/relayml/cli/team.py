@@ -54,13 +54,18 @@ def server_command(
 ) -> tuple[list[str], dict[str, str]]:
     """The ``mlflow server`` command line and environment for a project.
 
+    The backend URL (which may hold a password) goes to the child in its environment
+    (``MLFLOW_BACKEND_STORE_URI``, which ``mlflow server`` and its workers read), never on its
+    command line, where every local user could read it with ``ps``.
+
     Returns:
-        ``(argv, env)``; ``argv`` holds the backend URL with its password (do not print it).
+        ``(argv, env)``; ``env["MLFLOW_BACKEND_STORE_URI"]`` holds the backend URL with its
+        password (do not print it).
 
     Example:
         >>> argv, env = server_command(settings, port=5001)  # doctest: +SKIP
         >>> argv[3:5]  # doctest: +SKIP
-        ['server', '--backend-store-uri']
+        ['server', '--artifacts-destination']
     """
     from relayml.errors import UsageError
 
@@ -76,7 +81,6 @@ def server_command(
         Path(dest).mkdir(parents=True, exist_ok=True)
     argv = [
         sys.executable, "-m", "mlflow", "server",
-        "--backend-store-uri", backend,
         "--artifacts-destination", dest,
         "--host", host, "--port", str(port),
     ]  # fmt: skip
@@ -86,6 +90,7 @@ def server_command(
         argv += ["--workers", str(workers)]
     env = dict(os.environ)
     env.pop("MLFLOW_TRACKING_URI", None)
+    env["MLFLOW_BACKEND_STORE_URI"] = backend  # not in argv: ps shows argv to every user
     # MLflow's job runner (GenAI jobs: a dozen worker processes) serves nothing relay uses
     env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     if auth:
@@ -239,7 +244,7 @@ def server(
         s, backend=url, artifacts=artifacts, host=host, port=port, workers=workers,
         auth=auth, extra=list(ctx.args),
     )  # fmt: skip
-    shown = argv[argv.index("--backend-store-uri") + 1]
+    shown = env["MLFLOW_BACKEND_STORE_URI"]
     _prepare_backend(shown)
     dest = argv[argv.index("--artifacts-destination") + 1]
     address = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"

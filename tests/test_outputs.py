@@ -11,9 +11,9 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from outputs_project import set_outputs, write
 
 import relayml
-from outputs_project import set_outputs, write
 
 FORMATS = {
     "frame": "parquet",

@@ -82,7 +82,7 @@ def test_an_output_with_no_data_format_is_refused(here: Path, relay) -> None:
     result = relay("run", "processing", "custom")
     assert result.code == 1, result
     assert "output 'box'" in result.err and "steps.Box" in result.err
-    assert "allow_pickle = true" in result.err and "Parquet" in result.err
+    assert "[outputs] allow_pickle = true" in result.err and "Parquet" in result.err
     run = relayml.runs("processing", variant="custom", limit=1)[0]
     assert run.status == "FAILED"
     assert run.outputs == {}
@@ -135,7 +135,7 @@ def test_a_pickle_from_another_user_runs_nothing(
     set_outputs(here, 'allow_pickle = true\ntrusted_users = ["bob"]')
     used = relay("run", "training", "use")
     assert used.code == 1, used
-    assert "written by 'mallory'" in used.err and "trusted_users" in used.err
+    assert "written by 'mallory'" in used.err and "[outputs] trusted_users" in used.err
     assert relayml.runs("training", variant="use", limit=1)[0].status == "FAILED"
     assert not marker.exists()
     # the output really was malicious: trusting mallory runs her code

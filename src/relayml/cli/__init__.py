@@ -36,7 +36,11 @@ def main() -> None:
         if isinstance(code, int) and code:
             sys.exit(code)
     except RelayError as e:
-        err_console.print(f"[red]Error:[/red] {e}", highlight=False, markup=True, soft_wrap=True)
+        from rich.markup import escape  # "[outputs] allow_pickle" is text, not a style
+
+        err_console.print(
+            f"[red]Error:[/red] {escape(str(e))}", highlight=False, markup=True, soft_wrap=True
+        )
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         err_console.print("[red]Error:[/red] interrupted; the running step was marked KILLED")

@@ -82,6 +82,17 @@ def custom(load):
     return {"frame": load, "box": Box(3)}
 
 
+def double(x):
+    return x * 2
+
+
+@processing.variant("shady")
+def shady(load):
+    """An estimator holding a function of the project: skops could store it, others could
+    not load it safely."""
+    return {"processor": FunctionTransformer(double).fit(load[["x"]])}
+
+
 @processing.variant("evil")
 def evil(load, marker: str = ""):
     return {"frame": load, "box": Evil(marker)}

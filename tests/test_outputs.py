@@ -89,6 +89,14 @@ def test_an_output_with_no_data_format_is_refused(here: Path, relay) -> None:
     assert not [a for a in run.artifacts if a.startswith("outputs/")]  # not even 'frame'
 
 
+def test_an_estimator_with_untrusted_types_is_refused(here: Path, relay) -> None:
+    result = relay("run", "processing", "shady")
+    assert result.code == 1, result
+    assert "output 'processor'" in result.err
+    assert "holds types others could not load safely (steps.double)" in result.err
+    assert relayml.runs("processing", variant="shady", limit=1)[0].status == "FAILED"
+
+
 @pytest.mark.parametrize("name", ["../../x", "a/b", "", "1x", "x..y"])
 def test_a_bad_output_name_is_refused_and_nothing_is_written(
     here: Path, relay, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str

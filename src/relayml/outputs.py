@@ -152,14 +152,15 @@ def stage_outputs(
     for name, value in outputs.items():
         if name in skip:
             continue
-        how = _write(value, folder, name)
+        how, why = _write(value, folder, name)
         if how is None:
             if not allow_pickle:
                 kind = f"{type(value).__module__}.{type(value).__qualname__}"
                 scope = f" of {where}" if where else ""
+                why = f" ({why})" if why else ""
                 raise OutputError(
-                    f"output {name!r}{scope} is a {kind}, which relay cannot store as data; "
-                    f"allowed: {ALLOWED}. Convert it, or opt in to pickles with "
+                    f"output {name!r}{scope} is a {kind}, which relay cannot store as data"
+                    f"{why}; allowed: {ALLOWED}. Convert it, or opt in to pickles with "
                     "[outputs] allow_pickle = true in relay.toml (a pickle can run code when "
                     "loaded)"
                 )
@@ -172,39 +173,43 @@ def stage_outputs(
     return manifest
 
 
-def _write(value: Any, folder: Path, name: str) -> str | None:
-    """Write ``value`` in its data format and return the format, or None if it has none."""
+def _write(value: Any, folder: Path, name: str) -> tuple[str | None, str]:
+    """Write ``value`` in its data format: ``(format, "")``, or ``(None, why not)``."""
     import numpy as np
     import pandas as pd
 
-    if isinstance(value, pd.DataFrame):
-        value.to_parquet(folder / f"{name}.parquet")
-        return "parquet"
-    if _is_arrow_table(value):
-        import pyarrow.parquet as pq
+    try:
+        if isinstance(value, pd.DataFrame):
+            value.to_parquet(folder / f"{name}.parquet")
+            return "parquet", ""
+        if _is_arrow_table(value):
+            import pyarrow.parquet as pq
 
-        pq.write_table(value, folder / f"{name}.parquet")
-        return "arrow"
+            pq.write_table(value, folder / f"{name}.parquet")
+            return "arrow", ""
+    except Exception as e:  # e.g. column names that are not strings
+        (folder / f"{name}.parquet").unlink(missing_ok=True)
+        return None, f"Parquet cannot hold it ({str(e).splitlines()[0]})"
     if isinstance(value, (np.ndarray, np.generic)):  # a numpy scalar: a 0-d array
         if value.dtype.hasobject:
-            return None
+            return None, "its dtype is object (Python objects need pickle)"
         np.save(folder / f"{name}.npy", np.asarray(value), allow_pickle=False)
-        return "npy"
+        return "npy", ""
     if _is_plain(value):
         (folder / f"{name}.json").write_text(json.dumps(value))
-        return "json"
+        return "json", ""
     if _is_estimator(value):
         import skops.io
 
         try:
             data = skops.io.dumps(value)
-        except Exception:  # a lambda or a local function in it: no skops form
-            return None
-        if unsafe_types(skops_types(data=data)):
-            return None  # another user could not load it safely
+        except Exception as e:  # a lambda or a local function in it: no skops form
+            return None, f"skops cannot store it ({str(e).splitlines()[0]})"
+        if bad := unsafe_types(skops_types(data=data)):
+            return None, f"it holds types others could not load safely ({', '.join(bad)})"
         (folder / f"{name}.skops").write_bytes(data)
-        return "skops"
-    return None
+        return "skops", ""
+    return None, ""
 
 
 def _is_plain(value: Any, depth: int = 0) -> bool:

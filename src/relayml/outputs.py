@@ -89,11 +89,10 @@ def check_name(name: str, where: str = "") -> None:
 
     Example:
         >>> check_name("train.x")
-        >>> check_name("../../x")
+        >>> check_name("../../x")  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
-        relayml.errors.OutputError: output name '../../x' is not valid: ...
-        ... # doctest: +ELLIPSIS
+        relayml.errors.OutputError: output name '../../x' is not valid: use identifiers ...
     """
     if not isinstance(name, str) or not all(p.isidentifier() for p in name.split(".")):
         scope = f" of {where}" if where else ""

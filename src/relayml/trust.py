@@ -130,8 +130,9 @@ def check_pickle(
 
     Example:
         >>> check_pickle("m", "p/x@1", current_user(), allow_pickle=True, trusted_users=[])
-        >>> check_pickle("m", "p/x@1", "mallory", allow_pickle=True, trusted_users=["bob"])
-        ... # doctest: +ELLIPSIS
+        >>> check_pickle(
+        ...     "m", "p/x@1", "mallory", allow_pickle=True, trusted_users=["bob"]
+        ... )  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
         relayml.errors.UntrustedOutput: output 'm' of p/x@1 is a pickle written by 'mallory', ...

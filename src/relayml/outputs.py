@@ -300,8 +300,9 @@ def _read(how: str, path: Path, name: str, where: str) -> Any:
         if bad := unsafe_types(types):
             raise UntrustedOutput(
                 f"output {name!r} of {where} is a skops file with types relay does not trust "
-                f"({', '.join(bad)}): only scikit-learn, numpy and scipy classes, estimators "
-                "and numpy ufuncs are loaded from a skops file"
+                f"({', '.join(bad)}): only scikit-learn, numpy and scipy classes, estimator "
+                "classes of modules already imported (import your steps module first) and "
+                "numpy ufuncs are loaded from a skops file"
             )
         return skops.io.load(path, trusted=types)
     import cloudpickle

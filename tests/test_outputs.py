@@ -152,6 +152,30 @@ def test_a_pickle_from_another_user_runs_nothing(
     assert marker.read_text() == "pwned"
 
 
+def test_a_forged_skops_output_with_untrusted_types_is_refused(
+    here: Path, relay, tmp_path: Path
+) -> None:
+    """A hostile colleague bypassing relay: a skops file holding os.system, added to a run."""
+    import os
+
+    import mlflow
+    import skops.io
+    from sklearn.preprocessing import FunctionTransformer
+
+    made = relay("run", "processing", "named", "-P", "name=fine")
+    assert made.code == 0, made
+    run = relayml.get("processing/named@latest")
+    forged = tmp_path / "outputs" / "tool.skops"
+    forged.parent.mkdir()
+    skops.io.dump(FunctionTransformer(os.system), forged)
+    client = mlflow.MlflowClient(run.settings.tracking_uri)
+    client.log_artifact(run.run_id, str(forged), "outputs")
+    client.set_tag(run.run_id, "relay.outputs", json.dumps({**run.outputs, "tool": "skops"}))
+    with pytest.raises(relayml.UntrustedOutput, match=r"output 'tool' .*\(posix\.system\)"):
+        relayml.get(str(run.key)).load("tool")
+    assert relayml.get(str(run.key)).load("fine") == 1
+
+
 @pytest.mark.parametrize(
     ("body", "message"),
     [

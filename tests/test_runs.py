@@ -126,7 +126,7 @@ def test_show(filled: Path, relay) -> None:
     assert info["params"]["C"] == "1.0"
     assert info["upstream"] == [str(relayml.get("processing/plain@latest").key)]
     assert info["tags"]["relay.step"] == "training"
-    assert "outputs/model.pkl" in info["artifacts"]
+    assert "outputs/model.skops" in info["artifacts"]
     load = json.loads(relay("show", "load@latest", "--json").out)
     assert len(load["downstream"]) == 2
     assert any(a.startswith("snapshots/") for a in load["artifacts"])

@@ -77,6 +77,8 @@ _EXPORTS: dict[str, str] = {
     "StepFailed": "relayml.errors",
     "SourceError": "relayml.errors",
     "ConfigError": "relayml.errors",
+    "OutputError": "relayml.errors",
+    "UntrustedOutput": "relayml.errors",
 }
 
 __all__ = sorted([*_EXPORTS, "__version__"])
@@ -119,9 +121,11 @@ if TYPE_CHECKING:
     from relayml.errors import (
         ConfigError,
         NotFound,
+        OutputError,
         RelayError,
         SourceError,
         StepFailed,
+        UntrustedOutput,
         UsageError,
     )
     from relayml.keys import Reference, RunKey, parse_reference

@@ -45,6 +45,7 @@ import numpy as np
 import pandas as pd
 
 from relayml.errors import NotFound, RelayError, UsageError
+from relayml.trust import skops_types
 
 __all__ = ["Bundle", "BundleInputError", "load_bundle", "log_bundle", "register"]
 
@@ -193,15 +194,6 @@ def _signature(example: pd.DataFrame, output: Any) -> Any:
         return infer_signature(example, output)
 
 
-def _untrusted_types(obj: Any) -> list[str] | None:
-    """Types skops would refuse to load in ``obj``: relay wrote them, so it vouches for them."""
-    try:
-        import skops.io
-    except ImportError:  # pragma: no cover - MLflow then pickles
-        return None
-    return skops.io.get_untrusted_types(data=skops.io.dumps(obj)) or None
-
-
 def log_bundle(
     processor: Any,
     model: Any,
@@ -324,7 +316,8 @@ def _log(
             signature=signature,
             input_example=example,
             code_paths=paths or None,
-            skops_trusted_types=_untrusted_types(pipeline),
+            # relay wrote these types, so it vouches for them (relayml.trust's one rule)
+            skops_trusted_types=skops_types(pipeline) or None,
             run_id=run_id,
             model_id=model_id,
         )

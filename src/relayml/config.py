@@ -64,6 +64,8 @@ class Settings:
     sources: dict[str, Source] = field(default_factory=dict)
     executor: str = "local"
     stale_after: float = 120.0
+    allow_pickle: bool = False
+    trusted_users: tuple[str, ...] = ()
 
     def experiment(self, step: str) -> str:
         """The MLflow experiment name of a step: ``<project>/<step>``."""
@@ -128,6 +130,7 @@ class Settings:
             sources=_sources(data.get("sources", {}), root),
             executor=executor,
             stale_after=float(tracking.get("stale_after", 120.0)),
+            **_outputs(data.get("outputs", {})),
         )
 
 
@@ -139,6 +142,22 @@ def _executor(execution: dict[str, Any]) -> str:
         address = execution.get("scheduler")
         return f"dask://{address.removeprefix('tcp://')}" if address else "dask://local"
     raise ConfigError(f"[execution] backend must be 'local' or 'dask', not {backend!r}")
+
+
+def _outputs(raw: Any) -> dict[str, Any]:
+    """``[outputs]``: ``allow_pickle`` (bool) and ``trusted_users`` (list of user names)."""
+    if not isinstance(raw, dict):
+        raise ConfigError("[outputs] must be a table")
+    allow = raw.get("allow_pickle", False)
+    if not isinstance(allow, bool):
+        raise ConfigError(f"[outputs] allow_pickle must be true or false, not {allow!r}")
+    users = raw.get("trusted_users", [])
+    if not isinstance(users, list) or not all(isinstance(u, str) and u for u in users):
+        raise ConfigError(
+            f"[outputs] trusted_users must be a list of user names, not {users!r} "
+            '(e.g. trusted_users = ["alice", "bob"])'
+        )
+    return {"allow_pickle": allow, "trusted_users": tuple(users)}
 
 
 def _absolute_uri(uri: str, root: Path) -> str:

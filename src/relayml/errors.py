@@ -20,10 +20,12 @@ from collections.abc import Iterable
 __all__ = [
     "ConfigError",
     "NotFound",
+    "OutputError",
     "RelayError",
     "SourceError",
     "StepFailed",
     "UnknownName",
+    "UntrustedOutput",
     "UsageError",
 ]
 
@@ -85,3 +87,17 @@ class SourceError(RelayError):
 
 class StepFailed(RelayError):
     """A step's own code raised; its run is FAILED and the traceback is an artifact."""
+
+
+class OutputError(RelayError):
+    """A step's output cannot be stored as data: a bad name or a type with no safe format.
+
+    The run ends FAILED and none of its outputs is stored (exit code 1).
+    """
+
+
+class UntrustedOutput(RelayError):
+    """An output that could run code when loaded (a pickle) from a writer not trusted.
+
+    Raised before anything is unpickled (exit code 1).
+    """

@@ -20,7 +20,6 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import getpass
 import json
 import os
 import random
@@ -41,11 +40,12 @@ from relayml.codeinfo import CodeState, canonical, code_state, digest
 from relayml.config import Settings
 from relayml.errors import NotFound, RelayError, SourceError, StepFailed, UnknownName, UsageError
 from relayml.keys import RunKey, format_time, parse_key
-from relayml.outputs import as_dict, cache_dir, handed_down, save_outputs
+from relayml.outputs import as_dict, cache_dir, check_name, handed_down, is_frame, stage_outputs
 from relayml.redaction import redact
 from relayml.runs import Project, Run, get, open_project
 from relayml.steps import Pipeline, Variant, load_pipeline
 from relayml.store import Store, get_store, quote
+from relayml.trust import current_user
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -489,7 +489,7 @@ def _base_tags(req: Request, key: RunKey) -> dict[str, str]:
         "relay.code": req.code_fingerprint,
         "relay.params": req.params_digest,
         "relay.fingerprint": req.fingerprint,
-        "mlflow.user": _user(),
+        "mlflow.user": current_user(),
         "mlflow.source.type": "LOCAL",
         "mlflow.source.name": str(req.pipeline.module_file or req.settings.module),
     }
@@ -576,11 +576,17 @@ def _arguments(req: Request, ctx: Context) -> dict[str, Any]:
 
 
 def _finish(store: Store, req: Request, ctx: Context, outputs: dict[str, Any]) -> None:
-    """Persist snapshots and outputs, record the data version, bundle a model, end FINISHED."""
+    """Persist snapshots and outputs, record the data version, bundle a model, end FINISHED.
+
+    Outputs are written locally first: a refused one (a bad name, no data format) fails the
+    run before any snapshot or output is uploaded.
+    """
     import pandas as pd
 
     from relayml import data
 
+    for name in outputs:
+        check_name(name, str(ctx.key))
     snaps = list(ctx._snapshots)
     by_frame = {fid: name for name, _, fid in snaps}
     if not req.pipeline.get(req.step).upstream:  # a root step: its DataFrames are data
@@ -589,6 +595,14 @@ def _finish(store: Store, req: Request, ctx: Context, outputs: dict[str, Any]) -
                 snap = data.snapshot_frame(value, ctx._tmp / f"out-{name}.parquet")
                 snaps.append((name, snap, id(value)))
                 by_frame[id(value)] = name
+    staged = ctx._tmp / "outputs"
+    manifest = stage_outputs(
+        outputs,
+        staged,
+        skip=[out for out, v in outputs.items() if id(v) in by_frame],
+        allow_pickle=req.settings.allow_pickle,
+        where=str(ctx.key),
+    )
     holders: dict[str, str] = {}
     for name, snap, _ in snaps:
         holders[name] = _store_snapshot(store, req.settings, snap)
@@ -601,10 +615,11 @@ def _finish(store: Store, req: Request, ctx: Context, outputs: dict[str, Any]) -
         tags["relay.retrieval_time"] = ctx.retrieval_time.isoformat()
     else:
         _log_upstream_datasets(store, ctx.run_id, req)
-    from_snapshot = {
-        out: holders[by_frame[id(v)]] for out, v in outputs.items() if id(v) in by_frame
-    }
-    manifest = save_outputs(store, ctx.run_id, outputs, snapshots=from_snapshot)
+    for out, v in outputs.items():
+        if id(v) in by_frame:
+            manifest[out] = f"snapshot:{holders[by_frame[id(v)]]}"
+    if any(staged.iterdir()):
+        store.upload(ctx.run_id, staged, "outputs")
     tags["relay.outputs"] = canonical(manifest)
     store.log(ctx.run_id, tags=tags)
     if "model" in outputs:
@@ -751,7 +766,7 @@ def _bundle(store: Store, req: Request, ctx: Context, outputs: dict[str, Any]) -
         if processor is None and "processor" in r.outputs:
             processor = load_output(r, "processor")
         if raw_example is None and not r.upstream_ids:
-            frames = [n for n, how in r.outputs.items() if how != "pickle"]
+            frames = [n for n, how in r.outputs.items() if is_frame(how)]
             if frames:
                 raw_example = load_output(r, frames[0]).head(5)
     code_paths = [str(req.pipeline.module_file)] if req.pipeline.module_file else None
@@ -780,13 +795,6 @@ def _short(e: BaseException) -> str:
         return f"the variant called sys.exit({e.code!r})"
     text = str(e).strip().split("\n")[0] or type(e).__name__
     return f"{type(e).__name__}: {text}" if not isinstance(e, RelayError) else text
-
-
-def _user() -> str:
-    try:
-        return getpass.getuser()
-    except Exception:
-        return "unknown"
 
 
 def _warn(message: str) -> None:

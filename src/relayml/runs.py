@@ -205,6 +205,8 @@ class Run:
 
         Raises:
             NotFound: the run has no such output; the message lists those it has.
+            UntrustedOutput: the output could run code when loaded (a pickle without the
+                project's opt-in or from a user not in ``[outputs] trusted_users``).
 
         Example:
             >>> relay.get("processing/plain@latest").load("processor")  # doctest: +SKIP

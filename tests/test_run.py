@@ -228,27 +228,30 @@ def test_a_collision_jumps_past_every_taken_second(project: Path, monkeypatch) -
 
 
 STARTER = """
-import sys, time
+import pathlib, sys, time
 import relayml.cli, relayml.runner, relayml.store, mlflow.tracking, sklearn.linear_model  # warm up
-start = float(sys.argv[1])
-time.sleep(max(0.0, start - time.time()))
+barrier = pathlib.Path(sys.argv[1])
+(barrier / sys.argv[2]).touch()
+while len(list(barrier.iterdir())) < 2:  # both warmed up: start together
+    time.sleep(0.005)
 sys.argv = ["relay", "run", "processing", "plain"]
 relayml.cli.main()
 """
 
 
-def test_two_processes_in_the_same_second(project: Path) -> None:
+def test_two_processes_in_the_same_second(project: Path, tmp_path: Path) -> None:
     relayml.run("load", "transactions")
-    start = int(time.time()) + 12.2  # both processes warm up (imports), then start together
+    barrier = tmp_path / "barrier"
+    barrier.mkdir()
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", STARTER, str(start)],
+            [sys.executable, "-c", STARTER, str(barrier), str(i)],
             cwd=project,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )
-        for _ in range(2)
+        for i in range(2)
     ]
     outs = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs

@@ -13,8 +13,9 @@ one variant:
 * ``python``: the Python minor version;
 * ``file:<file>``: project files declared in ``relay.toml``'s ``[reuse] include`` (SQL, YAML
   read by a step), by their bytes;
-* ``config:sources.<name>``: the ``[sources.NAME]`` sections of ``relay.toml`` whose name
-  appears as a string in that code (the rest of ``relay.toml`` is not computation).
+* ``config:sources.<name>``: the ``[sources.NAME]`` sections of ``relay.toml`` that code
+  names (``ctx.query("fraud", ...)``, ``ctx.read("fraud")``, or a string assigned to a
+  variable, e.g. ``SOURCE = "fraud"``); the rest of ``relay.toml`` is not computation.
 
 Imports are read from the source files with :mod:`ast` (nothing is imported), so the parts
 are computed as cheaply from the pipeline cache as from an imported module. Distribution
@@ -49,6 +50,7 @@ __all__ = ["SCHEME", "changes", "code_parts", "parts_digest"]
 
 SCHEME = "exact-1"  # tag relay.code.scheme: runs without it were keyed by git commit + diff
 NOT_INSTALLED = "(not installed)"
+SOURCE_CALLS = {"query", "read"}  # Context methods that take a source's name
 _KINDS = ("variant", "steps", "module", "file", "config", "dist", "python")
 
 
@@ -57,7 +59,7 @@ class _Analysis:
     """What one Python file imports and which short strings it holds."""
 
     imports: tuple[tuple[str, tuple[str, ...], int], ...]  # (module, names, level)
-    strings: frozenset[str]
+    strings: frozenset[str]  # names passed to ctx.query/ctx.read, or assigned as strings
     stripped: str  # the text without variant functions (used for the steps module only)
 
 
@@ -227,15 +229,22 @@ def _walk(tree: ast.Module, text: str | None) -> _Analysis:
             elif isinstance(node, ast.ImportFrom):
                 names = tuple(a.name for a in node.names)
                 imports.append((node.module or "", names, node.level))
-            elif isinstance(node, ast.Constant) and isinstance(node.value, str):
-                strings.add(node.value[:100])
+            elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+                if node.func.attr in SOURCE_CALLS:  # ctx.query("fraud", ...), ctx.read(...)
+                    strings.update(_strings(node.args[:1]))
+            elif isinstance(node, ast.Assign | ast.AnnAssign) and node.value is not None:
+                strings.update(_strings([node.value]))  # SOURCE = "fraud"
     stripped = ""
     if text is not None:
         lines = text.splitlines()
         for first, last in reversed(cut):
-            lines[first - 1 : last] = ["# (a variant)"]
-        stripped = "\n".join(lines)
+            del lines[first - 1 : last]
+        stripped = "\n".join(line for line in lines if line.strip())  # blank lines do nothing
     return _Analysis(tuple(imports), frozenset(strings), stripped)
+
+
+def _strings(nodes: Iterable[ast.expr]) -> set[str]:
+    return {n.value for n in nodes if isinstance(n, ast.Constant) and isinstance(n.value, str)}
 
 
 def _is_variant(stmt: ast.stmt) -> bool:

@@ -6,12 +6,13 @@ A path is *coherent* when every run in it is FINISHED and its recorded upstream 
 the run chosen for the step before.
 
 **The reuse rule.** A run is reused only when its step, variant, every parameter (defaults
-included, canonically encoded), its upstream run ids and its code fingerprint (variant source
-+ steps module + git commit + uncommitted diff) equal the request's. All of these are digested
-into the tag ``relay.fingerprint`` that every run carries, so finding a reusable run is one
-indexed search (``tags.relay.fingerprint = F AND attributes.status = 'FINISHED'``, newest
-first). A load step (a step without upstream) given without a date or key is a fresh retrieval
-and is never reused; given with one (``transactions@2019-02-09``, ``transactions@latest``, a
+included, canonically encoded), its upstream run ids and its code fingerprint (exactly the
+code that runs, :mod:`relayml.fingerprint`; not the git commit) equal the request's. All
+of these are digested into the tag ``relay.fingerprint`` that every run carries, so finding a
+reusable run is one indexed search
+(``tags.relay.fingerprint = F AND attributes.status = 'FINISHED'``, newest first). A load
+step (a step without upstream) given without a date or key is a fresh retrieval and is never
+reused; given with one (``transactions@2019-02-09``, ``transactions@latest``, a
 full key) that run is used as it is.
 
 Missing steps are claimed through the tracking store before they run (:mod:`relayml.claims`),
@@ -610,9 +611,7 @@ def chain(
                 f"drop the @ to retrieve again with them"
             )
     store = get_store(settings)
-    resolver = _Resolver(
-        settings, store, pipeline, None, ordered, bound, forced, pinned
-    )
+    resolver = _Resolver(settings, store, pipeline, None, ordered, bound, forced, pinned)
     plan = resolver.resolve(0, {})
     if explain:
         resolver.explain(plan)

@@ -133,7 +133,7 @@ def _reuse_include(raw: Any, root: Path) -> dict[str, tuple[str, ...]]:
     """
     where = root / CONFIG_FILE
     if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: [reuse] must be a table, e.g. include = [\"queries/*.sql\"]")
+        raise ConfigError(f'{where}: [reuse] must be a table, e.g. include = ["queries/*.sql"]')
     out: dict[str, tuple[str, ...]] = {}
     for name, value in raw.items():
         if name == "include":
@@ -155,7 +155,7 @@ def _patterns(value: Any, what: str) -> tuple[str, ...]:
         if Path(pattern).is_absolute() or ".." in Path(pattern).parts:
             raise ConfigError(
                 f"{what}: {pattern!r} leaves the project folder; give a pattern relative to "
-                "it, e.g. \"queries/*.sql\""
+                'it, e.g. "queries/*.sql"'
             )
     return tuple(value)
 

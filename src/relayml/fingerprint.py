@@ -63,6 +63,7 @@ class _Analysis:
     stripped: str  # the text without variant functions (used for the steps module only)
 
 
+_STDLIB = frozenset(sys.stdlib_module_names) | frozenset(sys.builtin_module_names)
 _ANALYSED: dict[str, _Analysis] = {}  # by sha256 of the file's bytes (and a role)
 _DISTS: dict[str, dict[str, list[list[str]]]] = {}  # by digest of the dist-info listing
 
@@ -84,52 +85,111 @@ def code_parts(
         >>> sorted(code_parts(s, "load", "def f():\\n    import json\\n", None))
         ['python', 'variant']
     """
-    root = settings.root.resolve()
+    root = settings.root  # resolved by Settings
     parts: dict[str, str] = {
         "python": f"{sys.version_info.major}.{sys.version_info.minor}",
         "variant": digest(variant_source),
     }
-    pending: list[tuple[Path, _Analysis]] = []
-    strings: set[str] = set()
+    graph = _Graph({}, set(), set())
     if module_file is not None and module_file.is_file():
-        data = module_file.read_bytes()
-        steps = _analyse(data, strip=True)
-        parts[f"steps:{_rel(module_file, root)}"] = digest(steps.stripped)
-        pending.append((module_file.resolve(), steps))
+        module_file = module_file if module_file.is_absolute() else module_file.resolve()
+        stripped, graph = _module_graph(root, module_file)
+        parts[f"steps:{_rel(module_file, root)}"] = stripped
     own = _analyse_source(variant_source)
-    if own is not None:
-        pending.append(((module_file or root / "__variant__.py").resolve(), own))
-    seen = {module_file.resolve()} if module_file is not None else set()
-    tops: set[str] = set()
-    while pending:
-        where, found = pending.pop()
-        strings |= found.strings
-        for mod, names, level in found.imports:
-            local, top = _resolve(root, where, mod, names, level)
-            if top:
-                tops.add(top)
-            for path in local:
-                if path in seen:
-                    continue
-                seen.add(path)
-                data = path.read_bytes()
-                parts[f"module:{_rel(path, root)}"] = hashlib.sha256(data).hexdigest()[:32]
-                pending.append((path, _analyse(data)))
-    tops -= set(sys.stdlib_module_names) | set(sys.builtin_module_names)
-    if tops:
+    if own is not None:  # imports inside the variant's own body
+        where = module_file or root / "__variant__.py"
+        graph = graph.union(_closure(root, [(where, own)], set(graph.files) | {str(where)}))
+    top = f"{root}{os.sep}"
+    for path, sha in graph.files.items():
+        parts[f"module:{path.removeprefix(top).replace(os.sep, '/')}"] = sha
+    if graph.tops:
         dists = _distributions(root)
-        for top in sorted(tops):
+        for top in sorted(graph.tops):
             for name, version in dists.get(top) or [[top, NOT_INSTALLED]]:
                 parts[f"dist:{name}"] = version
     for path in _included(settings, step):
-        parts[f"file:{_rel(path, root)}"] = hashlib.sha256(path.read_bytes()).hexdigest()[:32]
+        parts[f"file:{_rel(path, root)}"] = _sha(path.read_bytes())
     for name, source in settings.sources.items():
-        if name in strings:
+        if name in graph.strings:
             where = source.path and _rel(source.path, root)
             parts[f"config:sources.{name}"] = digest(
                 canonical({"url": source.url, "path": where, "password_env": source.password_env})
             )
     return parts
+
+
+@dataclass(frozen=True)
+class _Graph:
+    """The project-local files some code imports (transitively) and what they import."""
+
+    files: dict[str, str]  # {absolute path: sha256 of its bytes}
+    tops: set[str]  # third-party top-level import names
+    strings: set[str]  # source names the code mentions
+
+    def union(self, other: _Graph) -> _Graph:
+        return _Graph(
+            {**self.files, **other.files}, self.tops | other.tops, self.strings | other.strings
+        )
+
+
+def _closure(root: Path, start: list[tuple[Path, _Analysis]], seen: set[str]) -> _Graph:
+    """Follow the imports of ``start`` through project-local files."""
+    graph = _Graph({}, set(), set())
+    pending = list(start)
+    while pending:
+        where, found = pending.pop()
+        graph.strings.update(found.strings)
+        for mod, names, level in found.imports:
+            local, top = _resolve(root, where, mod, names, level)
+            if top and top not in _STDLIB:
+                graph.tops.add(top)
+            for path in local:
+                if str(path) not in seen:
+                    seen.add(str(path))
+                    data = path.read_bytes()
+                    graph.files[str(path)] = _sha(data)
+                    pending.append((path, _analyse(data)))
+    return graph
+
+
+def _module_graph(root: Path, module_file: Path) -> tuple[str, _Graph]:
+    """The steps module's stripped digest and import graph, from a cache when still exact.
+
+    The graph is cached in ``<root>/.relay/cache/code-<sha256 of the module>.json`` with the
+    digest of every file in it; it holds while each file has its digest and no third-party
+    name it imports has become a project-local module.
+    """
+    data = module_file.read_bytes()
+    cache = root / ".relay" / "cache" / f"code-{hashlib.sha256(data).hexdigest()}.json"
+    try:
+        raw = json.loads(cache.read_text())
+        files = raw["files"]
+        if all(_sha(_read(p)) == sha for p, sha in files.items()) and not any(
+            _shadowed(f"{root}{os.sep}{top}") for top in raw["tops"]
+        ):
+            return raw["stripped"], _Graph(files, set(raw["tops"]), set(raw["strings"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    steps = _analyse(data, strip=True)
+    graph = _closure(root, [(module_file, steps)], {str(module_file)})
+    stripped = digest(steps.stripped)
+    _write(cache, {"stripped": stripped, "files": graph.files,
+                   "tops": sorted(graph.tops), "strings": sorted(graph.strings)})  # fmt: skip
+    return stripped, graph
+
+
+def _shadowed(local: str) -> bool:
+    """A project-local module now answers an import name that was third-party."""
+    return os.path.exists(f"{local}.py") or os.path.isdir(local)
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:32]
 
 
 def parts_digest(parts: Mapping[str, str]) -> str:
@@ -306,7 +366,7 @@ def _is_local(path: Path, root: Path) -> bool:
 
 def _rel(path: Path, root: Path) -> str:
     try:
-        return path.resolve().relative_to(root).as_posix()
+        return path.relative_to(root).as_posix()  # paths here are resolved already
     except ValueError:
         return path.as_posix()
 
@@ -333,8 +393,7 @@ def _distributions(root: Path) -> dict[str, list[list[str]]]:
     ``sys.path`` (a folder's name carries its version), so installing, removing or upgrading
     anything makes a new mapping.
     """
-    listing = sorted(_dist_folders(sys.path))
-    key = digest(*listing)
+    key = _listing_digest(tuple(sys.path))
     found = _DISTS.get(key)
     if found is not None:
         return found
@@ -347,6 +406,25 @@ def _distributions(root: Path) -> dict[str, list[list[str]]]:
         _write(cache, found)
     _DISTS[key] = found
     return found
+
+
+_LISTINGS: dict[tuple[str, ...], tuple[tuple[int, ...], str]] = {}
+
+
+def _listing_digest(paths: tuple[str, ...]) -> str:
+    """A digest of the distribution folders on ``paths``, listed again when a folder changed."""
+    stamps = []
+    for entry in paths:
+        try:
+            stamps.append(os.stat(entry or ".").st_mtime_ns)
+        except OSError:
+            stamps.append(0)
+    known = _LISTINGS.get(paths)
+    if known is not None and known[0] == tuple(stamps):
+        return known[1]
+    key = digest(*sorted(_dist_folders(paths)))
+    _LISTINGS[paths] = (tuple(stamps), key)
+    return key
 
 
 def _dist_folders(paths: Iterable[str]) -> Iterable[str]:
@@ -396,7 +474,7 @@ def _scan_distributions() -> dict[str, list[list[str]]]:
     return out
 
 
-def _write(path: Path, data: dict[str, list[list[str]]]) -> None:
+def _write(path: Path, data: Mapping[str, object]) -> None:
     """Best effort: a read-only project folder only makes the next process scan again."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

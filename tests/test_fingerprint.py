@@ -17,6 +17,9 @@ import pytest
 
 import relayml
 from relayml.chain import OLD_SCHEME, OLD_SCHEME_NOTE
+from relayml.config import Settings
+from relayml.errors import ConfigError
+from relayml.fingerprint import changes, code_parts
 
 from conftest import git
 
@@ -174,6 +177,7 @@ def test_several_load_steps_explain_themselves(clinic: Path, relay) -> None:
     assert r.code == 0 and "given as outcomes=csv@latest" in r.out, r
 
 
+@pytest.mark.slow
 def test_exact_reuse(clinic: Path, relay, monkeypatch: pytest.MonkeyPatch) -> None:
     site = Path(sys.path[0])
     first = relayml.chain(*[x.split("@")[0] for x in LINKS], project=clinic)
@@ -274,3 +278,67 @@ def test_runs_of_the_old_fingerprint_are_not_reused(clinic: Path, relay) -> None
     r = relay("chain", *LINKS, "--dry-run")
     assert r.code == 0 and r.err.count("runs recorded before") == 1, r
     assert relay("runs", "training").code == 0
+
+
+def test_parts_follow_imports_not_git(tmp_path: Path) -> None:
+    """Relative imports, packages, submodules named in from-imports; other variants left out."""
+    root = tmp_path / "p"
+    (root / "pkg" / "sub").mkdir(parents=True)
+    (root / "pkg" / "__init__.py").write_text("from . import util\n")
+    (root / "pkg" / "util.py").write_text("from .sub import deep\nimport numpy\n")
+    (root / "pkg" / "sub" / "__init__.py").write_text("")
+    (root / "pkg" / "sub" / "deep.py").write_text("X = 1\n")
+    (root / "lonely.py").write_text("import pandas\n")  # imported only by another variant
+    (root / "notes.py").write_text("")  # imported by nothing
+    steps = root / "steps.py"
+    steps.write_text(
+        "import relayml as relay\nfrom pkg import util\n\nload = relay.step('load')\n\n\n"
+        "@load.variant('a')\ndef a(ctx):\n    return ctx.query('db', 'SELECT 1')\n\n\n"
+        "@load.variant('b')\ndef b():\n    import lonely\n    return lonely\n"
+    )
+    settings = Settings.from_dict(
+        {"project": {"name": "p"}, "sources": {"db": "sqlite:///x.db", "other": "y.csv"}},
+        root=root,
+    )
+    a_src = "@load.variant('a')\ndef a(ctx):\n    return ctx.query('db', 'SELECT 1')\n"
+    b_src = "@load.variant('b')\ndef b():\n    import lonely\n    return lonely\n"
+    a = code_parts(settings, "load", a_src, steps)
+    b = code_parts(settings, "load", b_src, steps)
+    local = {"module:pkg/__init__.py", "module:pkg/util.py", "module:pkg/sub/__init__.py",
+             "module:pkg/sub/deep.py"}  # fmt: skip
+    assert local <= set(a) and "module:lonely.py" not in a and "module:notes.py" not in a
+    assert "dist:numpy" in a and "dist:pandas" not in a and "config:sources.db" in a
+    assert "module:lonely.py" in b and "dist:pandas" in b and "config:sources.other" not in b
+    assert a["steps:steps.py"] == b["steps:steps.py"]  # both variants are left out of it
+
+    (root / "pkg" / "sub" / "deep.py").write_text("X = 2\n")
+    again = code_parts(settings, "load", a_src, steps)
+    assert changes(a, again) == ["pkg/sub/deep.py changed"]
+    edited = a_src.replace("SELECT 1", "SELECT 2")
+    assert changes(a, code_parts(settings, "load", edited, steps)) == [
+        "variant source changed",
+        "pkg/sub/deep.py changed",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("reuse", "message"),
+    [
+        ({"include": "queries/*.sql"}, "must be a list of glob patterns"),
+        ({"include": ["/etc/*.conf"]}, "leaves the project folder"),
+        ({"include": ["../other/*.sql"]}, "leaves the project folder"),
+        ({"exclude": ["x"]}, "has 'exclude'; expected include"),
+        ({"load": {"include": [1]}}, r"\[reuse.load\] include must be a list"),
+    ],
+)
+def test_bad_reuse_include(tmp_path: Path, reuse: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        Settings.from_dict({"project": {"name": "p"}, "reuse": reuse}, root=tmp_path)
+
+
+def test_bad_reuse_include_from_the_cli(clinic: Path, relay) -> None:
+    toml = (clinic / "relay.toml").read_text()
+    (clinic / "relay.toml").write_text(toml.replace('["queries/*.sql"]', '["../*.sql"]'))
+    r = relay("chain", "patients=csv", "outcomes=csv", "processing=join", "training=logreg")
+    assert r.code == 2 and "Error:" in r.err and "leaves the project folder" in r.err, r
+    assert not (clinic / ".relay" / "mlflow.db").exists()  # nothing was run or recorded

@@ -64,6 +64,7 @@ class _Analysis:
 
 
 _STDLIB = frozenset(sys.stdlib_module_names) | frozenset(sys.builtin_module_names)
+_GRAPHS: dict[tuple[str, str], tuple[tuple[tuple[int, int], ...], str, _Graph]] = {}
 _ANALYSED: dict[str, _Analysis] = {}  # by sha256 of the file's bytes (and a role)
 _DISTS: dict[str, dict[str, list[list[str]]]] = {}  # by digest of the dist-info listing
 
@@ -157,10 +158,36 @@ def _module_graph(root: Path, module_file: Path) -> tuple[str, _Graph]:
 
     The graph is cached in ``<root>/.relay/cache/code-<sha256 of the module>.json`` with the
     digest of every file in it; it holds while each file has its digest and no third-party
-    name it imports has become a project-local module.
+    name it imports has become a project-local module. Within a process, a graph checked once
+    is checked again by the files' sizes and modification times.
     """
     data = module_file.read_bytes()
-    cache = root / ".relay" / "cache" / f"code-{hashlib.sha256(data).hexdigest()}.json"
+    sha = hashlib.sha256(data).hexdigest()
+    known = _GRAPHS.get((str(module_file), sha))
+    if (
+        known is not None
+        and known[0] == _stamps(list(known[2].files))
+        and not any(_shadowed(f"{root}{os.sep}{top}") for top in known[2].tops)
+    ):
+        return known[1], known[2]
+    stripped, graph = _checked_graph(root, module_file, data, sha)
+    _GRAPHS[(str(module_file), sha)] = (_stamps(list(graph.files)), stripped, graph)
+    return stripped, graph
+
+
+def _stamps(paths: list[str]) -> tuple[tuple[int, int], ...]:
+    out = []
+    for path in paths:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return ()
+        out.append((st.st_mtime_ns, st.st_size))
+    return tuple(out)
+
+
+def _checked_graph(root: Path, module_file: Path, data: bytes, sha: str) -> tuple[str, _Graph]:
+    cache = root / ".relay" / "cache" / f"code-{sha}.json"
     try:
         raw = json.loads(cache.read_text())
         files = raw["files"]

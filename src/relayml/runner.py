@@ -502,9 +502,9 @@ def _base_tags(req: Request, key: RunKey) -> dict[str, str]:
         "mlflow.source.type": "LOCAL",
         "mlflow.source.name": str(req.pipeline.module_file or req.settings.module),
     }
-    parts = canonical(req.code_parts)
-    if len(parts) <= CODE_PARTS_TAG_MAX:
-        tags["relay.code.parts"] = parts
+    recorded = canonical(req.code_parts)
+    if len(recorded) <= CODE_PARTS_TAG_MAX:
+        tags["relay.code.parts"] = recorded
     if req.code is not None and req.code.commit:
         tags["relay.git.commit"] = req.code.commit
         tags["mlflow.source.git.commit"] = req.code.commit
@@ -512,9 +512,9 @@ def _base_tags(req: Request, key: RunKey) -> dict[str, str]:
     for s, r in req.upstream.items():
         tags[f"relay.upstream.{s}"] = r.run_id
         tags[f"relay.upstream.{s}.key"] = str(r.key)
-    data = req.data_parts
-    if data:
-        tags.update(_data_tags(data))
+    parts = req.data_parts
+    if parts:
+        tags.update(_data_tags(parts))
     if req.as_of:
         tags["relay.as_of"] = req.as_of.isoformat()
     return tags

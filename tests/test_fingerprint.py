@@ -158,7 +158,9 @@ def edit(path: Path, old: str, new: str) -> str:
     return text
 
 
-def test_several_load_steps_explain_themselves(clinic: Path, relay) -> None:
+def test_several_load_steps_explain_themselves(
+    clinic: Path, relay, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Issue 14: a fresh outcomes load is not said to have a new upstream (it has none)."""
     fresh = relayml.chain(*[x.split("@")[0] for x in LINKS], dry_run=True, project=clinic)
     reasons = {p.step: p.reason for p in fresh.steps}
@@ -167,14 +169,21 @@ def test_several_load_steps_explain_themselves(clinic: Path, relay) -> None:
     assert reasons["processing"] == "upstream patients is new"
     assert reasons["training"] == "upstream processing is new"
 
-    # a pinned second load stays reused when the first one is fresh
-    relayml.chain("patients=csv", "outcomes=csv", "processing=join", project=clinic)
+    # a pinned second load stays reused when the first one is fresh (parts too long for a
+    # tag are recorded in the artifact only)
+    monkeypatch.setattr("relayml.runner.CODE_PARTS_TAG_MAX", 10)
+    made = relayml.chain("patients=csv", "outcomes=csv", "processing=join", project=clinic)
+    assert "relay.code.parts" not in made["processing"].tags
     mixed = relayml.chain("patients=csv", "outcomes=csv@latest", "processing=join",
                           dry_run=True, project=clinic)  # fmt: skip
     assert statuses(mixed) == ["new", "reused", "new"]
     assert mixed.steps[2].reason == "upstream patients is new"
     r = relay("chain", "patients=csv", "outcomes=csv@latest", "processing=join", "--dry-run")
     assert r.code == 0 and "given as outcomes=csv@latest" in r.out, r
+
+    edit(clinic / "features.py", "* by", "* by * 1")
+    links = ("patients=csv@latest", "outcomes=csv@latest", "processing=join")
+    assert why(plan(clinic, *links), "processing") == ["features.py changed"]  # from the artifact
 
 
 @pytest.mark.slow

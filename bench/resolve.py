@@ -20,12 +20,18 @@ then ``relay chain load=transactions@latest processing=plain training=logreg -P 
 timed as a subprocess (median of ``--cli-repeat``), with the pipeline cache and without it
 (``RELAY_NO_PIPELINE_CACHE=1``: the steps module, hence scikit-learn, imported).
 
+``--fingerprint`` measures the code fingerprints (``relayml.fingerprint.code_parts``) of every
+variant of a project whose steps module imports ``--modules`` local modules, in a fresh
+process, beside the git call that the old key needed.
+
 Usage:
     python bench/resolve.py                                   # sqlite + postgresql, 1k/10k/100k
     python bench/resolve.py --backends sqlite --scales 1000   # quick
     python bench/resolve.py --baseline       # also without relay's indexes (MLflow schema)
     python bench/resolve.py --cli            # relay chain from the shell, fully cached
     python bench/resolve.py --cli --src /path/to/other/checkout/src   # another version of relay
+    python bench/resolve.py --cli --before /tmp/fp-base/src   # this checkout beside another
+    python bench/resolve.py --fingerprint    # code fingerprints of a project of 20 local modules
 
 PostgreSQL comes from RELAY_TEST_POSTGRES_URL (a fresh database per scale, dropped after).
 """

@@ -461,14 +461,14 @@ def _dist_folders(paths: Iterable[str]) -> Iterable[str]:
         except OSError:
             continue
         for name in names:
-            if name.endswith(".dist-info"):
-                yield f"{entry}/{name}"
+            if name.endswith(".dist-info"):  # by name only: any process of this environment
+                yield name
             elif name.endswith(".egg-info"):  # often without a version in its name
                 try:
                     mtime = os.stat(os.path.join(entry or ".", name)).st_mtime_ns
                 except OSError:
                     continue
-                yield f"{entry}/{name}@{mtime}"
+                yield f"{name}@{mtime}"
 
 
 def _scan_distributions() -> dict[str, list[list[str]]]:

@@ -65,7 +65,7 @@ class _Analysis:
 
 _STDLIB = frozenset(sys.stdlib_module_names) | frozenset(sys.builtin_module_names)
 _GRAPHS: dict[tuple[str, str], tuple[tuple[tuple[int, int], ...], str, _Graph]] = {}
-_ANALYSED: dict[str, _Analysis] = {}  # by sha256 of the file's bytes (and a role)
+_ANALYSED: dict[str, _Analysis] = {}  # by sha256 of the file's bytes (+ "+strip")
 _DISTS: dict[str, dict[str, list[list[str]]]] = {}  # by digest of the dist-info listing
 
 
@@ -100,9 +100,9 @@ def code_parts(
     if own is not None:  # imports inside the variant's own body
         where = module_file or root / "__variant__.py"
         graph = graph.union(_closure(root, [(where, own)], set(graph.files) | {str(where)}))
-    top = f"{root}{os.sep}"
+    prefix = f"{root}{os.sep}"
     for path, sha in graph.files.items():
-        parts[f"module:{path.removeprefix(top).replace(os.sep, '/')}"] = sha
+        parts[f"module:{path.removeprefix(prefix).replace(os.sep, '/')}"] = sha
     if graph.tops:
         dists = _distributions(root)
         for top in sorted(graph.tops):
@@ -191,7 +191,7 @@ def _checked_graph(root: Path, module_file: Path, data: bytes, sha: str) -> tupl
     try:
         raw = json.loads(cache.read_text())
         files = raw["files"]
-        if all(_sha(_read(p)) == sha for p, sha in files.items()) and not any(
+        if all(_sha(_read(p)) == want for p, want in files.items()) and not any(
             _shadowed(f"{root}{os.sep}{top}") for top in raw["tops"]
         ):
             return raw["stripped"], _Graph(files, set(raw["tops"]), set(raw["strings"]))

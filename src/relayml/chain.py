@@ -380,7 +380,8 @@ class _Resolver:
         req = self.request(link, chosen)
         candidates = finished_like(self.store, req, limit=CANDIDATES)
         if not candidates:
-            return self.new_at(i, chosen, new, "no finished run matches" + self.old_runs(req))
+            self.note_old_runs(req)
+            return self.new_at(i, chosen, new, "no finished run matches")
         best: list[Planned] | None = None
         for n, cand in enumerate(candidates):
             why = "same fingerprint" + (f" ({n} newer skipped)" if n else "")
@@ -407,17 +408,15 @@ class _Resolver:
         rest = self.resolve(i + 1, chosen, {**new, link.step: after})
         return [Planned(link.step, link.variant, NEW, None, reason), *rest]
 
-    def old_runs(self, req: Request) -> str:
-        """A note when the step's matching runs were keyed by the old code fingerprint."""
+    def note_old_runs(self, req: Request) -> None:
+        """Note (once per chain) that the step's matching runs have the old code fingerprint."""
         flt = (
             f"tags.`relay.variant` = {quote(req.variant.name)} AND "
             f"tags.`relay.params` = {quote(req.params_digest)} AND attributes.status = 'FINISHED'"
         )
         found = self.store.search([req.step], flt, limit=1)
-        if not found or "relay.code.scheme" in found[0].data.tags:
-            return ""
-        self.notes.add(OLD_SCHEME_NOTE)
-        return " (runs recorded before the exact code fingerprint are not reused)"
+        if found and "relay.code.scheme" not in found[0].data.tags:
+            self.notes.add(OLD_SCHEME_NOTE)
 
     def git_state(self) -> CodeState:
         """The project's git state, read once and only when a step runs (it is not in keys)."""

@@ -591,9 +591,13 @@ def bench_cli(args: argparse.Namespace, base: Path) -> list[dict]:
         before = with_src(args.before)
         make_fraud(base / "fraud-before", before, relay)
         modes.insert(0, ("before (cache)", base / "fraud-before", before))
+    import resource
+
     times: dict[str, list[float]] = {label: [] for label, _, _ in modes}
+    cpu: dict[str, list[float]] = {label: [] for label, _, _ in modes}
     for i in range(args.cli_repeat + 1):  # the first call (warm-up) is not counted
         for label, root, mode_env in modes:
+            used = resource.getrusage(resource.RUSAGE_CHILDREN)
             t = time.perf_counter()
             done = subprocess.run([*relay, "chain", *CLI_CHAIN], cwd=root, env=mode_env,
                                   capture_output=True, text=True)  # fmt: skip
@@ -602,12 +606,15 @@ def bench_cli(args: argparse.Namespace, base: Path) -> list[dict]:
                 sys.exit(f"relay chain failed: {done.stderr}")
             rows_out = [line for line in done.stdout.splitlines() if "@" in line]
             assert len(rows_out) == 3 and all(" reused " in r for r in rows_out), done.stdout
-            if i:
+            now = resource.getrusage(resource.RUSAGE_CHILDREN)
+            if i:  # CPU time of the process: less sensitive than wall time to a busy machine
                 times[label].append(took)
+                cpu[label].append(now.ru_utime - used.ru_utime + now.ru_stime - used.ru_stime)
     rows = []
     for label, got in times.items():
         row = {"mode": label, "median_s": round(statistics.median(got), 2),
                "min_s": round(min(got), 2), "max_s": round(max(got), 2),
+               "cpu_s": round(statistics.median(cpu[label]), 2),
                "load_average": round(os.getloadavg()[0], 1)}  # fmt: skip
         print(json.dumps(row), file=sys.stderr, flush=True)
         rows.append(row)
@@ -759,7 +766,8 @@ def main() -> None:
         print(f"\n{cmd}   (fully cached; wall time of the subprocess, s)")
         for r in rows:
             print(f"{r['mode']:<16} median {r['median_s']:.2f}  min {r['min_s']:.2f}  "
-                  f"max {r['max_s']:.2f}  (load average {r['load_average']})")  # fmt: skip
+                  f"max {r['max_s']:.2f}  cpu {r['cpu_s']:.2f}  "
+                  f"(load average {r['load_average']})")  # fmt: skip
         return
     rows = []
     try:

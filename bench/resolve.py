@@ -20,12 +20,18 @@ then ``relay chain load=transactions@latest processing=plain training=logreg -P 
 timed as a subprocess (median of ``--cli-repeat``), with the pipeline cache and without it
 (``RELAY_NO_PIPELINE_CACHE=1``: the steps module, hence scikit-learn, imported).
 
+``--fingerprint`` measures the code fingerprints (``relayml.fingerprint.code_parts``) of every
+variant of a project whose steps module imports ``--modules`` local modules, in a fresh
+process, beside the git call that the old key needed.
+
 Usage:
     python bench/resolve.py                                   # sqlite + postgresql, 1k/10k/100k
     python bench/resolve.py --backends sqlite --scales 1000   # quick
     python bench/resolve.py --baseline       # also without relay's indexes (MLflow schema)
     python bench/resolve.py --cli            # relay chain from the shell, fully cached
     python bench/resolve.py --cli --src /path/to/other/checkout/src   # another version of relay
+    python bench/resolve.py --cli --before /tmp/fp-base/src   # this checkout beside another
+    python bench/resolve.py --fingerprint    # code fingerprints of a project of 20 local modules
 
 PostgreSQL comes from RELAY_TEST_POSTGRES_URL (a fresh database per scale, dropped after).
 """
@@ -149,6 +155,9 @@ def make_project(root: Path) -> Path:
 # -- generating relay-shaped rows ------------------------------------------------------------
 
 
+SCHEME = "exact-1"  # relayml.fingerprint.SCHEME (not imported: --src may run another relay)
+
+
 class Generator:
     """Builds runs, tags, params and metrics rows exactly as relay writes them."""
 
@@ -221,6 +230,7 @@ class Generator:
             "relay.time": key.time,
             "relay.heartbeat": f"{start / 1000:.3f}",
             "relay.code": code_fp,
+            "relay.code.scheme": SCHEME,
             "relay.params": self.digest(self.canonical(bound)),
             "relay.fingerprint": fp,
             "mlflow.user": "bench",
@@ -535,53 +545,173 @@ CLI_CHAIN = ["load=transactions@latest", "processing=plain", "training=logreg", 
              "training.cv=2"]  # fmt: skip
 
 
-def bench_cli(args: argparse.Namespace, base: Path) -> list[dict]:
-    """Wall time of a fully cached ``relay chain`` subprocess on the fraud example."""
+def make_fraud(root: Path, env: dict[str, str], relay: list[str]) -> None:
+    """The fraud example in a git repository, its chain made once (by the relay of ``env``)."""
     example = Path(__file__).resolve().parents[1] / "examples" / "fraud"
     sys.path.insert(0, str(example))
     import generate
 
-    root = base / "fraud"
     root.mkdir(parents=True)
     for name in ("relay.toml", "steps.py", "generate.py"):
         shutil.copy(example / name, root / name)
     (root / ".gitignore").write_text(".relay/\ndata/\nmlruns/\n__pycache__/\n")
     (root / "data").mkdir()
     generate.generate(f"sqlite:///{root / 'data' / 'fraud.db'}", days=3, rows_per_day=1500)
+    for git in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-qm", "fraud"]):
+        subprocess.run(["git", *git], cwd=root, check=True, env=env, capture_output=True)
+    first = ["load=transactions", *CLI_CHAIN[1:]]
+    subprocess.run([*relay, "chain", *first], cwd=root, env=env, check=True, capture_output=True)
+
+
+def bench_cli(args: argparse.Namespace, base: Path) -> list[dict]:
+    """Wall time of a fully cached ``relay chain`` subprocess on the fraud example.
+
+    With ``--before SRC``, the relayml in SRC is measured in the same run on its own copy of
+    the project (its runs carry its own keys), the calls of both alternating.
+    """
     env = {**os.environ, "GIT_AUTHOR_NAME": "bench", "GIT_AUTHOR_EMAIL": "b@relay.invalid",
            "GIT_COMMITTER_NAME": "bench", "GIT_COMMITTER_EMAIL": "b@relay.invalid"}  # fmt: skip
     for pop in ("RELAY_TRACKING_URI", "MLFLOW_TRACKING_URI", "RELAY_PROJECT",
                 "RELAY_NO_PIPELINE_CACHE"):  # fmt: skip
         env.pop(pop, None)
-    if args.src:
-        env["PYTHONPATH"] = os.pathsep.join([args.src, env.get("PYTHONPATH", "")]).rstrip(":")
-    for git in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-qm", "fraud"]):
-        subprocess.run(["git", *git], cwd=root, check=True, env=env, capture_output=True)
     relay = [str(Path(sys.executable).with_name("relay"))]
     if not Path(relay[0]).exists():
         relay = [sys.executable, "-m", "relayml"]
-    first = ["load=transactions", *CLI_CHAIN[1:]]
-    subprocess.run([*relay, "chain", *first], cwd=root, env=env, check=True, capture_output=True)
-    rows = []
-    for label, extra in (("pipeline cache", {}), ("no cache", {"RELAY_NO_PIPELINE_CACHE": "1"})):
-        times = []
-        for i in range(args.cli_repeat + 1):  # the first call (warm-up) is not counted
+
+    def with_src(src: str | None) -> dict[str, str]:
+        if not src:
+            return dict(env)
+        return {**env, "PYTHONPATH": os.pathsep.join([src, env.get("PYTHONPATH", "")]).rstrip(":")}
+
+    now = with_src(args.src)
+    make_fraud(base / "fraud", now, relay)
+    modes = [("pipeline cache", base / "fraud", now),
+             ("no cache", base / "fraud", {**now, "RELAY_NO_PIPELINE_CACHE": "1"})]  # fmt: skip
+    if args.before:
+        before = with_src(args.before)
+        make_fraud(base / "fraud-before", before, relay)
+        modes.insert(0, ("before (cache)", base / "fraud-before", before))
+    import resource
+
+    times: dict[str, list[float]] = {label: [] for label, _, _ in modes}
+    cpu: dict[str, list[float]] = {label: [] for label, _, _ in modes}
+    for i in range(args.cli_repeat + 1):  # the first call (warm-up) is not counted
+        for label, root, mode_env in modes:
+            used = resource.getrusage(resource.RUSAGE_CHILDREN)
             t = time.perf_counter()
-            done = subprocess.run([*relay, "chain", *CLI_CHAIN], cwd=root,
-                                  env={**env, **extra}, capture_output=True, text=True)  # fmt: skip
+            done = subprocess.run([*relay, "chain", *CLI_CHAIN], cwd=root, env=mode_env,
+                                  capture_output=True, text=True)  # fmt: skip
             took = time.perf_counter() - t
             if done.returncode != 0:
                 sys.exit(f"relay chain failed: {done.stderr}")
             rows_out = [line for line in done.stdout.splitlines() if "@" in line]
             assert len(rows_out) == 3 and all(" reused " in r for r in rows_out), done.stdout
-            if i:
-                times.append(took)
-        row = {"mode": label, "median_s": round(statistics.median(times), 2),
-               "min_s": round(min(times), 2), "max_s": round(max(times), 2),
+            now = resource.getrusage(resource.RUSAGE_CHILDREN)
+            if i:  # CPU time of the process: less sensitive than wall time to a busy machine
+                times[label].append(took)
+                cpu[label].append(now.ru_utime - used.ru_utime + now.ru_stime - used.ru_stime)
+    rows = []
+    for label, got in times.items():
+        row = {"mode": label, "median_s": round(statistics.median(got), 2),
+               "min_s": round(min(got), 2), "max_s": round(max(got), 2),
+               "cpu_s": round(statistics.median(cpu[label]), 2),
                "load_average": round(os.getloadavg()[0], 1)}  # fmt: skip
         print(json.dumps(row), file=sys.stderr, flush=True)
         rows.append(row)
     return rows
+
+
+# -- the code fingerprint of a project of many local modules ------------------------------------
+
+MODULE_PY = '''"""Local helper module {i} (generated)."""
+import json
+import math
+
+import numpy as np
+import pandas as pd
+{imports}
+
+FACTOR_{i} = {i}
+
+
+{functions}
+'''
+
+FUNCTION_PY = '''def helper_{i}_{j}(frame: pd.DataFrame, k: int = {j}) -> pd.DataFrame:
+    """Scale the column x by a factor and log it."""
+    out = frame.copy()
+    out["x"] = out["x"] * FACTOR_{i} * k + math.sqrt(k)
+    if np.isnan(out["x"]).any():
+        raise ValueError(json.dumps({{"module": {i}, "function": {j}}}))
+    return out
+'''
+
+
+def make_modular(root: Path, modules: int) -> None:
+    """The bench project plus ``modules`` local modules (a package and flat files) it imports."""
+    make_project(root)
+    (root / "lib").mkdir()
+    (root / "lib" / "__init__.py").write_text("")
+    names = [f"lib.m{i}" if i % 2 else f"m{i}" for i in range(modules)]
+    for i, name in enumerate(names):
+        path = root / (name.replace(".", "/") + ".py")
+        later = names[i + 1 : i + 3]  # each imports the next two: a transitive graph
+        imports = "\n".join(f"import {n}" for n in later)
+        functions = "\n\n".join(FUNCTION_PY.format(i=i, j=j) for j in range(12))
+        path.write_text(MODULE_PY.format(i=i, imports=imports, functions=functions))
+    steps = (root / "steps.py").read_text()
+    (root / "steps.py").write_text(f"import {names[0]}\nimport {names[1]}\n" + steps)
+
+
+FINGERPRINT_SNIPPET = """
+import json, sys, time
+t0 = time.perf_counter()
+from relayml.config import load_settings
+from relayml.steps import load_pipeline
+from relayml.fingerprint import code_parts
+settings = load_settings()
+pipeline = load_pipeline(settings.root, settings.module)
+t1 = time.perf_counter()
+n = 0
+for step in pipeline.steps.values():
+    for v in step.variants.values():
+        parts = code_parts(settings, step.name, v.source, pipeline.module_file)
+        n = max(n, sum(k.startswith("module:") for k in parts))
+t2 = time.perf_counter()
+from relayml.codeinfo import code_state
+t3 = time.perf_counter()
+code_state(settings.root)
+t4 = time.perf_counter()
+print(json.dumps({"modules": n, "variants": sum(len(s.variants) for s in pipeline.steps.values()),
+                  "fingerprints_ms": (t2 - t1) * 1000, "git_ms": (t4 - t3) * 1000,
+                  "steps_imported": "steps" in sys.modules}))
+"""
+
+
+def bench_fingerprint(args: argparse.Namespace, base: Path) -> dict:
+    """Computing every variant's code parts in a fresh process, beside the old key's git call."""
+    root = base / "modular"
+    make_modular(root, args.modules)
+    env = {k: v for k, v in os.environ.items() if k != "RELAY_NO_PIPELINE_CACHE"}
+    if args.src:
+        env["PYTHONPATH"] = os.pathsep.join([args.src, env.get("PYTHONPATH", "")]).rstrip(":")
+    got: list[dict] = []
+    for i in range(args.cli_repeat + 2):  # 1st: imports steps, writes the caches; 2nd: warm-up
+        done = subprocess.run([sys.executable, "-c", FINGERPRINT_SNIPPET], cwd=root, env=env,
+                              capture_output=True, text=True, check=True)  # fmt: skip
+        row = json.loads(done.stdout)
+        if i >= 2:
+            assert not row["steps_imported"], "the pipeline cache was not used"
+            assert row["modules"] >= args.modules, row  # (+ lib/__init__.py)
+            got.append(row)
+    fp = statistics.median(r["fingerprints_ms"] for r in got)
+    git = statistics.median(r["git_ms"] for r in got)
+    variants = got[0]["variants"]
+    out = {"modules": got[0]["modules"], "variants": variants, "fingerprints_ms": round(fp, 1),
+           "per_variant_ms": round(fp / variants, 2), "git_code_state_ms": round(git, 1),
+           "load_average": round(os.getloadavg()[0], 1)}  # fmt: skip
+    print(json.dumps(out), file=sys.stderr, flush=True)
+    return out
 
 
 def main() -> None:
@@ -599,6 +729,13 @@ def main() -> None:
     p.add_argument("--cli", action="store_true", help="time relay chain from the shell instead")
     p.add_argument("--cli-repeat", type=int, default=5)
     p.add_argument("--src", help="with --cli: run the relayml found in this src folder")
+    p.add_argument("--before", help="with --cli: also time the relayml in this src folder")
+    p.add_argument(
+        "--fingerprint",
+        action="store_true",
+        help="time the code fingerprints of a project of --modules local modules",
+    )
+    p.add_argument("--modules", type=int, default=20)
     args = p.parse_args()
     args.seed_scales = {int(x) for x in args.seed_scales.split(",") if x}
     os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
@@ -609,6 +746,17 @@ def main() -> None:
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
     base = Path(tempfile.mkdtemp(prefix="relay-bench-resolve-"))
+    if args.fingerprint:
+        try:
+            r = bench_fingerprint(args, base)
+        finally:
+            shutil.rmtree(base, ignore_errors=True)
+        print(f"\ncode fingerprints of {r['variants']} variants, {r['modules']} local modules "
+              f"(fresh process, pipeline cache): median {r['fingerprints_ms']:.1f} ms "
+              f"({r['per_variant_ms']:.2f} ms per variant; target <= 50 ms); the old key's "
+              f"git code state: {r['git_code_state_ms']:.1f} ms "
+              f"(load average {r['load_average']})")  # fmt: skip
+        return
     if args.cli:
         try:
             rows = bench_cli(args, base)
@@ -618,7 +766,8 @@ def main() -> None:
         print(f"\n{cmd}   (fully cached; wall time of the subprocess, s)")
         for r in rows:
             print(f"{r['mode']:<16} median {r['median_s']:.2f}  min {r['min_s']:.2f}  "
-                  f"max {r['max_s']:.2f}  (load average {r['load_average']})")  # fmt: skip
+                  f"max {r['max_s']:.2f}  cpu {r['cpu_s']:.2f}  "
+                  f"(load average {r['load_average']})")  # fmt: skip
         return
     rows = []
     try:

@@ -130,7 +130,11 @@ def test_changed_steps_module_invalidates_the_cache(
     assert statuses(plan) == ["reused", "new"]
     assert cache_of(project).is_file() and cache_of(project) != old_cache
 
-    # an edited variant is not reused (nor are the others: the module is part of the code)
+    # another variant's addition leaves plain's runs reusable
+    plan = relayml.chain(load_ref, "processing=plain", dry_run=True, project=project)
+    assert plan["processing"] == first["processing"]
+
+    # an edited variant is not reused
     steps_py = (project / "steps.py").read_text()
     head = "def plain(ctx: relay.Context, load: pd.DataFrame, test_size: float = 0.25, seed: int = 42):\n"  # noqa: E501
     edited = steps_py.replace(head, head + "    # edited\n", 1)
@@ -142,7 +146,7 @@ def test_changed_steps_module_invalidates_the_cache(
         plan = relayml.chain(load_ref, "processing=plain", dry_run=True, explain=True,
                              project=project)  # fmt: skip
         assert statuses(plan) == ["reused", "new"]
-        assert "code differs" in plan.steps[1].passed_over[0][1]
+        assert plan.steps[1].passed_over[0][1] == "variant source changed"
     assert "steps" not in sys.modules
     assert "# edited" in load_pipeline(project, "steps").variant("processing", "plain").source
 
@@ -151,9 +155,13 @@ def test_changed_steps_module_invalidates_the_cache(
     git(project, "commit", "-qam", "revert")
     forget(monkeypatch)
     assert cache_of(project) == old_cache
-    # the commit differs, so nothing is reused; but the declarations come from the old cache
+    # the declarations come from the old cache, and the first runs are reused (the commit
+    # differs, the code does not)
     back = load_pipeline(project, "steps")
     assert "steps" not in sys.modules and "extra" not in back.get("processing").variants
+    plan = relayml.chain(load_ref, "processing=plain", dry_run=True, project=project)
+    assert plan["processing"] == first["processing"]
+    assert "steps" not in sys.modules
 
 
 def test_variant_source_from_another_file(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:

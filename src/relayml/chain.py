@@ -6,12 +6,13 @@ A path is *coherent* when every run in it is FINISHED and its recorded upstream 
 the run chosen for the step before.
 
 **The reuse rule.** A run is reused only when its step, variant, every parameter (defaults
-included, canonically encoded), its upstream run ids and its code fingerprint (variant source
-+ steps module + git commit + uncommitted diff) equal the request's. All of these are digested
-into the tag ``relay.fingerprint`` that every run carries, so finding a reusable run is one
-indexed search (``tags.relay.fingerprint = F AND attributes.status = 'FINISHED'``, newest
-first). A load step (a step without upstream) given without a date or key is a fresh retrieval
-and is never reused; given with one (``transactions@2019-02-09``, ``transactions@latest``, a
+included, canonically encoded), its upstream run ids and its code fingerprint (exactly the
+code that runs, :mod:`relayml.fingerprint`; not the git commit) equal the request's. All
+of these are digested into the tag ``relay.fingerprint`` that every run carries, so finding a
+reusable run is one indexed search
+(``tags.relay.fingerprint = F AND attributes.status = 'FINISHED'``, newest first). A load
+step (a step without upstream) given without a date or key is a fresh retrieval and is never
+reused; given with one (``transactions@2019-02-09``, ``transactions@latest``, a
 full key) that run is used as it is.
 
 Missing steps are claimed through the tracking store before they run (:mod:`relayml.claims`),
@@ -33,9 +34,12 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import json
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from relayml.codeinfo import CodeState, canonical, code_state, digest
@@ -70,6 +74,11 @@ CANDIDATES = 5  # FINISHED runs with the same fingerprint tried per step (newest
 EXPLAINED = 5  # newest runs of a step/variant compared in --explain
 
 REUSED, NEW, FAILED = "reused", "new", "failed"
+OLD_SCHEME = "recorded with the old code fingerprint (git commit + diff): not reused"
+OLD_SCHEME_NOTE = (
+    "runs recorded before relay keyed code by what runs (variant, modules, versions; not the "
+    "git commit) are not reused: each step reruns once"
+)
 
 
 class ChainFailed(StepFailed):
@@ -239,6 +248,8 @@ class Chain:
         record_id: the run id of the chain's record in ``<project>/chains``, None for a dry
             run (:attr:`record` fetches the record itself).
         dry_run: nothing was run.
+        notes: remarks about the whole chain, each said once (e.g. that runs recorded with
+            an older reuse rule were not reused).
 
     Example:
         >>> c = relay.chain("load=transactions@latest", "processing=plain")  # doctest: +SKIP
@@ -249,6 +260,7 @@ class Chain:
     steps: list[Planned]
     record_id: str | None = None
     dry_run: bool = False
+    notes: list[str] = field(default_factory=list)
 
     @property
     def record(self) -> MlflowRun | None:
@@ -309,6 +321,7 @@ class Chain:
             "model_uri": self.model_uri,
             "metrics": self.metrics,
             "record": self.record_id,
+            "notes": self.notes,
         }
 
 
@@ -320,11 +333,12 @@ class _Resolver:
     settings: Settings
     store: Store
     pipeline: Pipeline
-    code: CodeState
+    code: CodeState | None  # read by git_state() when a step runs
     links: list[Link]
     bound: dict[str, dict[str, Any]]
     forced: set[str]
     pinned: dict[str, Run]
+    notes: set[str] = field(default_factory=set)
 
     def request(self, link: Link, chosen: Mapping[str, Run]) -> Request:
         from relayml.runner import Request
@@ -333,36 +347,45 @@ class _Resolver:
         ups = {u: chosen[u] for u in self.pipeline.get(link.step).upstream}
         return Request(self.settings, self.pipeline, var, self.bound[link.step], ups, self.code)
 
-    def resolve(self, i: int, chosen: dict[str, Run]) -> list[Planned]:
+    def resolve(
+        self, i: int, chosen: dict[str, Run], new: Mapping[str, str] | None = None
+    ) -> list[Planned]:
         """The best plan for links[i:], given the runs chosen before (recursive, newest first).
 
-        The best plan reuses the most steps; among equals the newest candidates win.
+        ``new`` maps each step already planned as new to the reason its downstream steps are
+        new too (``upstream load is new``, ``--force processing``); a step that consumes none
+        of them (another load step) is resolved on its own. The best plan reuses the most
+        steps; among equals the newest candidates win.
         """
+        new = new or {}
         if i == len(self.links):
             return []
         link = self.links[i]
         ups = self.pipeline.get(link.step).upstream
         if link.step in self.forced:
-            return self.new_from(i, f"--force {link.step}")
+            return self.new_at(i, chosen, new, f"--force {link.step}", f"--force {link.step}")
+        stale = [new[u] for u in ups if u in new]
+        if stale:
+            after = stale[0] if stale[0].startswith("--force") else None
+            return self.new_at(i, chosen, new, stale[0], after)
         if not ups:
             if link.ref is None:
-                return self.new_from(i, "fresh retrieval (give @DATE or @latest to reuse one)")
+                why = "fresh retrieval (give @DATE or @latest to reuse one)"
+                return self.new_at(i, chosen, new, why)
             run = self.pinned[link.step]
-            rest = self.resolve(i + 1, {**chosen, link.step: run})
+            rest = self.resolve(i + 1, {**chosen, link.step: run}, new)
             return [Planned(link.step, link.variant, REUSED, run, f"given as {link}"), *rest]
-        missing = [u for u in ups if u not in chosen]
-        if missing:
-            return self.new_from(i, f"upstream {missing[0]} is new")
         from relayml.claims import finished_like
 
         req = self.request(link, chosen)
         candidates = finished_like(self.store, req, limit=CANDIDATES)
         if not candidates:
-            return self.new_from(i, "no finished run matches")
+            self.note_old_runs(req)
+            return self.new_at(i, chosen, new, "no finished run matches")
         best: list[Planned] | None = None
         for n, cand in enumerate(candidates):
             why = "same fingerprint" + (f" ({n} newer skipped)" if n else "")
-            rest = self.resolve(i + 1, {**chosen, link.step: cand})
+            rest = self.resolve(i + 1, {**chosen, link.step: cand}, new)
             plan = [Planned(link.step, link.variant, REUSED, cand, why), *rest]
             if all(p.status == REUSED for p in rest):
                 return plan
@@ -371,15 +394,35 @@ class _Resolver:
         assert best is not None
         return best
 
-    def new_from(self, i: int, reason: str) -> list[Planned]:
-        first = self.links[i]
-        out = [Planned(first.step, first.variant, NEW, None, reason)]
-        for link in self.links[i + 1 :]:
-            out.append(Planned(link.step, link.variant, NEW, None, f"upstream {first.step} is new"))
-        if first.step in self.forced:
-            for p in out[1:]:
-                p.reason = f"--force {first.step}"
-        return out
+    def new_at(
+        self,
+        i: int,
+        chosen: dict[str, Run],
+        new: Mapping[str, str],
+        reason: str,
+        after: str | None = None,
+    ) -> list[Planned]:
+        """Links[i] is new for ``reason``; its downstream steps are new for ``after``."""
+        link = self.links[i]
+        after = after or f"upstream {link.step} is new"
+        rest = self.resolve(i + 1, chosen, {**new, link.step: after})
+        return [Planned(link.step, link.variant, NEW, None, reason), *rest]
+
+    def note_old_runs(self, req: Request) -> None:
+        """Note (once per chain) that the step's matching runs have the old code fingerprint."""
+        flt = (
+            f"tags.`relay.variant` = {quote(req.variant.name)} AND "
+            f"tags.`relay.params` = {quote(req.params_digest)} AND attributes.status = 'FINISHED'"
+        )
+        found = self.store.search([req.step], flt, limit=1)
+        if found and "relay.code.scheme" not in found[0].data.tags:
+            self.notes.add(OLD_SCHEME_NOTE)
+
+    def git_state(self) -> CodeState:
+        """The project's git state, read once and only when a step runs (it is not in keys)."""
+        if self.code is None:
+            self.code = code_state(self.settings.root)
+        return self.code
 
     def explain(self, plan: list[Planned]) -> None:
         """Fill ``passed_over`` with the newest runs of each step/variant that were not used."""
@@ -394,12 +437,13 @@ class _Resolver:
                 for e in self.store.search([link.step], flt, limit=EXPLAINED)
                 if "relay.key" in e.data.tags
             ]
-            ready = all(u in chosen for u in ups)
-            req = self.request(link, chosen) if ready else None
+            unknown = [u for u in ups if u not in chosen]
+            req = None if unknown else self.request(link, chosen)
             for r in recent:
                 if p.run is not None and (r.run_id == p.run.run_id or r.started < p.run.started):
                     continue
-                p.passed_over.append((str(r.key), _difference(r, req, link.step in self.forced)))
+                why = _difference(r, req, link.step in self.forced, unknown)
+                p.passed_over.append((str(r.key), "\n".join(why)))
 
 
 def _reused(plan: list[Planned]) -> int:
@@ -416,14 +460,14 @@ def _pinned(settings: Settings, link: Link) -> Run:
     return run
 
 
-def _difference(run: Run, req: Request | None, forced: bool) -> str:
-    """Which part of the reuse rule a run fails, in words."""
+def _difference(run: Run, req: Request | None, forced: bool, unknown: list[str]) -> list[str]:
+    """Which parts of the reuse rule a run fails, one line each."""
     if run.status != "FINISHED":
-        return f"status {run.status}"
+        return [f"status {run.status}"]
     if forced:
-        return "--force"
+        return ["--force"]
     if req is None:
-        return "its upstream will be new"
+        return [f"upstream {step} is new" for step in unknown]
     reasons = []
     tags = run.tags
     if tags.get("relay.params") != req.params_digest:
@@ -431,27 +475,37 @@ def _difference(run: Run, req: Request | None, forced: bool) -> str:
 
         wanted = {k: _as_param(v) for k, v in _logged_params(req).items()}
         have = run.params
-        diffs = [
-            f"{k}={have.get(k, '(unset)')} (wanted {wanted.get(k, '(unset)')})"
+        reasons += [
+            f"param {k}: {have.get(k, '(unset)')} → {wanted.get(k, '(unset)')}"
             for k in sorted(set(wanted) | set(have))
             if wanted.get(k) != have.get(k)
-        ]
-        reasons.append("params differ: " + (", ".join(diffs) or "encoding"))
+        ] or ["params differ (encoding)"]
     for step, up in sorted(req.upstream.items()):
         had = tags.get(f"relay.upstream.{step}")
         if had != up.run_id:
             had_key = tags.get(f"relay.upstream.{step}.key", had or "none")
             reasons.append(f"upstream {step} is {had_key}, not {up.key}")
     if tags.get("relay.code") != req.code_fingerprint:
-        commit = tags.get("relay.git.commit", "")[:8]
-        now = (req.code.commit or "")[:8]
-        if commit != now:
-            reasons.append(f"code differs (commit {commit or 'none'}, now {now or 'none'})")
-        else:
-            reasons.append("code differs (steps module, variant source or uncommitted diff)")
+        reasons += _code_changes(run, req)
     if not reasons and tags.get("relay.fingerprint") != req.fingerprint:
         reasons.append("fingerprint differs (as_of)")
-    return "; ".join(reasons) or "same fingerprint; a newer identical run was chosen"
+    return reasons or ["same fingerprint; a newer identical run was chosen"]
+
+
+def _code_changes(run: Run, req: Request) -> list[str]:
+    """The code parts that differ, from the run's recorded parts (tag, else artifact)."""
+    from relayml.fingerprint import changes
+    from relayml.runner import CODE_PARTS
+
+    if "relay.code.scheme" not in run.tags:
+        return [OLD_SCHEME]
+    text = run.tags.get("relay.code.parts")
+    if text is None:  # too long for a tag
+        with contextlib.suppress(Exception), tempfile.TemporaryDirectory() as tmp:
+            text = run.store.download(run.run_id, CODE_PARTS, Path(tmp)).read_text()
+    if text is None:
+        return ["code differs (its recorded parts are unreadable)"]
+    return changes(json.loads(text), req.code_parts) or ["code differs"]
 
 
 def _as_param(value: Any) -> str:
@@ -556,13 +610,11 @@ def chain(
                 f"drop the @ to retrieve again with them"
             )
     store = get_store(settings)
-    resolver = _Resolver(
-        settings, store, pipeline, code_state(settings.root), ordered, bound, forced, pinned
-    )
+    resolver = _Resolver(settings, store, pipeline, None, ordered, bound, forced, pinned)
     plan = resolver.resolve(0, {})
     if explain:
         resolver.explain(plan)
-    result = Chain(plan, dry_run=dry_run)
+    result = Chain(plan, dry_run=dry_run, notes=sorted(resolver.notes))
     if dry_run:
         return result
     _complete(resolver, result, show_progress, on_event or (lambda line: None))
@@ -585,7 +637,7 @@ def _complete(
     for p, link in zip(result.steps, resolver.links, strict=True):
         if p.status == REUSED:
             continue
-        req = resolver.request(link, chosen)
+        req = replace(resolver.request(link, chosen), code=resolver.git_state())
         req.variant.load()  # from the pipeline cache: import the steps module before claiming
         root = not resolver.pipeline.get(link.step).upstream
         forced = any(s in resolver.forced for s in _ancestry(resolver, link.step))

@@ -1,6 +1,8 @@
-"""The code a run executes: git commit, dirty state, uncommitted diff, and fingerprints.
+"""Where the project's code stands in git (commit, dirty state, diff), and digests.
 
-Reads the project's git repository with the ``git`` command; writes nothing.
+Reads the project's git repository with the ``git`` command; writes nothing. The git state
+is recorded on each run for reproduction; it is not part of a run's key (the code that runs
+is: see :mod:`relayml.fingerprint`).
 
 Example:
     >>> state = code_state(Path("."))  # doctest: +SKIP
@@ -57,11 +59,6 @@ class CodeState:
     commit: str | None
     dirty: bool
     diff: str
-
-    @property
-    def fingerprint(self) -> str:
-        """A digest of the commit and the uncommitted diff."""
-        return digest(self.commit or "no-git", self.diff)
 
 
 def _git(root: Path, *args: str) -> str:

@@ -66,6 +66,7 @@ class Settings:
     stale_after: float = 120.0
     allow_pickle: bool = False
     trusted_users: tuple[str, ...] = ()
+    reuse_include: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def experiment(self, step: str) -> str:
         """The MLflow experiment name of a step: ``<project>/<step>``."""
@@ -131,7 +132,42 @@ class Settings:
             executor=executor,
             stale_after=float(tracking.get("stale_after", 120.0)),
             **_outputs(data.get("outputs", {})),
+            reuse_include=_reuse_include(data.get("reuse", {}), root),
         )
+
+
+def _reuse_include(raw: Any, root: Path) -> dict[str, tuple[str, ...]]:
+    """``[reuse] include`` (every step, under the key "") and ``[reuse.STEP] include``.
+
+    Patterns are globs relative to the project folder, e.g. ``queries/*.sql``.
+    """
+    where = root / CONFIG_FILE
+    if not isinstance(raw, dict):
+        raise ConfigError(f'{where}: [reuse] must be a table, e.g. include = ["queries/*.sql"]')
+    out: dict[str, tuple[str, ...]] = {}
+    for name, value in raw.items():
+        if name == "include":
+            out[""] = _patterns(value, f"{where}: [reuse] include")
+        elif isinstance(value, dict) and set(value) == {"include"}:
+            out[name] = _patterns(value["include"], f"{where}: [reuse.{name}] include")
+        else:
+            raise ConfigError(
+                f"{where}: [reuse] has {name!r}; expected include = [GLOB, ...] or a table "
+                f"[reuse.STEP] with include = [GLOB, ...]"
+            )
+    return out
+
+
+def _patterns(value: Any, what: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ConfigError(f"{what} must be a list of glob patterns, got {value!r}")
+    for pattern in value:
+        if Path(pattern).is_absolute() or ".." in Path(pattern).parts:
+            raise ConfigError(
+                f"{what}: {pattern!r} leaves the project folder; give a pattern relative to "
+                'it, e.g. "queries/*.sql"'
+            )
+    return tuple(value)
 
 
 def _executor(execution: dict[str, Any]) -> str:

@@ -31,14 +31,16 @@ import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from relayml.codeinfo import CodeState, canonical, code_state, digest
 from relayml.config import Settings
 from relayml.errors import NotFound, RelayError, SourceError, StepFailed, UnknownName, UsageError
+from relayml.fingerprint import SCHEME, code_parts, parts_digest
 from relayml.keys import RunKey, format_time, parse_key
 from relayml.outputs import as_dict, cache_dir, check_name, handed_down, is_frame, stage_outputs
 from relayml.redaction import redact
@@ -55,6 +57,8 @@ if TYPE_CHECKING:
 __all__ = ["Context", "Request", "execute", "pipeline_of", "prepare", "run"]
 
 SNAPSHOTS = "snapshots"
+CODE_PARTS = "code/fingerprint.json"  # the parts of relay.code, also in the tag relay.code.parts
+CODE_PARTS_TAG_MAX = 8000  # MLflow's limit on a tag value; longer parts are in the artifact only
 
 
 def pipeline_of(settings: Settings) -> Pipeline:
@@ -74,7 +78,8 @@ class Request:
         variant: the variant to run.
         params: coerced params, defaults included.
         upstream: the chosen upstream run of each upstream step.
-        code: the project's code state.
+        code: the project's git state, recorded for reproduction (not part of the key);
+            None: read when the run is created.
         as_of: the retrieval time to repeat (load steps), or None for now.
     """
 
@@ -83,7 +88,7 @@ class Request:
     variant: Variant
     params: dict[str, Any]
     upstream: dict[str, Run]
-    code: CodeState
+    code: CodeState | None
     as_of: datetime | None = None
 
     @property
@@ -91,10 +96,15 @@ class Request:
         """The step's name."""
         return self.variant.step
 
+    @cached_property
+    def code_parts(self) -> dict[str, str]:
+        """The parts of the code that runs (see :mod:`relayml.fingerprint`)."""
+        return code_parts(self.settings, self.step, self.variant.source, self.pipeline.module_file)
+
     @property
     def code_fingerprint(self) -> str:
-        """Digest of the variant's source, the steps module, the commit and the diff."""
-        return digest(self.variant.source, self.pipeline.module_digest, self.code.fingerprint)
+        """Digest of :attr:`code_parts`: exactly the code that runs, not the git commit."""
+        return parts_digest(self.code_parts)
 
     @property
     def params_digest(self) -> str:
@@ -404,6 +414,8 @@ def execute(
         KeyboardInterrupt: Ctrl-C or SIGTERM; the run is KILLED.
     """
     settings = req.settings
+    if req.code is None:
+        req = replace(req, code=code_state(settings.root))
     func = req.variant.load()  # a variant from the pipeline cache imports the module now
     store = get_store(settings)
     run_id, key = created or _create_run(store, req)
@@ -487,13 +499,17 @@ def _base_tags(req: Request, key: RunKey) -> dict[str, str]:
         "relay.time": key.time,
         "relay.heartbeat": f"{time.time():.3f}",
         "relay.code": req.code_fingerprint,
+        "relay.code.scheme": SCHEME,
         "relay.params": req.params_digest,
         "relay.fingerprint": req.fingerprint,
         "mlflow.user": current_user(),
         "mlflow.source.type": "LOCAL",
         "mlflow.source.name": str(req.pipeline.module_file or req.settings.module),
     }
-    if req.code.commit:
+    recorded = canonical(req.code_parts)
+    if len(recorded) <= CODE_PARTS_TAG_MAX:
+        tags["relay.code.parts"] = recorded
+    if req.code is not None and req.code.commit:
         tags["relay.git.commit"] = req.code.commit
         tags["mlflow.source.git.commit"] = req.code.commit
         tags["relay.git.dirty"] = str(req.code.dirty).lower()
@@ -562,7 +578,8 @@ def _logged_params(req: Request) -> dict[str, Any]:
 
 
 def _record_code(store: Store, run_id: str, req: Request) -> None:
-    if req.code.dirty:
+    store.log_text(run_id, json.dumps(req.code_parts, indent=1, sort_keys=True), CODE_PARTS)
+    if req.code is not None and req.code.dirty:
         store.log_text(run_id, req.code.diff, "code/uncommitted.diff")
 
 

@@ -69,6 +69,8 @@ def chain_command(
         print_json(result.to_dict())
         return
     console.print(chain_table(result, explain=explain))
+    for note in result.notes:
+        err_console.print(f"[yellow]Note:[/yellow] {note}", highlight=False)
     if result.model_uri:
         console.print(f"model: {result.model_uri}", highlight=False)
     if result.data_version:

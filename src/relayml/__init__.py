@@ -77,6 +77,7 @@ _EXPORTS: dict[str, str] = {
     "StepFailed": "relayml.errors",
     "SourceError": "relayml.errors",
     "ConfigError": "relayml.errors",
+    "BundleError": "relayml.errors",
 }
 
 __all__ = sorted([*_EXPORTS, "__version__"])
@@ -117,6 +118,7 @@ if TYPE_CHECKING:
     from relayml.chain import Chain, chain
     from relayml.config import Settings, load_settings
     from relayml.errors import (
+        BundleError,
         ConfigError,
         NotFound,
         RelayError,

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import inspect
 import math
 import os
 import sys
@@ -44,6 +43,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from relayml.bundle_child import prediction_arrays
+from relayml.bundle_proof import LoadProof
+from relayml.bundle_requirements import BundleNeeds, bundle_needs
 from relayml.errors import NotFound, RelayError, UsageError
 
 __all__ = ["Bundle", "BundleInputError", "load_bundle", "log_bundle", "register"]
@@ -138,11 +140,11 @@ class BundleInputError(UsageError):
 # the standalone runtime module
 
 
-def _runtime() -> tuple[types.ModuleType, Path]:
+def _runtime() -> types.ModuleType:
     """Write (once per process) and import the standalone runtime module.
 
-    Its folder goes on ``sys.path`` so that MLflow's requirement inference (a subprocess
-    that inherits ``sys.path``) and later unpickling in this process can import it.
+    Its folder goes on ``sys.path`` so that unpickling in this process can import it; the
+    bundle ships the file (see :mod:`relayml.bundle_requirements`).
     """
     module = sys.modules.get(_RUNTIME_MODULE)
     if module is None or not Path(module.__file__ or "").exists():
@@ -155,7 +157,7 @@ def _runtime() -> tuple[types.ModuleType, Path]:
         with warnings.catch_warnings():  # MLflow's "add type hints" notice on PythonModel
             warnings.simplefilter("ignore", UserWarning)
             module = importlib.import_module(_RUNTIME_MODULE)
-    return module, Path(module.__file__ or "")
+    return module
 
 
 # --------------------------------------------------------------------------------------------
@@ -164,25 +166,6 @@ def _runtime() -> tuple[types.ModuleType, Path]:
 
 def _is_sklearn_transformer(obj: Any) -> bool:
     return hasattr(obj, "transform") and hasattr(obj, "fit") and hasattr(obj, "get_params")
-
-
-def _step_code_path(obj: Any) -> list[str]:
-    """The file or package folder of the (non-installed) module that defines ``obj``."""
-    module = sys.modules.get(getattr(obj, "__module__", "") or "")
-    if module is None or module.__name__ == "__main__":
-        return []
-    top = sys.modules.get(module.__name__.split(".")[0], module)
-    where = getattr(top, "__file__", None)
-    if not where:
-        return []
-    where_path = Path(where)
-    if "site-packages" in where_path.parts or where_path.is_relative_to(
-        Path(np.__file__).parents[1]
-    ):
-        return []  # installed: pip requirements cover it
-    if where_path.name == "__init__.py":
-        return [str(where_path.parent)]
-    return [str(where_path)]
 
 
 def _signature(example: pd.DataFrame, output: Any) -> Any:
@@ -209,11 +192,18 @@ def log_bundle(
     raw_example: pd.DataFrame,
     run_id: str,
     threshold: float | None = None,
-    code_paths: list[str] | None = None,
     name: str = "model",
     tags: dict[str, str] | None = None,
 ) -> str:
-    """Log a processor and a model as one MLflow model that takes raw records.
+    """Log a processor and a model as one MLflow model that takes raw records, and prove it.
+
+    The bundle's pip requirements are computed from the objects it stores (see
+    :mod:`relayml.bundle_requirements`): the distributions their classes and functions come
+    from, pinned to the installed versions, plus ``mlflow``, ``pandas`` (the input) and the
+    serializer. Functions and classes of the project are shipped with their module, which must
+    not import relayml. Once logged, the bundle is loaded in a child interpreter that can import
+    only those requirements and that code (see :mod:`relayml.bundle_proof`), and its
+    prediction of the input example must equal relay's, bit for bit.
 
     Args:
         processor: fitted processor. A scikit-learn transformer (its ``feature_names_in_``
@@ -225,9 +215,6 @@ def log_bundle(
         run_id: the training run the model is linked to (MLflow 3 logged model).
         threshold: decision threshold of a binary classifier; the bundle then predicts a
             DataFrame with columns ``label`` and ``score``.
-        code_paths: project files or folders the bundle needs at load time (the step code
-            defining a custom processor or model). Default: the defining module of a processor
-            function or of a custom (non-installed) estimator class.
         name: name of the logged model.
         tags: tags of the logged model.
 
@@ -236,6 +223,9 @@ def log_bundle(
 
     Raises:
         UsageError: a processor or model that cannot be bundled, or an empty example.
+        BundleError: the bundle would not load without relayml: it holds a lambda or a
+            function of a module that imports relayml (refused before logging), or it failed
+            to load and predict in the clean child interpreter (the logged model is deleted).
 
     Example:
         >>> import mlflow, pandas as pd
@@ -273,29 +263,62 @@ def log_bundle(
     else:
         example = raw_example
     example = example.head(5).reset_index(drop=True)
+    stored, flavor = _assemble(processor, model, example, threshold)
+    serializer = "skops" if flavor == "sklearn" else "cloudpickle"
+    needs = bundle_needs(
+        {"processor": processor, "model": model, "bundle": stored},
+        always=("mlflow", "pandas", serializer),
+    )
+    warm = ["mlflow.pyfunc", "mlflow.sklearn", "skops.io"] if flavor == "sklearn" else []
+    with LoadProof(needs, warm=warm or ["mlflow.pyfunc", "cloudpickle"]) as proof:
+        model_id = _log(stored, flavor, example, run_id, needs, name, tags)
+        try:
+            _prove(proof, stored, flavor, model_id)
+        except BaseException:
+            _forget(model_id)
+            raise
+    return f"models:/{model_id}"
 
-    paths = list(code_paths or [])
-    if not code_paths:
-        for obj in (processor, model):
-            target = obj if callable(obj) and inspect.isfunction(obj) else type(obj)
-            paths += [p for p in _step_code_path(target) if p not in paths]
 
-    with _allow_deserialization():  # MLflow reloads the model to infer its requirements
-        return _log(processor, model, example, run_id, threshold, paths, name, tags)
+def _assemble(
+    processor: Any, model: Any, example: pd.DataFrame, threshold: float | None
+) -> tuple[Any, str]:
+    """The object the bundle stores and its MLflow flavor (``sklearn`` or ``pyfunc``)."""
+    if _is_sklearn_transformer(processor) and hasattr(model, "get_params"):
+        from sklearn.pipeline import Pipeline
+
+        final = model
+        if threshold is not None:
+            final = _runtime().ThresholdClassifier(model, float(threshold))
+        return Pipeline([("processor", processor), ("model", final)]), "sklearn"
+    if callable(processor):
+        wrapped = _runtime().FunctionBundle(
+            processor, model, list(example.columns), None if threshold is None else float(threshold)
+        )
+        return wrapped, "pyfunc"
+    raise UsageError(
+        f"log_bundle: processor {type(processor).__name__} is neither a scikit-learn "
+        "transformer (fit/transform) nor a function DataFrame -> features"
+    )
+
+
+def _predict_stored(stored: Any, flavor: str, frame: pd.DataFrame) -> Any:
+    return stored.predict(frame) if flavor == "sklearn" else stored.predict(None, frame)
 
 
 def _log(
-    processor: Any,
-    model: Any,
+    stored: Any,
+    flavor: str,
     example: pd.DataFrame,
     run_id: str,
-    threshold: float | None,
-    paths: list[str],
+    needs: BundleNeeds,
     name: str,
     tags: dict[str, str] | None,
 ) -> str:
+    """Log the bundle with its computed requirements and code; returns the model id."""
     import mlflow
 
+    signature = _signature(example, _predict_stored(stored, flavor, example))
     # Created here so that the model lives in the training run's experiment (MLflow would
     # otherwise put it in the active experiment, by default "Default" under ./mlruns).
     run = mlflow.MlflowClient().get_run(run_id)
@@ -306,55 +329,52 @@ def _log(
         params=dict(run.data.params),
         experiment_id=run.info.experiment_id,
     ).model_id
-    sklearn_ok = _is_sklearn_transformer(processor) and hasattr(model, "get_params")
-    if sklearn_ok:
-        from sklearn.pipeline import Pipeline
+    common = {
+        "signature": signature,
+        "input_example": example,
+        "code_paths": needs.code_paths or None,
+        "pip_requirements": needs.requirements,
+        "run_id": run_id,
+        "model_id": model_id,
+    }
+    try:
+        if flavor == "sklearn":
+            mlflow.sklearn.log_model(
+                stored, name=name, skops_trusted_types=_untrusted_types(stored), **common
+            )
+        else:  # mlflow.pyfunc.log_model takes no run_id: call what it calls, with the run
+            mlflow.models.Model.log(
+                artifact_path=None,
+                name=name,
+                flavor=mlflow.pyfunc,
+                python_model=stored,
+                flavor_name="pyfunc",
+                **common,
+            )
+    except BaseException:
+        _forget(model_id)
+        raise
+    return model_id
 
-        final = model
-        if threshold is not None:
-            runtime, runtime_file = _runtime()
-            final = runtime.ThresholdClassifier(model, float(threshold))
-            paths.append(str(runtime_file))
-        pipeline = Pipeline([("processor", processor), ("model", final)])
-        output = pipeline.predict(example)
-        signature = _signature(example, output)
-        info = mlflow.sklearn.log_model(
-            pipeline,
-            name=name,
-            signature=signature,
-            input_example=example,
-            code_paths=paths or None,
-            skops_trusted_types=_untrusted_types(pipeline),
-            run_id=run_id,
-            model_id=model_id,
-        )
-    elif callable(processor):
-        runtime, runtime_file = _runtime()
-        paths.append(str(runtime_file))
-        wrapped = runtime.FunctionBundle(
-            processor, model, list(example.columns), None if threshold is None else float(threshold)
-        )
-        output = wrapped.predict(None, example)
-        signature = _signature(example, output)
-        # mlflow.pyfunc.log_model takes no run_id: call what it calls, with the run
-        info = mlflow.models.Model.log(
-            artifact_path=None,
-            name=name,
-            flavor=mlflow.pyfunc,
-            python_model=wrapped,
-            signature=signature,
-            input_example=example,
-            code_paths=paths,
-            run_id=run_id,
-            model_id=model_id,
-            flavor_name="pyfunc",
-        )
-    else:
-        raise UsageError(
-            f"log_bundle: processor {type(processor).__name__} is neither a scikit-learn "
-            "transformer (fit/transform) nor a function DataFrame -> features"
-        )
-    return f"models:/{info.model_id}"
+
+def _prove(proof: LoadProof, stored: Any, flavor: str, model_id: str) -> None:
+    """Hand the logged bundle to the child and compare its prediction with relay's."""
+    import mlflow
+    from mlflow.models import Model
+
+    with tempfile.TemporaryDirectory(prefix="relay-bundle-") as tmp:
+        local = Path(mlflow.artifacts.download_artifacts(f"models:/{model_id}", dst_path=tmp))
+        example = Model.load(str(local)).load_input_example(str(local))
+        expected = prediction_arrays(_predict_stored(stored, flavor, example))
+        proof.check(local, expected)
+
+
+def _forget(model_id: str) -> None:
+    """Delete a logged model that is not a good bundle (best effort)."""
+    import mlflow
+
+    with contextlib.suppress(Exception):
+        mlflow.MlflowClient().delete_logged_model(model_id)
 
 
 def register(model_uri: str, name: str, alias: str = "champion") -> int:

@@ -18,6 +18,7 @@ import difflib
 from collections.abc import Iterable
 
 __all__ = [
+    "BundleError",
     "ConfigError",
     "NotFound",
     "RelayError",
@@ -85,3 +86,12 @@ class SourceError(RelayError):
 
 class StepFailed(RelayError):
     """A step's own code raised; its run is FAILED and the traceback is an artifact."""
+
+
+class BundleError(RelayError):
+    """A model that cannot be bundled to load without relayml (exit code 1).
+
+    Raised at the end of a training step: the pipeline holds a lambda or a function of a
+    module that imports relayml, or the bundle failed to load and predict in a clean child
+    interpreter. The message names the object, the module and the fix.
+    """

@@ -750,7 +750,6 @@ def _bundle(store: Store, req: Request, ctx: Context, outputs: dict[str, Any]) -
             frames = [n for n, how in r.outputs.items() if how != "pickle"]
             if frames:
                 raw_example = load_output(r, frames[0]).head(5)
-    code_paths = [str(req.pipeline.module_file)] if req.pipeline.module_file else None
     tags = {f"relay.provenance.{k}": v for k, v in provenance.items()}
     if "relay.data" in (d := _data_tags(req.data_parts) if req.data_parts else {}):
         tags["relay.data"] = d["relay.data"]
@@ -760,7 +759,6 @@ def _bundle(store: Store, req: Request, ctx: Context, outputs: dict[str, Any]) -
         raw_example=raw_example,
         run_id=ctx.run_id,
         threshold=outputs.get("threshold"),
-        code_paths=code_paths,
         tags=tags,
     )
 

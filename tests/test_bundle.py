@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import sysconfig
@@ -17,6 +18,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import LinearSVC
 
+import relayml
 from relayml.bundle import BundleInputError, load_bundle, log_bundle, register
 from relayml.errors import BundleError, NotFound, UsageError
 
@@ -477,3 +479,35 @@ def test_bundle_that_fails_the_load_proof_fails_with_the_childs_error(fraud, tmp
             log_bundle(processor, model, raw_example=fraud["test"], run_id=run.info.run_id)
         assert "fraud_plugins.py" in str(e.value)  # the end of the child's traceback follows
         assert _logged_models(run.info.run_id) == []  # the bad bundle is not left behind
+
+
+_INLINE_VARIANT = """
+
+def clip_amount_here(amounts):
+    return np.clip(amounts, 0.0, 2500.0)
+
+
+@processing.variant("inline")
+def inline(ctx: relay.Context, load: pd.DataFrame, test_size: float = 0.25, seed: int = 42):
+    train, test = _split(load, test_size, seed)
+    clip = FunctionTransformer(clip_amount_here, feature_names_out="one-to-one")
+    processor = ColumnTransformer(
+        [("amount", clip, ["Amount"])], remainder="passthrough", verbose_feature_names_out=False
+    )
+    return _processed(processor, train, test)
+"""
+
+
+@pytest.mark.slow
+def test_training_refuses_a_function_of_the_steps_module(project, relay):
+    steps = project / "steps.py"
+    steps.write_text(steps.read_text() + _INLINE_VARIANT)
+    assert relay("run", "load", "transactions").code == 0
+    assert relay("run", "processing", "inline").code == 0
+    r = relay("run", "training", "logreg", "-P", "C=1", "-P", "cv=2")
+    assert r.code == 1, r
+    assert "clip_amount_here" in r.err and "is defined in module 'steps'" in r.err, r
+    assert "imports relayml" in r.err and "does not import relayml (e.g. features.py" in r.err
+    runs = json.loads(relay("runs", "training", "--json").out)
+    assert [row["status"] for row in runs] == ["FAILED"]
+    assert relayml.get(runs[0]["key"]).model_uri is None

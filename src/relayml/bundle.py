@@ -8,7 +8,11 @@ is **not** installed:
 - when processor and model are scikit-learn compatible, the bundle *is* a scikit-learn
   ``Pipeline([("processor", processor), ("model", model)])`` logged with the sklearn flavor;
 - otherwise (e.g. a processor that is a plain function) it is a pyfunc model that ships the
-  project's step code through ``code_paths``.
+  project module defining the function through ``code_paths``.
+
+Its pip requirements are computed from the objects it stores and the project code it ships
+must not import relayml (:mod:`relayml.bundle_requirements`); once logged, it is proven to
+load and predict in a child interpreter without relayml (:mod:`relayml.bundle_proof`).
 
 A classifier bundle can carry the decision threshold chosen in training; it then answers a
 DataFrame with columns ``label`` and ``score`` (``score`` = probability of the positive class,
@@ -269,8 +273,9 @@ def log_bundle(
         {"processor": processor, "model": model, "bundle": stored},
         always=("mlflow", "pandas", serializer),
     )
-    warm = ["mlflow.pyfunc", "mlflow.sklearn", "skops.io"] if flavor == "sklearn" else []
-    with LoadProof(needs, warm=warm or ["mlflow.pyfunc", "cloudpickle"]) as proof:
+    warm = ["mlflow.pyfunc", "pandas"]
+    warm += ["mlflow.sklearn", "skops.io", "sklearn.pipeline"] if flavor == "sklearn" else []
+    with LoadProof(needs, warm=warm) as proof:
         model_id = _log(stored, flavor, example, run_id, needs, name, tags)
         try:
             _prove(proof, stored, flavor, model_id)

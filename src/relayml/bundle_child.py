@@ -59,7 +59,6 @@ class ImportBlocker(importlib.abc.MetaPathFinder):
             f"No module named {name!r} (not provided by the bundle's requirements)", name=name
         )
 
-
     def _in_stdlib(self, top: str) -> bool:
         """A private module of the standard library (``_sysconfigdata_...``)."""
         spec = importlib.machinery.PathFinder.find_spec(top)

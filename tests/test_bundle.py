@@ -511,3 +511,26 @@ def test_training_refuses_a_function_of_the_steps_module(project, relay):
     runs = json.loads(relay("runs", "training", "--json").out)
     assert [row["status"] for row in runs] == ["FAILED"]
     assert relayml.get(runs[0]["key"]).model_uri is None
+
+
+def test_nested_pipeline_with_pandas_output_predicts_bit_for_bit(tracking):
+    # the example's "clipped" processor: FunctionTransformer → StandardScaler inside a
+    # ColumnTransformer with pandas output (the fast path once fed the scaler a DataFrame)
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import FunctionTransformer
+
+    df = make_fraud_table(3_000, seed=5)
+    clip = FunctionTransformer(np.log1p, feature_names_out="one-to-one")
+    processor = ColumnTransformer(
+        [("amount", make_pipeline(clip, StandardScaler()), ["Amount"])],
+        remainder="passthrough",
+        verbose_feature_names_out=False,
+    ).set_output(transform="pandas")
+    matrix = processor.fit(df[FEATURES]).transform(df[FEATURES])
+    model = LogisticRegression(solver="liblinear").fit(matrix, df["Class"])
+    with mlflow.start_run() as run:
+        uri = log_bundle(processor, model, raw_example=df.head(5), run_id=run.info.run_id)
+    bundle = load_bundle(uri)
+    assert bundle.numeric
+    expected = model.predict(processor.transform(df[FEATURES]))
+    assert np.array_equal(bundle.predict(df), expected)

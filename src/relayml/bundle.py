@@ -434,7 +434,8 @@ def _transformer_fn(t: Any, in_names: list[str]) -> Callable[[np.ndarray], np.nd
             if step in (None, "passthrough"):
                 continue
             fns.append(_transformer_fn(step, names))
-            names = None  # downstream steps see arrays, as in the pipeline  # type: ignore
+            # downstream steps see arrays, or DataFrames when the step's output is pandas
+            names = _output_names(step)  # type: ignore[assignment]
 
         def pipe(X: np.ndarray) -> np.ndarray:
             for fn in fns:

@@ -194,10 +194,10 @@ def _walk(roots: dict[str, Any]) -> Iterator[tuple[str, str]]:
             yield obj.__name__, where
         elif isinstance(obj, type):
             _check_named(obj, where)
-            yield obj.__module__, where
+            yield obj.__module__, f"{where} (class {obj.__qualname__})"
         elif isinstance(obj, types.FunctionType):
             _check_named(obj, where)
-            yield obj.__module__, where
+            yield obj.__module__, f"{where} (function {obj.__qualname__})"
             cells = [c.cell_contents for c in obj.__closure__ or () if _filled(c)]
             stack += [(v, f"{where} (closure)") for v in cells]
             stack += [(v, f"{where} (default)") for v in obj.__defaults__ or ()]

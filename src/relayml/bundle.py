@@ -198,6 +198,7 @@ def log_bundle(
     threshold: float | None = None,
     name: str = "model",
     tags: dict[str, str] | None = None,
+    proof: LoadProof | None = None,
 ) -> str:
     """Log a processor and a model as one MLflow model that takes raw records, and prove it.
 
@@ -221,6 +222,9 @@ def log_bundle(
             DataFrame with columns ``label`` and ``score``.
         name: name of the logged model.
         tags: tags of the logged model.
+        proof: a :class:`~relayml.bundle_proof.LoadProof` started earlier (the runner starts
+            one when a training step begins, so that its imports overlap the fit); default:
+            one started now. It is used up and closed.
 
     Returns:
         The model URI, ``models:/m-...``.
@@ -273,12 +277,10 @@ def log_bundle(
         {"processor": processor, "model": model, "bundle": stored},
         always=("mlflow", "pandas", serializer),
     )
-    warm = ["mlflow.pyfunc", "pandas"]
-    warm += ["mlflow.sklearn", "skops.io", "sklearn.pipeline"] if flavor == "sklearn" else []
-    with LoadProof(needs, warm=warm) as proof:
+    with proof or LoadProof() as child:
         model_id = _log(stored, flavor, example, run_id, needs, name, tags)
         try:
-            _prove(proof, stored, flavor, model_id)
+            _prove(child, stored, flavor, model_id, needs)
         except BaseException:
             _forget(model_id)
             raise
@@ -362,7 +364,7 @@ def _log(
     return model_id
 
 
-def _prove(proof: LoadProof, stored: Any, flavor: str, model_id: str) -> None:
+def _prove(proof: LoadProof, stored: Any, flavor: str, model_id: str, needs: BundleNeeds) -> None:
     """Hand the logged bundle to the child and compare its prediction with relay's."""
     import mlflow
     from mlflow.models import Model
@@ -371,7 +373,7 @@ def _prove(proof: LoadProof, stored: Any, flavor: str, model_id: str) -> None:
         local = Path(mlflow.artifacts.download_artifacts(f"models:/{model_id}", dst_path=tmp))
         example = Model.load(str(local)).load_input_example(str(local))
         expected = prediction_arrays(_predict_stored(stored, flavor, example))
-        proof.check(local, expected)
+        proof.check(local, expected, needs)
 
 
 def _forget(model_id: str) -> None:

@@ -5,13 +5,14 @@ isolated interpreter (no ``PYTHONPATH``, no user site, no current folder on ``sy
 must never import relayml, so this file imports only the standard library at its top. The
 parent talks to it on stdin, one JSON object per line:
 
-1. ``{"allowed": [...], "warm": [...]}``: the top-level modules the bundle's requirements
-   provide (with their dependencies) and the bundle's shipped code. From then on any other
-   import fails as if the module were not installed: relayml, test tools, Dask... The
-   ``warm`` modules (MLflow, the flavor) are imported at once, while the parent logs the model.
-2. ``{"model": DIR, "out": FILE}``: load the model in ``DIR`` with
-   ``mlflow.pyfunc.load_model``, predict its input example and write the prediction to
-   ``FILE`` (``.npz``, see :func:`prediction_arrays`).
+1. ``{"allowed": [...], "warm": [...]}``: the top-level modules of MLflow and its
+   dependencies (every bundle requires MLflow). From then on any other import fails as if the
+   module were not installed: relayml, test tools, Dask... The ``warm`` modules (MLflow, the
+   flavors, skops) are imported at once, while the parent trains and logs the model.
+2. ``{"allowed": [...], "model": DIR, "out": FILE}``: add the modules the bundle's
+   requirements (with their dependencies) and its shipped code provide, load the model in
+   ``DIR`` with ``mlflow.pyfunc.load_model``, predict its input example and write the
+   prediction to ``FILE`` (``.npz``, see :func:`prediction_arrays`).
 
 Exit code 0 on success; on failure the traceback goes to stderr, its last line being
 ``ErrorType: message``, and the exit code is 1.
@@ -107,14 +108,16 @@ def main() -> int:
     """Run the protocol of the module docstring on stdin."""
     try:
         setup = json.loads(sys.stdin.readline())
-        sys.meta_path.insert(0, ImportBlocker(set(setup["allowed"])))
+        blocker = ImportBlocker(set(setup["allowed"]))
+        sys.meta_path.insert(0, blocker)
         for name in setup.get("warm", []):
             with contextlib.suppress(ImportError):  # loading says what is missing, if it matters
                 importlib.import_module(name)
         line = sys.stdin.readline()
         if not line:
-            return 0  # the parent gave up (logging failed)
+            return 0  # the parent gave up (no bundle, or logging failed)
         job = json.loads(line)
+        blocker.allowed.update(job["allowed"])  # the bundle's own requirements and code
         _predict(job["model"], job["out"])
     except BaseException as e:
         traceback.print_exc()

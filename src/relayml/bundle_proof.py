@@ -26,32 +26,36 @@ from types import TracebackType
 from typing import Any
 
 from relayml import bundle_child
-from relayml.bundle_requirements import BundleNeeds, distribution_closure, provided_modules
+from relayml.bundle_requirements import BundleNeeds, _closure, provided_modules
 from relayml.errors import BundleError
 
 __all__ = ["LoadProof"]
 
 _ENV_KEYS = ("PATH", "LANG", "LC_ALL", "TMPDIR", "SYSTEMROOT")
 _TIMEOUT = 600.0
+_WARM = ["mlflow.pyfunc", "mlflow.sklearn", "pandas", "skops.io", "sklearn.pipeline"]
+
+
+def _allowed(distributions: list[str]) -> set[str]:
+    """Top-level modules of ``distributions`` and of everything they depend on."""
+    return provided_modules(set(_closure(tuple(sorted(distributions)))))
 
 
 class LoadProof:
     """A child interpreter that proves a bundle loads without relayml.
 
-    Args:
-        needs: the bundle's requirements and shipped code; the child may import only what
-            they provide.
-        warm: modules the child imports at once (MLflow and the flavor's modules).
+    Started early (the runner starts one when a training step begins, so that its imports
+    overlap the fit), it imports MLflow, scikit-learn and skops under a blocker that allows
+    only MLflow and its dependencies; :meth:`check` then widens that to the bundle's own
+    requirements and code, which always include MLflow's.
 
     Example:
-        >>> with LoadProof(needs, warm=["mlflow.sklearn"]) as proof:  # doctest: +SKIP
+        >>> with LoadProof() as proof:  # doctest: +SKIP
         ...     uri = log_the_model()
-        ...     proof.check(local_model_dir, prediction_arrays(expected))
+        ...     proof.check(local_model_dir, prediction_arrays(expected), needs)
     """
 
-    def __init__(self, needs: BundleNeeds, *, warm: list[str]) -> None:
-        allowed = provided_modules(distribution_closure(needs.distributions))
-        allowed.update(needs.modules)
+    def __init__(self) -> None:
         self._folder = Path(tempfile.mkdtemp(prefix="relay-proof-"))
         self._stderr = (self._folder / "stderr.txt").open("w+", encoding="utf-8")
         env = {k: os.environ[k] for k in _ENV_KEYS if k in os.environ}
@@ -66,7 +70,8 @@ class LoadProof:
             env=env,
             text=True,
         )
-        self._send({"allowed": sorted(allowed), "warm": warm})
+        # every bundle requires mlflow: what it depends on may be imported ahead of time
+        self._send({"allowed": sorted(_allowed(["mlflow"])), "warm": _WARM})
 
     def _send(self, message: dict[str, Any]) -> None:
         assert self._child.stdin is not None
@@ -76,13 +81,14 @@ class LoadProof:
         except BrokenPipeError:
             pass  # the child died: check() reports its error
 
-    def check(self, model_dir: Path, expected: dict[str, Any]) -> None:
+    def check(self, model_dir: Path, expected: dict[str, Any], needs: BundleNeeds) -> None:
         """Load the bundle in ``model_dir`` in the child and compare its prediction.
 
         Args:
             model_dir: a local copy of the logged model.
             expected: the in-process prediction of the model's input example, as
                 :func:`relayml.bundle_child.prediction_arrays`.
+            needs: the bundle's requirements and shipped code: all the child may import.
 
         Raises:
             BundleError: the child failed (its error is in the message) or predicted
@@ -91,7 +97,8 @@ class LoadProof:
         import numpy as np
 
         out = self._folder / "prediction.npz"
-        self._send({"model": str(model_dir), "out": str(out)})
+        allowed = _allowed(needs.distributions) | set(needs.modules)
+        self._send({"allowed": sorted(allowed), "model": str(model_dir), "out": str(out)})
         self._close_stdin()
         try:
             code = self._child.wait(timeout=_TIMEOUT)

@@ -84,7 +84,7 @@ def bundle_needs(roots: dict[str, Any], *, always: Iterable[str] = ("mlflow",)) 
         >>> needs.distributions[:1], any(r.startswith("scikit-learn==") for r in needs.requirements)
         (['mlflow'], True)
     """
-    providers = metadata.packages_distributions()
+    providers = _providers()
     pinned: dict[str, str] = {}
     for dist in always:
         pinned[_normalize(dist)] = f"{dist}=={metadata.version(dist)}"
@@ -130,6 +130,11 @@ def bundle_needs(roots: dict[str, Any], *, always: Iterable[str] = ("mlflow",)) 
     )
 
 
+@functools.cache
+def _closure(names: tuple[str, ...]) -> frozenset[str]:
+    return frozenset(distribution_closure(names))
+
+
 def distribution_closure(names: Iterable[str]) -> set[str]:
     """Installed distributions ``names`` depend on, themselves included (normalized names).
 
@@ -172,7 +177,7 @@ def provided_modules(distributions: set[str]) -> set[str]:
     """Top-level module names the (normalized) ``distributions`` provide."""
     return {
         module
-        for module, dists in metadata.packages_distributions().items()
+        for module, dists in _providers().items()
         if any(_normalize(d) in distributions for d in dists)
     }
 
@@ -282,6 +287,35 @@ def _check_named(obj: type | types.FunctionType, where: str) -> None:
 
 # --------------------------------------------------------------------------------------------
 # modules, files and distributions
+
+
+@functools.cache
+def _providers() -> dict[str, list[str]]:
+    """``{top-level module: [distributions]}``, as ``packages_distributions()`` says.
+
+    The same mapping, computed the quick way: ``top_level.txt`` when a distribution has one,
+    else the first component of each path of its ``RECORD`` (read as text, no file checks).
+    Cached for the process: installing packages while relay runs is not supported.
+    """
+    found: dict[str, list[str]] = {}
+    for dist in metadata.distributions():
+        name = dist.metadata["Name"]
+        declared = (dist.read_text("top_level.txt") or "").split()
+        tops = declared or _record_tops(dist.read_text("RECORD") or "")
+        for top in dict.fromkeys(tops):
+            found.setdefault(top, []).append(name)
+    return found
+
+
+def _record_tops(record: str) -> list[str]:
+    """Top-level module names of a ``RECORD``: packages, modules, extension modules."""
+    tops = []
+    for line in record.splitlines():
+        first, sep, _ = line.split(",", 1)[0].partition("/")
+        name = first if sep else first.split(".", 1)[0]
+        if name.isidentifier() and name != "__pycache__":
+            tops.append(name)
+    return tops
 
 
 def _normalize(name: str) -> str:

@@ -99,7 +99,7 @@ def _predict(model_dir: str, out: str) -> None:
     import numpy as np
     from mlflow.models import Model
 
-    model = mlflow.pyfunc.load_model(model_dir)
+    model = mlflow.pyfunc.load_model(model_dir, suppress_warnings=True)  # same env: no mismatch
     example = Model.load(model_dir).load_input_example(model_dir)
     np.savez(out, **prediction_arrays(model.predict(example)))
 

@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "fraud"
 sys.path.insert(0, str(EXAMPLE))  # generate.py
 
-PROJECT_FILES = ("relay.toml", "steps.py", "generate.py")
+PROJECT_FILES = ("relay.toml", "steps.py", "features.py", "generate.py")
 
 # Tools that tests start by name (`mlflow models serve` execs `uvicorn`) come from this
 # interpreter's environment, also when pytest runs as `.venv/bin/python -m pytest` without an

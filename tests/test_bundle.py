@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import sysconfig
@@ -17,8 +18,9 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import LinearSVC
 
+import relayml
 from relayml.bundle import BundleInputError, load_bundle, log_bundle, register
-from relayml.errors import NotFound, UsageError
+from relayml.errors import BundleError, NotFound, UsageError
 
 FEATURES = ["Time", *[f"V{i}" for i in range(1, 29)], "Amount"]
 
@@ -239,7 +241,9 @@ def fresh_python(tmp_path_factory: pytest.TempPathFactory) -> str:
         text=True,
     ).stdout.strip()
     Path(site, "project.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    probe = subprocess.run([python, "-c", "import relayml"], capture_output=True, text=True)
+    probe = subprocess.run(
+        [python, "-c", "import relayml"], capture_output=True, text=True, env={"PATH": "/usr/bin"}
+    )
     assert probe.returncode != 0 and "No module named 'relayml'" in probe.stderr
     return python
 
@@ -313,3 +317,220 @@ def test_function_processor_is_a_pyfunc_bundle_shipping_step_code(
     monkeypatch.delitem(sys.modules, "fraud_steps")
     _predict_in(fresh_python, fraud["tracking"], uri, data, tmp_path / "c.pq", tmp_path)
     assert np.array_equal(pd.read_parquet(tmp_path / "c.pq")["score"].to_numpy(), expected)
+
+
+# -- exact requirements, self-contained code, the load proof ----------------------------------
+
+
+def _artifacts(uri: str) -> Path:
+    return Path(mlflow.artifacts.download_artifacts(uri))
+
+
+def _logged_models(run_id: str) -> list[str]:
+    experiment = mlflow.get_run(run_id).info.experiment_id
+    found = mlflow.search_logged_models(experiment_ids=[experiment], output_format="list")
+    return [m.model_id for m in found if m.source_run_id == run_id]
+
+
+def test_requirements_are_computed_exact_and_pinned(fraud):
+    import importlib.metadata
+
+    import dask  # noqa: F401  (imported here: MLflow's inference would have listed it)
+    import yaml
+
+    local = _artifacts(fraud["plain"])
+    requirements = (local / "requirements.txt").read_text().split()
+    names = ["mlflow", "numpy", "pandas", "scikit-learn", "skops"]
+    assert requirements == [f"{n}=={importlib.metadata.version(n)}" for n in names]
+    conda = yaml.safe_load((local / "conda.yaml").read_text())
+    pip = next(d["pip"] for d in conda["dependencies"] if isinstance(d, dict))
+    assert pip == requirements
+    assert yaml.safe_load((local / "python_env.yaml").read_text())["dependencies"] == [
+        "-r requirements.txt"
+    ]
+    assert not (local / "code").exists()  # nothing of the project: no step file, no runtime
+    threshold = _artifacts(fraud["threshold"])
+    assert (threshold / "requirements.txt").read_text().split() == requirements
+    assert sorted(p.name for p in (threshold / "code").glob("*.py")) == ["relay_bundle_runtime.py"]
+
+
+def _module(folder: Path, name: str, source: str, monkeypatch: pytest.MonkeyPatch):
+    (folder / f"{name}.py").write_text(textwrap.dedent(source))
+    monkeypatch.syspath_prepend(str(folder))
+    monkeypatch.delitem(sys.modules, name, raising=False)
+    return __import__(name)
+
+
+def _clip_processor(func, **kw) -> ColumnTransformer:
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import FunctionTransformer
+
+    amount = make_pipeline(FunctionTransformer(func, **kw), StandardScaler())
+    return ColumnTransformer([("amount", amount, ["Amount"]), ("v", "passthrough", ["V1", "V2"])])
+
+
+def _fit_log(processor, frame: pd.DataFrame) -> str:
+    processor.fit(frame)
+    model = LogisticRegression(max_iter=500).fit(processor.transform(frame), frame["Class"])
+    with mlflow.start_run() as run:
+        return log_bundle(processor, model, raw_example=frame.head(10), run_id=run.info.run_id)
+
+
+def test_project_helper_module_is_shipped_and_loads_without_relayml(
+    fraud, fresh_python, tmp_path, monkeypatch
+):
+    helpers = _module(
+        tmp_path,
+        "fraud_features",
+        """
+        import numpy as np
+
+        def clip(x):
+            return np.clip(x, 0.0, 100.0)
+        """,
+        monkeypatch,
+    )
+    train = fraud["test"]
+    uri = _fit_log(_clip_processor(helpers.clip), train)
+    local = _artifacts(uri)
+    assert sorted(p.name for p in (local / "code").glob("*.py")) == ["fraud_features.py"]
+    expected = load_bundle(uri).predict(train.head(300))
+
+    data = tmp_path / "raw.parquet"
+    train.head(300).to_parquet(data)
+    monkeypatch.delitem(sys.modules, "fraud_features")
+    elsewhere = tmp_path / "elsewhere"  # not the project folder: the bundle carries the module
+    elsewhere.mkdir()
+    _predict_in(fresh_python, fraud["tracking"], uri, data, tmp_path / "d.pq", elsewhere)
+    assert np.array_equal(pd.read_parquet(tmp_path / "d.pq")["p"].to_numpy(), expected)
+
+
+@pytest.mark.parametrize(
+    ("make", "match"),
+    [
+        (
+            lambda: _clip_processor(np.log1p, feature_names_out=lambda t, names: names),
+            r"processor\.transformers\[0\]\[1\]\.steps\[0\]\[1\]\.feature_names_out is a lambda"
+            r".*define it with `def`",
+        ),
+        (
+            lambda: _clip_processor(_local_function()),
+            r"processor\.transformers\[0\]\[1\].*'_local_function.<locals>.clip', defined "
+            r"inside another function.*does not import relayml",
+        ),
+    ],
+)
+def test_unnamed_functions_are_refused_before_logging(fraud, make, match):
+    with mlflow.start_run() as run:
+        processor = make().fit(fraud["test"])
+        model = LogisticRegression().fit(processor.transform(fraud["test"]), fraud["test"].Class)
+        with pytest.raises(BundleError, match=match):
+            log_bundle(processor, model, raw_example=fraud["test"], run_id=run.info.run_id)
+        assert _logged_models(run.info.run_id) == []
+
+
+def _local_function():
+    def clip(x):
+        return x
+
+    return clip
+
+
+def test_function_of_a_module_importing_relayml_is_refused(fraud, tmp_path, monkeypatch):
+    helpers = _module(
+        tmp_path,
+        "fraud_steps_with_relay",
+        """
+        import relayml as relay
+
+        def clip(x):
+            return x
+        """,
+        monkeypatch,
+    )
+    with pytest.raises(
+        BundleError,
+        match=r"processor.* is defined in module 'fraud_steps_with_relay' \(.*"
+        r"fraud_steps_with_relay.py\), which imports relayml.*move it to a module of the "
+        r"project that does not import relayml",
+    ):
+        _fit_log(_clip_processor(helpers.clip), fraud["test"])
+
+
+def test_bundle_that_fails_the_load_proof_fails_with_the_childs_error(fraud, tmp_path, monkeypatch):
+    # the helper loads a package by name at call time: invisible to the requirement walk,
+    # present here, absent from the bundle's requirements
+    helpers = _module(
+        tmp_path,
+        "fraud_plugins",
+        """
+        import importlib
+
+        def clip(x):
+            importlib.import_module("ri" + "ch")
+            return x
+        """,
+        monkeypatch,
+    )
+    with mlflow.start_run() as run:
+        processor = _clip_processor(helpers.clip).fit(fraud["test"])
+        model = LogisticRegression().fit(processor.transform(fraud["test"]), fraud["test"].Class)
+        with pytest.raises(BundleError, match=r"does not load without relayml.*'rich'") as e:
+            log_bundle(processor, model, raw_example=fraud["test"], run_id=run.info.run_id)
+        assert "fraud_plugins.py" in str(e.value)  # the end of the child's traceback follows
+        assert _logged_models(run.info.run_id) == []  # the bad bundle is not left behind
+
+
+_INLINE_VARIANT = """
+
+def clip_amount_here(amounts):
+    return np.clip(amounts, 0.0, 2500.0)
+
+
+@processing.variant("inline")
+def inline(ctx: relay.Context, load: pd.DataFrame, test_size: float = 0.25, seed: int = 42):
+    train, test = _split(load, test_size, seed)
+    clip = FunctionTransformer(clip_amount_here, feature_names_out="one-to-one")
+    processor = ColumnTransformer(
+        [("amount", clip, ["Amount"])], remainder="passthrough", verbose_feature_names_out=False
+    )
+    return _processed(processor, train, test)
+"""
+
+
+@pytest.mark.slow
+def test_training_refuses_a_function_of_the_steps_module(project, relay):
+    steps = project / "steps.py"
+    steps.write_text(steps.read_text() + _INLINE_VARIANT)
+    assert relay("run", "load", "transactions").code == 0
+    assert relay("run", "processing", "inline").code == 0
+    r = relay("run", "training", "logreg", "-P", "C=1", "-P", "cv=2")
+    assert r.code == 1, r
+    assert "clip_amount_here" in r.err and "is defined in module 'steps'" in r.err, r
+    assert "imports relayml" in r.err and "does not import relayml (e.g. features.py" in r.err
+    runs = json.loads(relay("runs", "training", "--json").out)
+    assert [row["status"] for row in runs] == ["FAILED"]
+    assert relayml.get(runs[0]["key"]).model_uri is None
+
+
+def test_nested_pipeline_with_pandas_output_predicts_bit_for_bit(tracking):
+    # the example's "clipped" processor: FunctionTransformer → StandardScaler inside a
+    # ColumnTransformer with pandas output (the fast path once fed the scaler a DataFrame)
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import FunctionTransformer
+
+    df = make_fraud_table(3_000, seed=5)
+    clip = FunctionTransformer(np.log1p, feature_names_out="one-to-one")
+    processor = ColumnTransformer(
+        [("amount", make_pipeline(clip, StandardScaler()), ["Amount"])],
+        remainder="passthrough",
+        verbose_feature_names_out=False,
+    ).set_output(transform="pandas")
+    matrix = processor.fit(df[FEATURES]).transform(df[FEATURES])
+    model = LogisticRegression(solver="liblinear").fit(matrix, df["Class"])
+    with mlflow.start_run() as run:
+        uri = log_bundle(processor, model, raw_example=df.head(5), run_id=run.info.run_id)
+    bundle = load_bundle(uri)
+    assert bundle.numeric
+    expected = model.predict(processor.transform(df[FEATURES]))
+    assert np.array_equal(bundle.predict(df), expected)

@@ -28,6 +28,8 @@ from sklearn.preprocessing import FunctionTransformer, RobustScaler, StandardSca
 
 import relayml as relay
 
+from features import clip_amount  # a module without relayml: bundles ship it
+
 TARGET = "Class"
 FEATURES = ["Time", *[f"V{i}" for i in range(1, 29)], "Amount"]
 
@@ -92,6 +94,22 @@ def robust(ctx: relay.Context, load: pd.DataFrame, test_size: float = 0.25, seed
             ("v", RobustScaler(), v_columns),
         ],
         remainder="drop",
+        verbose_feature_names_out=False,
+    )
+    ctx.log_metrics({"train_rows": len(train), "test_rows": len(test)})
+    return _processed(processor, train, test)
+
+
+@processing.variant("clipped")
+def clipped(ctx: relay.Context, load: pd.DataFrame, test_size: float = 0.25, seed: int = 42):
+    """Clip Amount (features.clip_amount), then standardise Time and Amount; V1..V28 as is."""
+    train, test = _split(load, test_size, seed)
+    amount = make_pipeline(
+        FunctionTransformer(clip_amount, feature_names_out="one-to-one"), StandardScaler()
+    )
+    processor = ColumnTransformer(
+        [("amount", amount, ["Amount"]), ("time", StandardScaler(), ["Time"])],
+        remainder="passthrough",
         verbose_feature_names_out=False,
     )
     ctx.log_metrics({"train_rows": len(train), "test_rows": len(test)})

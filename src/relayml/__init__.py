@@ -79,6 +79,7 @@ _EXPORTS: dict[str, str] = {
     "ConfigError": "relayml.errors",
     "OutputError": "relayml.errors",
     "UntrustedOutput": "relayml.errors",
+    "BundleError": "relayml.errors",
 }
 
 __all__ = sorted([*_EXPORTS, "__version__"])
@@ -119,6 +120,7 @@ if TYPE_CHECKING:
     from relayml.chain import Chain, chain
     from relayml.config import Settings, load_settings
     from relayml.errors import (
+        BundleError,
         ConfigError,
         NotFound,
         OutputError,

@@ -8,7 +8,11 @@ is **not** installed:
 - when processor and model are scikit-learn compatible, the bundle *is* a scikit-learn
   ``Pipeline([("processor", processor), ("model", model)])`` logged with the sklearn flavor;
 - otherwise (e.g. a processor that is a plain function) it is a pyfunc model that ships the
-  project's step code through ``code_paths``.
+  project module defining the function through ``code_paths``.
+
+Its pip requirements are computed from the objects it stores and the project code it ships
+must not import relayml (:mod:`relayml.bundle_requirements`); once logged, it is proven to
+load and predict in a child interpreter without relayml (:mod:`relayml.bundle_proof`).
 
 A classifier bundle can carry the decision threshold chosen in training; it then answers a
 DataFrame with columns ``label`` and ``score`` (``score`` = probability of the positive class,
@@ -29,7 +33,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import inspect
 import math
 import os
 import sys
@@ -44,6 +47,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from relayml.bundle_child import prediction_arrays
+from relayml.bundle_proof import LoadProof
+from relayml.bundle_requirements import BundleNeeds, bundle_needs
 from relayml.errors import NotFound, RelayError, UsageError
 from relayml.trust import skops_types
 
@@ -139,11 +145,11 @@ class BundleInputError(UsageError):
 # the standalone runtime module
 
 
-def _runtime() -> tuple[types.ModuleType, Path]:
+def _runtime() -> types.ModuleType:
     """Write (once per process) and import the standalone runtime module.
 
-    Its folder goes on ``sys.path`` so that MLflow's requirement inference (a subprocess
-    that inherits ``sys.path``) and later unpickling in this process can import it.
+    Its folder goes on ``sys.path`` so that unpickling in this process can import it; the
+    bundle ships the file (see :mod:`relayml.bundle_requirements`).
     """
     module = sys.modules.get(_RUNTIME_MODULE)
     if module is None or not Path(module.__file__ or "").exists():
@@ -156,7 +162,7 @@ def _runtime() -> tuple[types.ModuleType, Path]:
         with warnings.catch_warnings():  # MLflow's "add type hints" notice on PythonModel
             warnings.simplefilter("ignore", UserWarning)
             module = importlib.import_module(_RUNTIME_MODULE)
-    return module, Path(module.__file__ or "")
+    return module
 
 
 # --------------------------------------------------------------------------------------------
@@ -165,25 +171,6 @@ def _runtime() -> tuple[types.ModuleType, Path]:
 
 def _is_sklearn_transformer(obj: Any) -> bool:
     return hasattr(obj, "transform") and hasattr(obj, "fit") and hasattr(obj, "get_params")
-
-
-def _step_code_path(obj: Any) -> list[str]:
-    """The file or package folder of the (non-installed) module that defines ``obj``."""
-    module = sys.modules.get(getattr(obj, "__module__", "") or "")
-    if module is None or module.__name__ == "__main__":
-        return []
-    top = sys.modules.get(module.__name__.split(".")[0], module)
-    where = getattr(top, "__file__", None)
-    if not where:
-        return []
-    where_path = Path(where)
-    if "site-packages" in where_path.parts or where_path.is_relative_to(
-        Path(np.__file__).parents[1]
-    ):
-        return []  # installed: pip requirements cover it
-    if where_path.name == "__init__.py":
-        return [str(where_path.parent)]
-    return [str(where_path)]
 
 
 def _signature(example: pd.DataFrame, output: Any) -> Any:
@@ -201,11 +188,19 @@ def log_bundle(
     raw_example: pd.DataFrame,
     run_id: str,
     threshold: float | None = None,
-    code_paths: list[str] | None = None,
     name: str = "model",
     tags: dict[str, str] | None = None,
+    proof: LoadProof | None = None,
 ) -> str:
-    """Log a processor and a model as one MLflow model that takes raw records.
+    """Log a processor and a model as one MLflow model that takes raw records, and prove it.
+
+    The bundle's pip requirements are computed from the objects it stores (see
+    :mod:`relayml.bundle_requirements`): the distributions their classes and functions come
+    from, pinned to the installed versions, plus ``mlflow``, ``pandas`` (the input) and the
+    serializer. Functions and classes of the project are shipped with their module, which must
+    not import relayml. Once logged, the bundle is loaded in a child interpreter that can import
+    only those requirements and that code (see :mod:`relayml.bundle_proof`), and its
+    prediction of the input example must equal relay's, bit for bit.
 
     Args:
         processor: fitted processor. A scikit-learn transformer (its ``feature_names_in_``
@@ -217,17 +212,20 @@ def log_bundle(
         run_id: the training run the model is linked to (MLflow 3 logged model).
         threshold: decision threshold of a binary classifier; the bundle then predicts a
             DataFrame with columns ``label`` and ``score``.
-        code_paths: project files or folders the bundle needs at load time (the step code
-            defining a custom processor or model). Default: the defining module of a processor
-            function or of a custom (non-installed) estimator class.
         name: name of the logged model.
         tags: tags of the logged model.
+        proof: a :class:`~relayml.bundle_proof.LoadProof` started earlier (the runner starts
+            one when a training step begins, so that its imports overlap the fit); default:
+            one started now. It is used up and closed.
 
     Returns:
         The model URI, ``models:/m-...``.
 
     Raises:
         UsageError: a processor or model that cannot be bundled, or an empty example.
+        BundleError: the bundle would not load without relayml: it holds a lambda or a
+            function of a module that imports relayml (refused before logging), or it failed
+            to load and predict in the clean child interpreter (the logged model is deleted).
 
     Example:
         >>> import mlflow, pandas as pd
@@ -265,29 +263,61 @@ def log_bundle(
     else:
         example = raw_example
     example = example.head(5).reset_index(drop=True)
+    stored, flavor = _assemble(processor, model, example, threshold)
+    serializer = "skops" if flavor == "sklearn" else "cloudpickle"
+    needs = bundle_needs(
+        {"processor": processor, "model": model, "bundle": stored},
+        always=("mlflow", "pandas", serializer),
+    )
+    with proof or LoadProof() as child:
+        model_id = _log(stored, flavor, example, run_id, needs, name, tags)
+        try:
+            _prove(child, stored, flavor, model_id, needs)
+        except BaseException:
+            _forget(model_id)
+            raise
+    return f"models:/{model_id}"
 
-    paths = list(code_paths or [])
-    if not code_paths:
-        for obj in (processor, model):
-            target = obj if callable(obj) and inspect.isfunction(obj) else type(obj)
-            paths += [p for p in _step_code_path(target) if p not in paths]
 
-    with _allow_deserialization():  # MLflow reloads the model to infer its requirements
-        return _log(processor, model, example, run_id, threshold, paths, name, tags)
+def _assemble(
+    processor: Any, model: Any, example: pd.DataFrame, threshold: float | None
+) -> tuple[Any, str]:
+    """The object the bundle stores and its MLflow flavor (``sklearn`` or ``pyfunc``)."""
+    if _is_sklearn_transformer(processor) and hasattr(model, "get_params"):
+        from sklearn.pipeline import Pipeline
+
+        final = model
+        if threshold is not None:
+            final = _runtime().ThresholdClassifier(model, float(threshold))
+        return Pipeline([("processor", processor), ("model", final)]), "sklearn"
+    if callable(processor):
+        wrapped = _runtime().FunctionBundle(
+            processor, model, list(example.columns), None if threshold is None else float(threshold)
+        )
+        return wrapped, "pyfunc"
+    raise UsageError(
+        f"log_bundle: processor {type(processor).__name__} is neither a scikit-learn "
+        "transformer (fit/transform) nor a function DataFrame -> features"
+    )
+
+
+def _predict_stored(stored: Any, flavor: str, frame: pd.DataFrame) -> Any:
+    return stored.predict(frame) if flavor == "sklearn" else stored.predict(None, frame)
 
 
 def _log(
-    processor: Any,
-    model: Any,
+    stored: Any,
+    flavor: str,
     example: pd.DataFrame,
     run_id: str,
-    threshold: float | None,
-    paths: list[str],
+    needs: BundleNeeds,
     name: str,
     tags: dict[str, str] | None,
 ) -> str:
+    """Log the bundle with its computed requirements and code; returns the model id."""
     import mlflow
 
+    signature = _signature(example, _predict_stored(stored, flavor, example))
     # Created here so that the model lives in the training run's experiment (MLflow would
     # otherwise put it in the active experiment, by default "Default" under ./mlruns).
     run = mlflow.MlflowClient().get_run(run_id)
@@ -298,56 +328,52 @@ def _log(
         params=dict(run.data.params),
         experiment_id=run.info.experiment_id,
     ).model_id
-    sklearn_ok = _is_sklearn_transformer(processor) and hasattr(model, "get_params")
-    if sklearn_ok:
-        from sklearn.pipeline import Pipeline
+    common = {
+        "signature": signature,
+        "input_example": example,
+        "code_paths": needs.code_paths or None,
+        "pip_requirements": needs.requirements,
+        "run_id": run_id,
+        "model_id": model_id,
+    }
+    try:
+        if flavor == "sklearn":
+            mlflow.sklearn.log_model(
+                stored, name=name, skops_trusted_types=skops_types(stored) or None, **common
+            )
+        else:  # mlflow.pyfunc.log_model takes no run_id: call what it calls, with the run
+            mlflow.models.Model.log(
+                artifact_path=None,
+                name=name,
+                flavor=mlflow.pyfunc,
+                python_model=stored,
+                flavor_name="pyfunc",
+                **common,
+            )
+    except BaseException:
+        _forget(model_id)
+        raise
+    return model_id
 
-        final = model
-        if threshold is not None:
-            runtime, runtime_file = _runtime()
-            final = runtime.ThresholdClassifier(model, float(threshold))
-            paths.append(str(runtime_file))
-        pipeline = Pipeline([("processor", processor), ("model", final)])
-        output = pipeline.predict(example)
-        signature = _signature(example, output)
-        info = mlflow.sklearn.log_model(
-            pipeline,
-            name=name,
-            signature=signature,
-            input_example=example,
-            code_paths=paths or None,
-            # relay wrote these types, so it vouches for them (relayml.trust's one rule)
-            skops_trusted_types=skops_types(pipeline) or None,
-            run_id=run_id,
-            model_id=model_id,
-        )
-    elif callable(processor):
-        runtime, runtime_file = _runtime()
-        paths.append(str(runtime_file))
-        wrapped = runtime.FunctionBundle(
-            processor, model, list(example.columns), None if threshold is None else float(threshold)
-        )
-        output = wrapped.predict(None, example)
-        signature = _signature(example, output)
-        # mlflow.pyfunc.log_model takes no run_id: call what it calls, with the run
-        info = mlflow.models.Model.log(
-            artifact_path=None,
-            name=name,
-            flavor=mlflow.pyfunc,
-            python_model=wrapped,
-            signature=signature,
-            input_example=example,
-            code_paths=paths,
-            run_id=run_id,
-            model_id=model_id,
-            flavor_name="pyfunc",
-        )
-    else:
-        raise UsageError(
-            f"log_bundle: processor {type(processor).__name__} is neither a scikit-learn "
-            "transformer (fit/transform) nor a function DataFrame -> features"
-        )
-    return f"models:/{info.model_id}"
+
+def _prove(proof: LoadProof, stored: Any, flavor: str, model_id: str, needs: BundleNeeds) -> None:
+    """Hand the logged bundle to the child and compare its prediction with relay's."""
+    import mlflow
+    from mlflow.models import Model
+
+    with tempfile.TemporaryDirectory(prefix="relay-bundle-") as tmp:
+        local = Path(mlflow.artifacts.download_artifacts(f"models:/{model_id}", dst_path=tmp))
+        example = Model.load(str(local)).load_input_example(str(local))
+        expected = prediction_arrays(_predict_stored(stored, flavor, example))
+        proof.check(local, expected, needs)
+
+
+def _forget(model_id: str) -> None:
+    """Delete a logged model that is not a good bundle (best effort)."""
+    import mlflow
+
+    with contextlib.suppress(Exception):
+        mlflow.MlflowClient().delete_logged_model(model_id)
 
 
 def register(model_uri: str, name: str, alias: str = "champion") -> int:
@@ -402,7 +428,8 @@ def _transformer_fn(t: Any, in_names: list[str]) -> Callable[[np.ndarray], np.nd
             if step in (None, "passthrough"):
                 continue
             fns.append(_transformer_fn(step, names))
-            names = None  # downstream steps see arrays, as in the pipeline  # type: ignore
+            # downstream steps see arrays, or DataFrames when the step's output is pandas
+            names = _output_names(step)  # type: ignore[assignment]
 
         def pipe(X: np.ndarray) -> np.ndarray:
             for fn in fns:

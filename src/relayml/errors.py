@@ -18,6 +18,7 @@ import difflib
 from collections.abc import Iterable
 
 __all__ = [
+    "BundleError",
     "ConfigError",
     "NotFound",
     "OutputError",
@@ -100,4 +101,13 @@ class UntrustedOutput(RelayError):
     """An output that could run code when loaded (a pickle) from a writer not trusted.
 
     Raised before anything is unpickled (exit code 1).
+    """
+
+
+class BundleError(RelayError):
+    """A model that cannot be bundled to load without relayml (exit code 1).
+
+    Raised at the end of a training step: the pipeline holds a lambda or a function of a
+    module that imports relayml, or the bundle failed to load and predict in a clean child
+    interpreter. The message names the object, the module and the fix.
     """

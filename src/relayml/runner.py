@@ -423,11 +423,11 @@ def execute(
     retrieval = req.as_of or key.moment
     ctx = Context(key, run_id, settings, retrieval, req.params, store, show_progress=show_progress)
     try:
-        with _sigterm_raises(), beat:
+        with _sigterm_raises(), beat, _early_proof(req) as proof:
             _record_code(store, run_id, req)
             args = _arguments(req, ctx)
             returned = func(**args)
-            _finish(store, req, ctx, as_dict(returned))
+            _finish(store, req, ctx, as_dict(returned), proof)
     except KeyboardInterrupt:
         _end(store, run_id, "KILLED", "interrupted (Ctrl-C or SIGTERM)")
         raise
@@ -592,7 +592,9 @@ def _arguments(req: Request, ctx: Context) -> dict[str, Any]:
     return args
 
 
-def _finish(store: Store, req: Request, ctx: Context, outputs: dict[str, Any]) -> None:
+def _finish(
+    store: Store, req: Request, ctx: Context, outputs: dict[str, Any], proof: Any = None
+) -> None:
     """Persist snapshots and outputs, record the data version, bundle a model, end FINISHED.
 
     Outputs are written locally first: a refused one (a bad name, no data format) fails the
@@ -640,7 +642,7 @@ def _finish(store: Store, req: Request, ctx: Context, outputs: dict[str, Any]) -
     tags["relay.outputs"] = canonical(manifest)
     store.log(ctx.run_id, tags=tags)
     if "model" in outputs:
-        uri = _bundle(store, req, ctx, outputs)
+        uri = _bundle(store, req, ctx, outputs, proof)
         if uri:
             store.set_tag(ctx.run_id, "relay.model", uri)
     store.finish(ctx.run_id, "FINISHED")
@@ -770,7 +772,19 @@ def _ancestors(runs: Iterable[Run]) -> Iterator[Run]:
         queue.extend(r.upstream.values())
 
 
-def _bundle(store: Store, req: Request, ctx: Context, outputs: dict[str, Any]) -> str | None:
+def _early_proof(req: Request) -> contextlib.AbstractContextManager[Any]:
+    """The load proof of the bundle this step may log (an upstream run has a processor),
+    started now: its child interpreter imports MLflow while the step fits."""
+    if not any("processor" in r.outputs for r in _ancestors(req.upstream.values())):
+        return contextlib.nullcontext()
+    from relayml.bundle_proof import LoadProof
+
+    return LoadProof()
+
+
+def _bundle(
+    store: Store, req: Request, ctx: Context, outputs: dict[str, Any], proof: Any = None
+) -> str | None:
     """Log the model of a training run bundled with the nearest upstream processor."""
     from relayml.bundle import log_bundle
     from relayml.outputs import load_output
@@ -786,7 +800,6 @@ def _bundle(store: Store, req: Request, ctx: Context, outputs: dict[str, Any]) -
             frames = [n for n, how in r.outputs.items() if is_frame(how)]
             if frames:
                 raw_example = load_output(r, frames[0]).head(5)
-    code_paths = [str(req.pipeline.module_file)] if req.pipeline.module_file else None
     tags = {f"relay.provenance.{k}": v for k, v in provenance.items()}
     if "relay.data" in (d := _data_tags(req.data_parts) if req.data_parts else {}):
         tags["relay.data"] = d["relay.data"]
@@ -796,8 +809,8 @@ def _bundle(store: Store, req: Request, ctx: Context, outputs: dict[str, Any]) -
         raw_example=raw_example,
         run_id=ctx.run_id,
         threshold=outputs.get("threshold"),
-        code_paths=code_paths,
         tags=tags,
+        proof=proof,
     )
 
 

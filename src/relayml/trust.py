@@ -27,6 +27,8 @@ import getpass
 import importlib
 import os
 import sys
+import sysconfig
+import types
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -77,7 +79,9 @@ def unsafe_types(types: Iterable[str]) -> list[str]:
     """The types a reader may not trust from a file someone else wrote.
 
     Safe are: classes of scikit-learn, numpy or scipy; scikit-learn estimator classes of a
-    module already imported (a project's own transformer); numpy ufuncs. No module outside
+    module already imported (a project's own transformer); functions of a project module
+    already imported (``FunctionTransformer(features.clip_amount)``), never of the standard
+    library or an installed package; numpy ufuncs. No module outside
     scikit-learn, numpy and scipy is imported to decide.
 
     Example:
@@ -100,11 +104,24 @@ def _safe(name: str) -> bool:
         return isinstance(obj, type) or _is_ufunc(obj)
     held = sys.modules.get(module)
     obj = getattr(held, attr, None) if held is not None else None
+    if isinstance(obj, types.FunctionType):  # e.g. FunctionTransformer(features.clip_amount)
+        return obj.__module__ == module and _is_project_module(held)
     if not isinstance(obj, type):
         return False
     from sklearn.base import BaseEstimator
 
     return issubclass(obj, BaseEstimator)
+
+
+def _is_project_module(module: Any) -> bool:
+    """A module of the user's own code: a file outside the standard library, site-packages
+    and relayml (so ``os.system`` or ``subprocess.run`` are never trusted as functions)."""
+    file = getattr(module, "__file__", None)
+    if not file or module.__name__.split(".")[0] == "relayml":
+        return False
+    path = Path(file).resolve()
+    installed = {sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")}
+    return not any(path.is_relative_to(Path(p).resolve()) for p in installed)
 
 
 def _is_ufunc(obj: Any) -> bool:

@@ -301,8 +301,8 @@ def _read(how: str, path: Path, name: str, where: str) -> Any:
             raise UntrustedOutput(
                 f"output {name!r} of {where} is a skops file with types relay does not trust "
                 f"({', '.join(bad)}): only scikit-learn, numpy and scipy classes, estimator "
-                "classes and project functions of modules already imported (import your steps module first) and "
-                "numpy ufuncs are loaded from a skops file"
+                "classes and project functions of modules already imported (import your steps "
+                "module first) and numpy ufuncs are loaded from a skops file"
             )
         return skops.io.load(path, trusted=types)
     import cloudpickle

@@ -207,7 +207,7 @@ def _bad_requests(rows: pd.DataFrame) -> list:
             {"content-type": "text/csv"},
             400,
             "wrong_type",
-            None,
+            "Time",
         ),
         (
             "type",

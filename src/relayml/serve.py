@@ -6,8 +6,8 @@ scoring protocol, so clients of ``mlflow models serve`` work unchanged:
 - ``POST /invocations`` with ``application/json`` holding exactly one of ``dataframe_split``,
   ``dataframe_records``, ``instances`` (a list of records) or ``inputs`` (records, or
   ``{column: [values]}``), or with ``text/csv`` (a header line, then rows), or
-  ``application/vnd.apache.parquet``. The answer is ``{"predictions": ...}`` exactly as
-  ``mlflow models serve`` gives it for the same model and payload: a list of labels, or a list
+  ``application/vnd.apache.parquet`` (a Parquet file). The answer is ``{"predictions": ...}``
+  exactly as ``mlflow models serve`` gives it for the same model and payload: a list of labels, or a list
   of ``{"label": ..., "score": ...}`` records for a bundle that carries a decision threshold.
 - ``GET /ping`` and ``GET /health``: liveness, always open.
 - ``GET /version``: relayml's and MLflow's versions, the model URI and the model's provenance.
@@ -20,8 +20,16 @@ or wrong bearer tokens get a JSON error ``{"error": {"code", "message", "field"}
 status, never a stack trace; the server keeps serving.
 
 Speed: for numeric bundles the records go straight from ``orjson`` into one float64 matrix and
-through the pipeline's steps (see :func:`relayml.bundle.load_bundle`); requests of up to
-``_INLINE_ROWS`` rows are scored on the event loop, bigger ones in a worker thread.
+through the pipeline's steps (see :func:`relayml.bundle.load_bundle`). JSON bodies of up to
+``_INLINE_BYTES`` are decoded and scored on the event loop; bigger ones, and every CSV and
+Parquet body, in a worker thread, so that a big body never stalls the small ones.
+
+Limits (:mod:`relayml.serving_limits`): a body of at most ``max_body`` bytes, ``max_rows``
+records and a bounded column count, decoding to at most 8 x ``max_body`` (Parquet checked
+from its metadata before decoding): 413 with a JSON reason beyond. Numeric columns take
+finite numbers only: ``NaN``/null is a missing value, ``inf``, ``true``/``false`` and values
+that overflow the model's arithmetic (``1e308``) are refused alike in every content type.
+Connections that hold a request open without sending are closed (:mod:`relayml.serving_http`).
 
 This module must not write to MLflow: it only reads models.
 """
@@ -351,11 +359,23 @@ def _openapi(bundle: Bundle) -> dict[str, Any]:
             "/invocations": {
                 "post": {
                     "summary": "Score raw records",
+                    "description": (
+                        "A JSON body (one of dataframe_split, dataframe_records, instances, "
+                        "inputs), a CSV body (a header line, then rows) or a Parquet file. "
+                        "413 beyond the server's --max-body bytes, --max-rows records, "
+                        "its column limit or 8 x --max-body decoded."
+                    ),
                     "requestBody": {
                         "required": True,
                         "content": {
                             "application/json": {"schema": body},
-                            "text/csv": {"schema": {"type": "string"}},
+                            "text/csv": {
+                                "schema": {"type": "string"},
+                                "example": ",".join(bundle.columns) + "\n",
+                            },
+                            "application/vnd.apache.parquet": {
+                                "schema": {"type": "string", "format": "binary"}
+                            },
                         },
                     },
                     "responses": {
@@ -374,6 +394,7 @@ def _openapi(bundle: Bundle) -> dict[str, Any]:
                         },
                         "400": answers,
                         "401": answers,
+                        "405": answers,
                         "413": answers,
                         "415": answers,
                     },

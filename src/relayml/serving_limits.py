@@ -165,8 +165,9 @@ def csv_frame(body: bytes, schema: list[tuple[str, str]], limits: RequestLimits)
     """The records of a CSV body (a header line, then rows), within ``limits``.
 
     Every column is decoded (the body and the column count bound them), so that pandas
-    checks every row's field count. Numeric columns are left to pandas' inference, so that ``true`` stays a boolean (refused
-    later as a wrong type) instead of becoming 1.0; other types are read as the schema says.
+    checks every row's field count. Numeric columns are left to pandas' inference, so that
+    ``true`` stays a boolean (refused later as a wrong type) instead of becoming 1.0; other
+    types are read as the schema says.
 
     Raises:
         HTTPError: 413 over a limit; 400 for an empty body, a row longer than the header, a

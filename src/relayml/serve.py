@@ -7,8 +7,8 @@ scoring protocol, so clients of ``mlflow models serve`` work unchanged:
   ``dataframe_records``, ``instances`` (a list of records) or ``inputs`` (records, or
   ``{column: [values]}``), or with ``text/csv`` (a header line, then rows), or
   ``application/vnd.apache.parquet`` (a Parquet file). The answer is ``{"predictions": ...}``
-  exactly as ``mlflow models serve`` gives it for the same model and payload: a list of labels, or a list
-  of ``{"label": ..., "score": ...}`` records for a bundle that carries a decision threshold.
+  exactly as ``mlflow models serve`` gives it for the same model and payload: a list of labels,
+  or a list of ``{"label": ..., "score": ...}`` records for a bundle with a decision threshold.
 - ``GET /ping`` and ``GET /health``: liveness, always open.
 - ``GET /version``: relayml's and MLflow's versions, the model URI and the model's provenance.
 - ``GET /openapi.json``: an OpenAPI 3 description whose request schema lists the raw columns.

@@ -716,8 +716,8 @@ def check_bind(host: str, port: int, *, token: str | None) -> str | None:
         UsageError: a port outside 1..65535.
 
     Example:
-        >>> check_bind("0.0.0.0", 5001, token=None)[:30]
-        '0.0.0.0 is reachable from oth'
+        >>> check_bind("0.0.0.0", 5001, token=None)[:25]
+        '0.0.0.0 is reachable from'
         >>> check_bind("127.0.0.1", 70000, token=None)
         Traceback (most recent call last):
         ...

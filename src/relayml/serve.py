@@ -597,12 +597,15 @@ class ScoringApp:
     def _answer(self, mime: str, body: bytes) -> bytes:
         """Decode, check and score a body: the response body of a 200, or an _HTTPError."""
         bundle = self.bundle
-        if mime == "application/json":
-            data = _parse_json(body, bundle, self.limits)
-        elif mime == "text/csv":
-            data = csv_frame(body, bundle.input_schema, self.limits)
-        else:
-            data = parquet_frame(body, bundle.columns, self.limits)
+        try:
+            if mime == "application/json":
+                data = _parse_json(body, bundle, self.limits)
+            elif mime == "text/csv":
+                data = csv_frame(body, bundle.input_schema, self.limits)
+            else:
+                data = parquet_frame(body, bundle.columns, self.limits)
+        except (ValueError, TypeError, KeyError) as e:  # pandas on a payload of odd shape
+            raise _HTTPError(400, "bad_input", f"the body does not parse: {e}") from None
         try:
             with np.errstate(over="raise", invalid="raise"):  # 1e308 * 10 is not a score
                 predictions = _predict(bundle, data, self._floats)

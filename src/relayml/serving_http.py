@@ -28,7 +28,8 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     A new connection, or a new request on a kept-alive one, must complete its headers within
     :data:`HEADER_TIMEOUT` seconds however slowly the bytes come; a body must not stall for
-    :data:`BODY_TIMEOUT` seconds. The app then sees ``http.disconnect``.
+    :data:`BODY_TIMEOUT` seconds. The app then sees ``http.disconnect``. A request that arrives
+    in one piece costs one timer (armed at its first byte, cancelled at its end).
 
     Example:
         >>> import uvicorn
@@ -74,8 +75,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         super().on_message_begin()
 
     def on_headers_complete(self) -> None:
-        self._in_body = True
-        self._arm(self.body_timeout)
+        self._in_body = True  # the header deadline still runs until body bytes come
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:

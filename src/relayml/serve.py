@@ -28,7 +28,8 @@ Limits (:mod:`relayml.serving_limits`): a body of at most ``max_body`` bytes, ``
 records and a bounded column count, decoding to at most 8 x ``max_body`` (Parquet checked
 from its metadata before decoding): 413 with a JSON reason beyond. Numeric columns take
 finite numbers only: ``NaN``/null is a missing value, ``inf``, ``true``/``false`` and values
-that overflow the model's arithmetic (``1e308``) are refused alike in every content type.
+that make the model's arithmetic undefined (``1e308`` in every column: inf - inf) are refused
+alike in every content type.
 Connections that hold a request open without sending are closed (:mod:`relayml.serving_http`).
 
 This module must not write to MLflow: it only reads models.
@@ -607,7 +608,8 @@ class ScoringApp:
         except (ValueError, TypeError, KeyError) as e:  # pandas on a payload of odd shape
             raise _HTTPError(400, "bad_input", f"the body does not parse: {e}") from None
         try:
-            with np.errstate(over="raise", invalid="raise"):  # 1e308 * 10 is not a score
+            # inf - inf is no score (1e308 in every column); an overflow that saturates is
+            with np.errstate(invalid="raise"):
                 predictions = _predict(bundle, data, self._floats)
         except _HTTPError:
             raise
@@ -615,8 +617,9 @@ class ScoringApp:
             raise _HTTPError(
                 400,
                 "out_of_range",
-                "the values overflow the model's arithmetic (magnitudes near float's limit, "
-                "such as 1e308); send values in the range the model was trained on",
+                "the values make the model's arithmetic undefined (magnitudes near float's "
+                "limit, such as 1e308, overflow to inf - inf); send values in the range the "
+                "model was trained on",
             ) from None
         except BundleInputError as e:
             code = "empty_input" if str(e).startswith("empty") else "bad_input"

@@ -63,6 +63,7 @@ __all__ = ["create_app", "predict_file", "predictions_payload", "run_server"]
 _log = logging.getLogger("relayml.serve")
 
 _INLINE_BYTES = 128 * 1024
+_RENDER_CHUNK = 4096
 DEFAULT_MAX_ROWS = 100_000
 _FORMATS = ("dataframe_split", "dataframe_records", "instances", "inputs")
 _JSON_TYPES = {
@@ -666,6 +667,13 @@ def _render(predictions: Any, output_columns: list[str] | None) -> bytes:
     """The response body ``{"predictions": ...}``, without an intermediate DataFrame."""
     if isinstance(predictions, tuple):  # (label, score) arrays of a bundle with a threshold
         names = output_columns or ["label", "score"]
+        n = len(predictions[0])
+        if n > _RENDER_CHUNK:  # in pieces: one long orjson call would hold the GIL throughout
+            parts = [
+                _render(tuple(a[i : i + _RENDER_CHUNK] for a in predictions), names)[16:-2]
+                for i in range(0, n, _RENDER_CHUNK)
+            ]
+            return b'{"predictions":[' + b",".join(parts) + b"]}"
         columns = [a.tolist() for a in predictions]
         records = [dict(zip(names, row, strict=True)) for row in zip(*columns, strict=True)]
         return orjson.dumps({"predictions": records})

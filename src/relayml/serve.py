@@ -58,7 +58,7 @@ from relayml.errors import UsageError
 from relayml.serving_limits import HTTPError as _HTTPError
 from relayml.serving_limits import RequestLimits, check_finite, csv_frame, parquet_frame
 
-__all__ = ["create_app", "predict_file", "predictions_payload", "run_server"]
+__all__ = ["check_bind", "create_app", "predict_file", "predictions_payload", "run_server"]
 
 _log = logging.getLogger("relayml.serve")
 

@@ -19,9 +19,20 @@ do not compete for a core. Each scenario runs ``--runs`` times; the table gives 
 the runs (of requests/s and of each percentile). relayml's and MLflow's answers are checked
 equal (parsed JSON) first.
 
+With ``--baseline-src DIR`` (a source tree of another relayml version, e.g. ``git archive``
+of an older commit), a second relayml server runs from that tree beside the others, in the
+same runs. With ``--limits``, the request limits are measured too, on both relayml servers:
+the largest accepted Parquet and CSV bodies (random records and zeros, up to ``--max-body``
+5 MiB and ``--max-rows`` 100,000), and a Parquet body of 1,000,000 rows of zeros over the row
+limit, are sent three times each while the server's RSS is sampled every 5 ms (peak minus
+idle), then one client sends the 100,000-row Parquet body in a loop while another sends
+single-record requests one at a time: their p50/p99 latency, against the same requests on
+the idle server.
+
 Usage:
     python bench/serve.py [--requests 4000] [--mlflow-requests 300] [--runs 3] [--workers 1]
-                          [--project DIR] [--no-pin]
+                          [--project DIR] [--no-pin] [--no-mlflow] [--baseline-src DIR]
+                          [--limits]
 """
 
 from __future__ import annotations
@@ -141,7 +152,7 @@ def server(cmd: list[str], port: int, env: dict[str, str], cwd: Path):
             if time.monotonic() > deadline:
                 raise RuntimeError(f"server did not start: {' '.join(cmd)}")
             time.sleep(0.3)
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{port}", proc.pid  # taskset execs: the server's own pid
     finally:
         import signal
 
@@ -211,6 +222,131 @@ def median_of(runs: list[dict]) -> dict:
     return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
 
 
+# --------------------------------------------------------------------------------- limits
+
+MAX_BODY, MAX_ROWS = 5 * 2**20, 100_000
+ATTACK_ROWS = 1_000_000
+
+
+def largest_bodies() -> dict[str, tuple[str, int, bytes]]:
+    """The largest bodies the default limits accept: {name: (content type, rows, body)}."""
+    import io
+
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+
+    def parquet(frame: pd.DataFrame) -> bytes:
+        sink = io.BytesIO()
+        frame.to_parquet(sink, index=False)
+        return sink.getvalue()
+
+    def csv(frame: pd.DataFrame) -> bytes:
+        return frame.to_csv(index=False).encode()
+
+    makers = {
+        "parquet random": ("application/vnd.apache.parquet", parquet, "normal"),
+        "parquet zeros": ("application/vnd.apache.parquet", parquet, "zeros"),
+        "csv random": ("text/csv", csv, "normal"),
+        "csv zeros": ("text/csv", csv, "zeros"),
+    }
+    out = {}
+    for name, (ctype, encode, values) in makers.items():
+
+        def make(n: int, encode=encode, values=values) -> bytes:
+            if values == "zeros":
+                data = np.zeros((n, len(FEATURES)), dtype=np.int64 if encode is csv else None)
+            else:
+                data = rng.normal(size=(n, len(FEATURES)))
+            return encode(pd.DataFrame(data, columns=FEATURES))
+
+        lo, hi = 1, MAX_ROWS
+        while lo < hi:  # the most rows that fit in MAX_BODY
+            mid = (lo + hi + 1) // 2
+            lo, hi = (mid, hi) if len(make(mid)) <= MAX_BODY else (lo, mid - 1)
+        out[name] = (ctype, lo, make(lo))
+    # over --max-rows, in 1.3 MB: what the limits refuse (the issue's 659 KB body had 5,000,000)
+    zeros = pd.DataFrame(np.zeros((ATTACK_ROWS, len(FEATURES))), columns=FEATURES)
+    out["parquet attack"] = ("application/vnd.apache.parquet", ATTACK_ROWS, parquet(zeros))
+    return out
+
+
+def _latencies(url: str, body: bytes, n: int) -> np.ndarray:
+    times = []
+    with httpx.Client(timeout=60) as client:
+        for _ in range(n):
+            t = time.perf_counter()
+            r = client.post(
+                f"{url}/invocations", content=body, headers={"content-type": "application/json"}
+            )
+            times.append(time.perf_counter() - t)
+            if r.status_code != 200:
+                raise RuntimeError(r.text)
+    return np.array(times) * 1e3
+
+
+def measure_limits(
+    name: str, url: str, pid: int, big: dict[str, tuple[str, int, bytes]], small: bytes
+) -> list[dict]:
+    """Peak RSS above idle per largest body; small-request latency beside the heaviest one."""
+    import threading
+
+    import psutil
+
+    proc = psutil.Process(pid)
+    out = []
+    _latencies(url, small, 50)  # warm
+    for body_name, (ctype, rows, body) in big.items():
+        idle = proc.memory_info().rss
+        peak = idle
+        done = threading.Event()
+
+        def sample(done: threading.Event = done) -> None:
+            nonlocal peak
+            while not done.is_set():
+                peak = max(peak, proc.memory_info().rss)
+                time.sleep(0.005)
+
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        statuses = set()
+        for _ in range(3):
+            r = httpx.post(
+                f"{url}/invocations", content=body, headers={"content-type": ctype}, timeout=300
+            )
+            statuses.add(r.status_code)
+        done.set()
+        sampler.join()
+        out.append(
+            {"server": name, "body": body_name, "rows": rows, "bytes": len(body),
+             "status": "/".join(map(str, sorted(statuses))), "rss": (peak - idle) / 2**20}
+        )  # fmt: skip
+        print(f"  {name} {body_name}: {out[-1]}", flush=True)
+    idle_lat = _latencies(url, small, 300)
+    heaviest = "parquet zeros"  # the most rows: the most decoding and scoring per byte
+    ctype, _, body = big[heaviest]
+    stop = threading.Event()
+
+    def flood() -> None:
+        with httpx.Client(timeout=300) as client:
+            while not stop.is_set():
+                client.post(f"{url}/invocations", content=body, headers={"content-type": ctype})
+
+    flooder = threading.Thread(target=flood)
+    flooder.start()
+    time.sleep(0.5)
+    busy_lat = _latencies(url, small, 300)
+    stop.set()
+    flooder.join()
+    for during, lat in (("idle server", idle_lat), (f"beside a {heaviest} loop", busy_lat)):
+        out.append(
+            {"server": name, "during": during, "p50": float(np.percentile(lat, 50)),
+             "p99": float(np.percentile(lat, 99)), "max": float(lat.max())}
+        )  # fmt: skip
+        print(f"  {name} {during}: {out[-1]}", flush=True)
+    return out
+
+
 # ------------------------------------------------------------------------------------- main
 
 
@@ -222,6 +358,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--project", type=Path, help="a fraud project already run (reused)")
     parser.add_argument("--no-pin", action="store_true", help="do not pin servers and load")
+    parser.add_argument("--no-mlflow", action="store_true", help="skip mlflow models serve")
+    parser.add_argument("--baseline-src", type=Path, help="another relayml tree, served too")
+    parser.add_argument("--limits", action="store_true", help="measure the request limits")
     args = parser.parse_args()
 
     pin = not args.no_pin and shutil.which("taskset") is not None and (os.cpu_count() or 1) > 1
@@ -241,7 +380,7 @@ def main() -> None:
     py = sys.executable
 
     def command(server_kind: str, port: int, uri: str) -> list[str]:
-        if server_kind == "relayml":
+        if server_kind in ("relayml", "baseline"):
             cmd = [py, "-m", "relayml", "serve", uri, "--port", str(port), "--workers", w]
         elif server_kind == "mlflow":
             cmd = [py, "-m", "mlflow", "models", "serve", "-m", uri, "--env-manager", "local"]
@@ -260,16 +399,25 @@ def main() -> None:
     samples: dict[tuple[str, str, int, int], list[dict]] = {}
     answers: dict[tuple[str, int], object] = {}
     spawn = multiprocessing.get_context("spawn")
-    scenarios = [("relayml", k) for k in uris] + [("mlflow", k) for k in uris] + [("empty", "-")]
+    scenarios = [("relayml", k) for k in uris]
+    if args.baseline_src:
+        scenarios += [("baseline", k) for k in uris]
+    if not args.no_mlflow:
+        scenarios += [("mlflow", k) for k in uris]
+    scenarios += [("empty", "-")]
+    envs = {name: env for name, _ in scenarios}
+    if args.baseline_src:
+        envs["baseline"] = {**env, "PYTHONPATH": str(args.baseline_src.resolve() / "src")}
     load_cpu = LOAD_CPU if pin else None
     with contextlib.ExitStack() as stack:
         # every server up at once (idle ones cost nothing); runs interleave across servers,
         # so a burst of background load on the machine hits all of them alike
         ports = {}
+        pids = {}
         for name, kind in scenarios:
             port = ports[(name, kind)] = free_port()
-            url = stack.enter_context(
-                server(command(name, port, uris.get(kind, "")), port, env, project)
+            url, pids[(name, kind)] = stack.enter_context(
+                server(command(name, port, uris.get(kind, "")), port, envs[name], project)
             )
             for n, body in bodies.items():
                 if name == "empty":
@@ -277,7 +425,7 @@ def main() -> None:
                 got = httpx.post(
                     f"{url}/invocations", content=body, headers={"content-type": "application/json"}
                 ).json()
-                if name == "relayml":
+                if name in ("relayml", "baseline"):
                     answers[(kind, n)] = got
                 else:
                     same = got == answers[(kind, n)]
@@ -285,6 +433,31 @@ def main() -> None:
                     if not same:
                         raise SystemExit("answers differ")
         pool = stack.enter_context(concurrent.futures.ProcessPoolExecutor(1, mp_context=spawn))
+        if args.limits:
+            limit_rows = []
+            big = largest_bodies()
+            for name in ("relayml", "baseline"):
+                if (name, "threshold") in ports:
+                    key = (name, "threshold")
+                    url = f"http://127.0.0.1:{ports[key]}"
+                    limit_rows += measure_limits(name, url, pids[key], big, bodies[1])
+            print("\n| server | body | rows | bytes | status | peak RSS above idle (MB) |")
+            print("|---|---|---:|---:|---:|---:|")
+            for r in limit_rows:
+                if "rss" in r:
+                    print(
+                        f"| {r['server']} | {r['body']} | {r['rows']} | {r['bytes']:,} "
+                        f"| {r['status']} | {r['rss']:.0f} |"
+                    )
+            print("\n| server | single-record requests | p50 ms | p99 ms | max ms |")
+            print("|---|---|---:|---:|---:|")
+            for r in limit_rows:
+                if "p99" in r:
+                    print(
+                        f"| {r['server']} | {r['during']} | {r['p50']:.2f} | {r['p99']:.2f} "
+                        f"| {r['max']:.1f} |"
+                    )
+            print(flush=True)
         for n, body in bodies.items():
             requests = {key: http_request(port, body) for key, port in ports.items()}
             for key, port in ports.items():  # warm-up
@@ -309,6 +482,21 @@ def main() -> None:
                     )
 
     print()
+    if args.baseline_src:
+        print("| bundle | rows/req | conc | relayml req/s | baseline req/s | relayml/baseline |")
+        print("|---|---:|---:|---:|---:|---:|")
+        for kind in uris:
+            for n in bodies:
+                for conc in CONCURRENCY:
+                    a = results[("relayml", kind, n, conc)]
+                    b = results[("baseline", kind, n, conc)]
+                    print(
+                        f"| {kind} | {n} | {conc} | {a['rps']:.0f} | {b['rps']:.0f} "
+                        f"| {a['rps'] / b['rps']:.2f} |"
+                    )
+        print()
+    if args.no_mlflow:
+        return
     print(
         "| bundle | rows/req | conc | relayml req/s | p50 ms | p99 ms | mlflow req/s | p50 ms "
         "| p99 ms | empty req/s | relay/mlflow | relay/empty |"

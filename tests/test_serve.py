@@ -207,7 +207,7 @@ def _bad_requests(rows: pd.DataFrame) -> list:
             {"content-type": "text/csv"},
             400,
             "wrong_type",
-            None,
+            "Time",
         ),
         (
             "type",
@@ -318,3 +318,265 @@ def test_predict_file_row_numbers_and_errors(served, tmp_path):
     with pytest.raises(UsageError, match="missing column 'Time'"):
         predict_file(served["plain"].uri, tmp_path / "short.parquet", tmp_path / "x.csv")
     assert not (tmp_path / "x.csv").exists()
+
+
+# -- safety: pickle setting, request limits, numbers, HTTP semantics, timeouts, fuzz ----------
+
+
+def test_explicit_pickle_false_loads_skops_bundles_and_refuses_pickled_ones(served, monkeypatch):
+    from test_bundle import scale_features
+
+    monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
+    rows = served["test"].head(50)
+    for kind in ("example", "plain"):  # skops; the example ships relay's threshold runtime
+        safe = load_bundle(served[kind].uri)
+        expected = served[kind].predict(rows)
+        got = safe.predict(rows)
+        assert np.array_equal(np.asarray(got), np.asarray(expected))
+    assert os.environ["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] == "false"  # left as it was
+    train = served["test"]
+    from sklearn.linear_model import LogisticRegression
+
+    model = LogisticRegression().fit(scale_features(train), train["Class"])
+    with mlflow.start_run() as run:
+        monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "true")
+        uri = log_bundle(scale_features, model, raw_example=train.head(5), run_id=run.info.run_id)
+    monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
+    with pytest.raises(UsageError, match=r"cloudpickle.*MLFLOW_ALLOW_PICKLE_DESERIALIZATION=true"):
+        load_bundle(uri)
+    monkeypatch.delenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION")  # unset: relay's trust rule
+    assert len(load_bundle(uri).predict(train.head(3))) == 3
+
+
+def _parquet(frame: pd.DataFrame) -> bytes:
+    import io
+
+    sink = io.BytesIO()
+    frame.to_parquet(sink)
+    return sink.getvalue()
+
+
+PARQUET = "application/vnd.apache.parquet"
+
+
+def test_rows_and_decoded_size_are_capped_before_decoding(served):
+    import psutil
+
+    client = TestClient(create_app(served["plain"]), raise_server_exceptions=False)
+    zeros = pd.DataFrame({c: np.zeros(5_000_000) for c in FEATURES})  # ~700 KB of Parquet
+    body = _parquet(zeros)
+    del zeros
+    assert len(body) < 5 * 2**20
+    rss = psutil.Process().memory_info().rss
+    r = client.post("/invocations", content=body, headers={"content-type": PARQUET})
+    assert r.status_code == 413 and r.json()["error"]["code"] == "too_many_rows", r.text
+    assert psutil.Process().memory_info().rss - rss < 300 * 2**20  # not the 5 GB it took
+    # under --max-rows but over 8 x --max-body once decoded
+    body = _parquet(pd.DataFrame({c: np.zeros(2_000) for c in FEATURES}))
+    assert 2_000 * len(FEATURES) * 8 > 8 * len(body)
+    small = TestClient(create_app(served["plain"], max_body=len(body)))
+    r = small.post("/invocations", content=body, headers={"content-type": PARQUET})
+    assert r.status_code == 413 and r.json()["error"]["code"] == "decoded_too_large", r.text
+    capped = TestClient(create_app(served["plain"], max_rows=10))
+    rows = served["test"].head(11)
+    for ctype, data in (
+        ("application/json", orjson.dumps(_good(rows))),
+        ("text/csv", rows[FEATURES].to_csv(index=False).encode()),
+        (PARQUET, _parquet(rows[FEATURES])),
+    ):
+        r = capped.post("/invocations", content=data, headers={"content-type": ctype})
+        assert r.status_code == 413 and r.json()["error"]["code"] == "too_many_rows", ctype
+        ten = {"application/json": orjson.dumps(_good(rows.head(10)))}.get(ctype)
+        if ten:
+            assert capped.post(
+                "/invocations", content=ten, headers={"content-type": ctype}
+            ).is_success
+
+
+def test_column_count_is_capped(served):
+    client = TestClient(create_app(served["plain"]), raise_server_exceptions=False)
+    wide = [f"c{i}" for i in range(5_000)]
+    csv_body = (",".join(FEATURES + wide) + "\n" + ",".join(["1"] * 5_030) + "\n").encode()
+    split = {"dataframe_split": {"columns": FEATURES + wide, "data": [[1.0] * 5_030]}}
+    inputs = {"inputs": {c: [1.0] for c in FEATURES + wide}}
+    parquet = _parquet(pd.DataFrame({c: [1.0] for c in FEATURES + wide[:2000]}))
+    for ctype, body in (
+        ("text/csv", csv_body),
+        ("application/json", orjson.dumps(split)),
+        ("application/json", orjson.dumps(inputs)),
+        (PARQUET, parquet),
+    ):
+        r = client.post("/invocations", content=body, headers={"content-type": ctype})
+        assert r.status_code == 413 and r.json()["error"]["code"] == "too_many_columns", ctype
+
+
+def test_csv_row_longer_than_the_header_names_the_line(served):
+    client = TestClient(create_app(served["plain"]))
+    rows = served["test"].head(2)[FEATURES]
+    lines = rows.to_csv(index=False).splitlines()
+    for bad in (1, 2):  # the first data row (pandas made the extra an index) or a later one
+        body = "\n".join(line + (",9" if i == bad else "") for i, line in enumerate(lines))
+        r = client.post("/invocations", content=body.encode(), headers={"content-type": "text/csv"})
+        assert r.status_code == 400, r.text
+        assert r.json()["error"]["code"] == "bad_input"
+        assert f"line {bad + 1}" in r.json()["error"]["message"]
+
+
+def _numbers(value: str, ctype: str, rows: pd.DataFrame) -> bytes:
+    frame = rows[FEATURES].head(2).copy()
+    if ctype == "text/csv":
+        text = frame.to_csv(index=False).splitlines()
+        head, first = text[0], text[1].split(",")
+        first[-1] = value
+        return "\n".join([head, ",".join(first), text[2]]).encode()
+    if ctype == PARQUET:
+        frame = frame.astype({"Amount": object})
+        frame["Amount"] = {"true": True, "inf": np.inf, "1e308": 1e308}[value]
+        return _parquet(frame.astype({"Amount": bool if value == "true" else float}))
+    body = orjson.dumps({"dataframe_records": frame.to_dict(orient="records")})
+    return body.replace(b'"Amount":', b'"Amount":' + value.encode() + b',"_":', 1)
+
+
+@pytest.mark.parametrize("ctype", ["application/json", "text/csv", PARQUET])
+@pytest.mark.parametrize(
+    ("value", "code"), [("true", "wrong_type"), ("inf", "wrong_type"), ("1e308", "out_of_range")]
+)
+def test_numbers_are_checked_alike_in_every_content_type(served, ctype, value, code):
+    if ctype == "application/json" and value == "inf":
+        value, code = "1e309", "malformed_json"  # JSON has no inf: out of range, like NaN
+    client = TestClient(create_app(served["plain"]), raise_server_exceptions=False)
+    body = _numbers(value, ctype, served["test"])
+    if value == "1e308":  # ±1e308 across the columns: the model's sum is inf - inf
+        frame = served["test"][FEATURES].head(2).copy()
+        frame[:] = [[1e308 if i % 2 else -1e308 for i in range(len(FEATURES))]] * 2
+        body = {
+            "application/json": orjson.dumps(_good(frame)),
+            "text/csv": frame.to_csv(index=False).encode(),
+            PARQUET: _parquet(frame),
+        }[ctype]
+    r = client.post("/invocations", content=body, headers={"content-type": ctype})
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["code"] == code, r.text
+
+
+def test_http_semantics_allow_www_authenticate_and_scheme_case(served):
+    client = TestClient(create_app(served["plain"], token="s3cret"))
+    r = client.get("/invocations", headers={"authorization": "Bearer s3cret"})
+    assert r.status_code == 405 and r.headers["allow"] == "POST"
+    assert client.post("/ping").headers["allow"] == "GET, HEAD"
+    denied = client.get("/version")
+    assert denied.status_code == 401 and denied.headers["www-authenticate"].startswith("Bearer")
+    for scheme in ("bearer", "BEARER", "Bearer"):
+        assert client.get("/version", headers={"authorization": f"{scheme} s3cret"}).is_success
+    assert client.get("/version", headers={"authorization": "Basic s3cret"}).status_code == 401
+    doc = client.get("/openapi.json", headers={"authorization": "Bearer s3cret"}).json()
+    assert PARQUET in doc["paths"]["/invocations"]["post"]["requestBody"]["content"]
+
+
+def test_check_bind_refuses_bad_ports_and_warns_on_open_hosts():
+    from relayml.serve import check_bind
+
+    for port in (0, -1, 65536, 70000):
+        with pytest.raises(UsageError, match="out of range"):
+            check_bind("127.0.0.1", port, token=None)
+    assert check_bind("127.0.0.1", 5001, token=None) is None
+    assert "reachable from other machines" in check_bind("0.0.0.0", 5001, token=None)
+    assert check_bind("0.0.0.0", 5001, token="t") is None
+
+
+@pytest.fixture(scope="module")
+def guarded(served):
+    """A real uvicorn server (guarded protocol, timeouts of 1 s) in a thread."""
+    import threading
+
+    import uvicorn
+
+    from relayml.serving_http import GuardedHttpProtocol
+
+    class Quick(GuardedHttpProtocol):
+        header_timeout = 1.0
+        body_timeout = 1.0
+
+    port = _free_port()
+    config = uvicorn.Config(
+        create_app(served["plain"]), host="127.0.0.1", port=port, http=Quick,
+        log_level="warning", timeout_keep_alive=1, lifespan="off",
+    )  # fmt: skip
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    yield port
+    server.should_exit = True
+    thread.join(10)
+
+
+@pytest.mark.parametrize("sends", [b"", b"POST /invocations HTTP/1.1\r\nHost: x\r\n"])
+def test_connections_that_send_nothing_are_closed(guarded, sends):
+    with socket.create_connection(("127.0.0.1", guarded)) as s:
+        s.settimeout(20)
+        s.sendall(sends)
+        for _ in range(3):  # a slowloris trickle (a header name, byte by byte) does not help
+            with contextlib.suppress(OSError):
+                s.sendall(b"a" if sends else b"")
+            time.sleep(0.4)
+        assert s.recv(100) == b""  # closed by the server
+    assert httpx.get(f"http://127.0.0.1:{guarded}/ping").status_code == 200
+
+
+def test_fuzzed_bodies_never_sink_the_server(served):
+    """Generated bodies for every content type: a JSON 4xx or a 200, never a 5xx."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    client = TestClient(create_app(served["plain"], max_body=65_536), raise_server_exceptions=False)
+    value = st.one_of(
+        st.none(), st.booleans(), st.integers(-(2**63), 2**63 - 1), st.floats(),
+        st.text(max_size=8),
+        st.sampled_from([1e308, -1e308, 0.0, 1.5]),
+    )  # fmt: skip
+    column = st.sampled_from([*FEATURES, "id", "", "x" * 20])
+    record = st.dictionaries(column, value, max_size=40)
+    payload = st.one_of(
+        st.builds(lambda r: {"dataframe_records": r}, st.lists(record, max_size=5)),
+        st.builds(lambda r: {"instances": r}, st.lists(record, max_size=5)),
+        st.builds(
+            lambda c, d: {"dataframe_split": {"columns": c, "data": d}},
+            st.lists(column, max_size=35),
+            st.lists(st.lists(value, max_size=35), max_size=4),
+        ),
+        st.builds(lambda d: {"inputs": d}, st.dictionaries(column, st.lists(value, max_size=3))),
+        st.dictionaries(st.text(max_size=5), value, max_size=3),
+    )
+    json_body = payload.map(lambda p: orjson.dumps(p, option=orjson.OPT_SERIALIZE_NUMPY))
+
+    def to_csv(rows: list[dict]) -> bytes:
+        return pd.DataFrame(rows).to_csv(index=False).encode() if rows else b""
+
+    def to_parquet(rows: list[dict]) -> bytes:
+        try:
+            return _parquet(pd.DataFrame(rows).astype(str) if rows else pd.DataFrame())
+        except Exception:
+            return b"PAR1"
+
+    bodies = st.one_of(
+        st.tuples(st.just("application/json"), json_body | st.binary(max_size=200)),
+        st.tuples(st.just("text/csv"), st.lists(record, max_size=4).map(to_csv)),
+        st.tuples(st.just("text/csv"), st.binary(max_size=300)),
+        st.tuples(st.just(PARQUET), st.lists(record, max_size=4).map(to_parquet)),
+        st.tuples(st.just(PARQUET), st.binary(max_size=300)),
+    )
+
+    @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(bodies)
+    def check(case):
+        ctype, body = case
+        r = client.post("/invocations", content=body, headers={"content-type": ctype})
+        assert r.status_code < 500, (ctype, body[:200], r.text)
+        if r.status_code != 200:
+            assert set(r.json()["error"]) == {"code", "message", "field"}
+
+    check()
+    assert client.post("/invocations", json=_good(served["test"].head(2))).status_code == 200

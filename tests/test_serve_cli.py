@@ -128,12 +128,13 @@ def servers(fraud: Path) -> Iterator[dict[str, str]]:
             env={**env, "SCORING_TOKEN": TOKEN},
         ) as (run_url, run_proc),
         _serving(
-            fraud, "models:/fraud@champion", "--workers", "2", env=env
+            fraud, "models:/fraud@champion", "--workers", "2", "--token-env", "ALIAS_TOKEN",
+            env={**env, "ALIAS_TOKEN": TOKEN},
         ) as (alias_url, alias_proc),
     ):  # fmt: skip
         wait_http(f"{run_url}/ping", timeout=90, proc=run_proc)
         wait_http(f"{alias_url}/ping", timeout=90, proc=alias_proc)
-        yield {"run": run_url, "alias": alias_url}
+        yield {"run": run_url, "alias": alias_url, "alias_pid": alias_proc.pid}
 
 
 AUTH = {"authorization": f"Bearer {TOKEN}"}
@@ -166,12 +167,12 @@ def test_version_tells_provenance(servers, here):
     assert prov["data_version"] == run.data_version and len(run.data_version) == 32
     assert prov["commit"] == run.tags["relay.git.commit"] and len(prov["commit"]) == 40
     assert prov["model_uri"] == got["model_uri"] == run.model_uri
-    alias = httpx.get(f"{servers['alias']}/version").json()
+    alias = httpx.get(f"{servers['alias']}/version", headers=AUTH).json()
     assert alias["model_uri"] == "models:/fraud@champion"
 
 
 def test_openapi_lists_the_raw_columns(servers):
-    doc = httpx.get(f"{servers['alias']}/openapi.json").json()
+    doc = httpx.get(f"{servers['alias']}/openapi.json", headers=AUTH).json()
     record = doc["components"]["schemas"]["Record"]
     assert list(record["properties"]) == FEATURES == record["required"]
     assert all(v == {"type": "number"} for v in record["properties"].values())
@@ -251,3 +252,38 @@ def test_predict_broken_input_leaves_no_output(here, relay, tmp_path):
     result = relay("predict", "models:/fraud@champion", "-i", str(missing), "-o", str(dst))
     assert result.code == 2 and "missing column 'V3'" in result.err, result
     assert not dst.exists()
+
+
+def test_worker_processes_get_the_token_through_its_own_variable_only(servers):
+    """No token on any command line, nor copied into another environment variable."""
+    import psutil
+
+    parent = psutil.Process(servers["alias_pid"])
+    processes = [parent, *parent.children(recursive=True)]
+    assert len(processes) >= 3  # the server and its two workers
+    assert httpx.get(f"{servers['alias']}/version", headers=AUTH).status_code == 200
+    for proc in processes:
+        assert not any(TOKEN in part for part in proc.cmdline()), proc.cmdline()
+        holding = sorted(k for k, v in proc.environ().items() if TOKEN in v)
+        assert holding == ["ALIAS_TOKEN"], holding
+
+
+@pytest.mark.parametrize("port", ["70000", "0", "-5"])
+def test_port_out_of_range_exits_2(here, relay, port):
+    result = relay("serve", "training/logreg@latest", "--port", port)
+    assert result.code == 2, result
+    lines = [line for line in result.err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error:") and "out of range" in lines[0], result
+
+
+def test_predict_with_pickle_forbidden_loads_the_skops_bundle(here, relay, tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
+    frame = _records(here, 50)
+    src, dst = tmp_path / "new.csv", tmp_path / "out.parquet"
+    frame.to_csv(src, index=False)
+    result = relay("predict", "models:/fraud@champion", "-i", str(src), "-o", str(dst))
+    assert result.code == 0, result
+    assert os.environ["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] == "false"
+    monkeypatch.delenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION")
+    expected = _expected(here, frame)
+    assert np.array_equal(pd.read_parquet(dst)["score"].to_numpy(), expected["score"].to_numpy())

@@ -840,6 +840,14 @@ def _allow_deserialization() -> Iterator[None]:
             os.environ[key] = before
 
 
+def _own_runtime(text: str) -> bool:
+    """Whether a shipped runtime module is relay's own source; if so, import relay's copy."""
+    if text != _RUNTIME_SOURCE:
+        return False
+    _runtime()
+    return True
+
+
 def load_bundle(uri: str) -> Bundle:
     """Load a bundle for fast in-process prediction.
 
@@ -852,7 +860,9 @@ def load_bundle(uri: str) -> Bundle:
 
     Raises:
         NotFound: no model at ``uri``.
-        UsageError: the model has no column-based input signature.
+        UsageError: the model has no column-based input signature, or
+            ``MLFLOW_ALLOW_PICKLE_DESERIALIZATION=false`` and it cannot load without
+            unpickling (see :mod:`relayml.bundle_trust`).
 
     Example:
         >>> bundle = load_bundle("models:/fraud@champion")  # doctest: +SKIP
@@ -878,13 +888,19 @@ def load_bundle(uri: str) -> Bundle:
         if outputs is not None and outputs.has_input_names()
         else None
     )
-    with _allow_deserialization():
-        if "sklearn" in info.flavors:
-            model = mlflow.sklearn.load_model(uri)
-            compiled = _compile(model, schema)
-        else:
-            model = mlflow.pyfunc.load_model(uri)
-            compiled = None
+    from relayml.bundle_trust import load_without_pickle, pickle_forbidden
+
+    if pickle_forbidden():  # the user's explicit MLFLOW_ALLOW_PICKLE_DESERIALIZATION=false
+        model = load_without_pickle(uri, own_runtime=_own_runtime)
+        compiled = _compile(model, schema)
+    else:
+        with _allow_deserialization():
+            if "sklearn" in info.flavors:
+                model = mlflow.sklearn.load_model(uri)
+                compiled = _compile(model, schema)
+            else:
+                model = mlflow.pyfunc.load_model(uri)
+                compiled = None
     return Bundle(
         uri=uri,
         input_schema=schema,

@@ -6,9 +6,9 @@ scoring protocol, so clients of ``mlflow models serve`` work unchanged:
 - ``POST /invocations`` with ``application/json`` holding exactly one of ``dataframe_split``,
   ``dataframe_records``, ``instances`` (a list of records) or ``inputs`` (records, or
   ``{column: [values]}``), or with ``text/csv`` (a header line, then rows), or
-  ``application/vnd.apache.parquet``. The answer is ``{"predictions": ...}`` exactly as
-  ``mlflow models serve`` gives it for the same model and payload: a list of labels, or a list
-  of ``{"label": ..., "score": ...}`` records for a bundle that carries a decision threshold.
+  ``application/vnd.apache.parquet`` (a Parquet file). The answer is ``{"predictions": ...}``
+  exactly as ``mlflow models serve`` gives it for the same model and payload: a list of labels,
+  or a list of ``{"label": ..., "score": ...}`` records for a bundle with a decision threshold.
 - ``GET /ping`` and ``GET /health``: liveness, always open.
 - ``GET /version``: relayml's and MLflow's versions, the model URI and the model's provenance.
 - ``GET /openapi.json``: an OpenAPI 3 description whose request schema lists the raw columns.
@@ -20,8 +20,17 @@ or wrong bearer tokens get a JSON error ``{"error": {"code", "message", "field"}
 status, never a stack trace; the server keeps serving.
 
 Speed: for numeric bundles the records go straight from ``orjson`` into one float64 matrix and
-through the pipeline's steps (see :func:`relayml.bundle.load_bundle`); requests of up to
-``_INLINE_ROWS`` rows are scored on the event loop, bigger ones in a worker thread.
+through the pipeline's steps (see :func:`relayml.bundle.load_bundle`). JSON bodies of up to
+``_INLINE_BYTES`` are decoded and scored on the event loop; bigger ones, and every CSV and
+Parquet body, in a worker thread, so that a big body never stalls the small ones.
+
+Limits (:mod:`relayml.serving_limits`): a body of at most ``max_body`` bytes, ``max_rows``
+records and a bounded column count, decoding to at most 8 x ``max_body`` (Parquet checked
+from its metadata before decoding): 413 with a JSON reason beyond. Numeric columns take
+finite numbers only: ``NaN``/null is a missing value, ``inf``, ``true``/``false`` and values
+that make the model's arithmetic undefined (``1e308`` in every column: inf - inf) are refused
+alike in every content type.
+Connections that hold a request open without sending are closed (:mod:`relayml.serving_http`).
 
 This module must not write to MLflow: it only reads models.
 """
@@ -31,7 +40,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-import io
 import json
 import logging
 import operator
@@ -47,12 +55,16 @@ import pandas as pd
 from relayml import __version__
 from relayml.bundle import Bundle, BundleInputError, load_bundle
 from relayml.errors import UsageError
+from relayml.serving_limits import HTTPError as _HTTPError
+from relayml.serving_limits import RequestLimits, check_finite, csv_frame, parquet_frame
 
-__all__ = ["create_app", "predict_file", "predictions_payload", "run_server"]
+__all__ = ["check_bind", "create_app", "predict_file", "predictions_payload", "run_server"]
 
 _log = logging.getLogger("relayml.serve")
 
-_INLINE_ROWS = 2048
+_INLINE_BYTES = 128 * 1024
+_RENDER_CHUNK = 4096
+DEFAULT_MAX_ROWS = 100_000
 _FORMATS = ("dataframe_split", "dataframe_records", "instances", "inputs")
 _JSON_TYPES = {
     "double": {"type": "number"},
@@ -64,24 +76,9 @@ _JSON_TYPES = {
     "datetime": {"type": "string", "format": "date-time"},
     "binary": {"type": "string", "format": "byte"},
 }
-_PANDAS_TYPES = {
-    "double": "float64",
-    "float": "float32",
-    "long": "int64",
-    "integer": "int32",
-    "boolean": "bool",
-    "string": "object",
-}
-
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
-
-
-class _HTTPError(Exception):
-    def __init__(self, status: int, code: str, message: str, field: str | None = None) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message, self.field = status, code, message, field
 
 
 def _error_body(code: str, message: str, field: str | None) -> bytes:
@@ -92,13 +89,18 @@ def _error_body(code: str, message: str, field: str | None) -> bytes:
 # parsing requests into a matrix (numeric bundles) or a DataFrame
 
 
-def _check_matrix(values: Any, columns: list[str], where: str) -> np.ndarray:
-    """A float64 matrix from nested lists, or a 400 naming the first bad column."""
+def _check_matrix(values: Any, columns: list[str], where: str, exact: bool) -> np.ndarray:
+    """A float64 matrix from nested lists, or a 400 naming the first bad column.
+
+    With ``exact``, every value is checked to be a number first: numpy would make ``true``
+    1.0 in a row of floats (the body holds a ``true`` or ``false`` somewhere).
+    """
     try:
         X = np.array(values, dtype=None)
     except ValueError:  # ragged
         X = np.array(values, dtype=object)
-    if X.ndim == 2 and X.shape[1] == len(columns) and X.dtype.kind in "fi":
+    shaped = X.ndim == 2 and X.shape[1] == len(columns) and X.dtype.kind in "fi"
+    if shaped and not exact:
         return np.ascontiguousarray(X, dtype=np.float64)
     for j, name in enumerate(columns):
         for i, row in enumerate(values):
@@ -115,6 +117,8 @@ def _check_matrix(values: Any, columns: list[str], where: str) -> np.ndarray:
                     f"{str(v)[:40]!r}",
                     name,
                 )
+    if shaped:
+        return np.ascontiguousarray(X, dtype=np.float64)
     raise _HTTPError(400, "bad_input", f"{where}: rows must be lists of numbers", where)
 
 
@@ -128,11 +132,7 @@ def _missing(columns: list[str], present: Any, where: str) -> _HTTPError:
     )
 
 
-def _records_matrix(records: Any, columns: list[str], where: str) -> np.ndarray:
-    if not isinstance(records, list):
-        raise _HTTPError(400, "bad_input", f"{where} must be a list of records", where)
-    if not records:
-        raise _HTTPError(400, "empty_input", f"{where} is empty: send at least one record", where)
+def _records_matrix(records: Any, columns: list[str], where: str, exact: bool) -> np.ndarray:
     try:
         if len(columns) > 1:  # itemgetter pulls a record's values in one C call (a tuple)
             rows = list(map(operator.itemgetter(*columns), records))
@@ -147,28 +147,16 @@ def _records_matrix(records: Any, columns: list[str], where: str) -> np.ndarray:
             if any(c not in r for c in columns):
                 raise _missing(columns, r, f"{where}[{i}]") from None
         raise
-    return _check_matrix(rows, columns, where)
+    return _check_matrix(rows, columns, where, exact)
 
 
-def _split_matrix(split: Any, columns: list[str]) -> np.ndarray:
-    where = "dataframe_split"
-    if not isinstance(split, dict) or not isinstance(split.get("data"), list):
-        raise _HTTPError(
-            400, "bad_input", 'dataframe_split must be {"columns": [...], "data": [[...]]}', where
-        )
-    cols = split.get("columns")
-    if not isinstance(cols, list):
-        raise _HTTPError(
-            400, "bad_input", "dataframe_split.columns is required", "dataframe_split.columns"
-        )
-    data = split["data"]
-    if not data:
-        raise _HTTPError(400, "empty_input", "dataframe_split.data is empty", "dataframe_split")
+def _split_matrix(split: dict[str, Any], columns: list[str], exact: bool) -> np.ndarray:
+    cols, data = split["columns"], split["data"]
     position = {c: i for i, c in enumerate(cols) if isinstance(c, str)}
     if any(c not in position for c in columns):
         raise _missing(columns, position, "dataframe_split")
     if cols == columns:
-        return _check_matrix(data, columns, "dataframe_split.data")
+        return _check_matrix(data, columns, "dataframe_split.data", exact)
     idx = [position[c] for c in columns]
     try:
         rows = [[row[j] for j in idx] for row in data]
@@ -179,39 +167,62 @@ def _split_matrix(split: Any, columns: list[str]) -> np.ndarray:
             f"dataframe_split.data rows must be lists of {len(cols)} values (one per column)",
             "dataframe_split.data",
         ) from None
-    return _check_matrix(rows, columns, "dataframe_split.data")
+    return _check_matrix(rows, columns, "dataframe_split.data", exact)
 
 
-def _columnar_matrix(inputs: dict[str, Any], columns: list[str]) -> np.ndarray:
+def _columnar_matrix(inputs: dict[str, Any], columns: list[str], exact: bool) -> np.ndarray:
     if any(c not in inputs for c in columns):
         raise _missing(columns, inputs, "inputs")
     cols = [inputs[c] if isinstance(inputs[c], list) else [inputs[c]] for c in columns]
     n = len(cols[0])
-    if n == 0:
-        raise _HTTPError(400, "empty_input", "inputs is empty: send at least one value", "inputs")
     if any(len(c) != n for c in cols):
         raise _HTTPError(
             400, "bad_input", "inputs: all columns must have the same length", "inputs"
         )
-    return _check_matrix([list(r) for r in zip(*cols, strict=True)], columns, "inputs")
+    return _check_matrix([list(r) for r in zip(*cols, strict=True)], columns, "inputs", exact)
 
 
-def _payload_frame(fmt: str, value: Any, columns: list[str]) -> pd.DataFrame:
+def _payload_frame(fmt: str, value: Any, limits: RequestLimits) -> pd.DataFrame:
     """The DataFrame of a JSON payload (bundles with non-numeric columns)."""
     if fmt == "dataframe_split":
-        if not isinstance(value, dict) or "data" not in value:
-            raise _HTTPError(
-                400, "bad_input", 'dataframe_split must be {"columns": [...], "data": [[...]]}', fmt
-            )
-        return pd.DataFrame(value["data"], columns=value.get("columns"))
+        return pd.DataFrame(value["data"], columns=value["columns"])
     if isinstance(value, dict) and fmt == "inputs":
         return pd.DataFrame({k: v if isinstance(v, list) else [v] for k, v in value.items()})
-    if not isinstance(value, list) or not all(isinstance(r, dict) for r in value):
+    if not all(isinstance(r, dict) for r in value):
         raise _HTTPError(400, "bad_input", f"{fmt} must be a list of records", fmt)
+    keys: set[str] = set()
+    for record in value:  # distinct keys are the frame's columns
+        keys.update(record)
+        limits.check_columns(len(keys))
     return pd.DataFrame.from_records(value)
 
 
-def _parse_json(body: bytes, bundle: Bundle) -> np.ndarray | pd.DataFrame:
+def _shape(fmt: str, value: Any, limits: RequestLimits) -> None:
+    """Check a JSON payload's shape, rows and columns (before any per-value work)."""
+    if fmt == "dataframe_split":
+        if not isinstance(value, dict) or not isinstance(value.get("data"), list):
+            raise _HTTPError(
+                400, "bad_input", 'dataframe_split must be {"columns": [...], "data": [[...]]}', fmt
+            )
+        if not isinstance(value.get("columns"), list):
+            raise _HTTPError(
+                400, "bad_input", "dataframe_split.columns is required", "dataframe_split.columns"
+            )
+        limits.check_columns(len(value["columns"]))
+        rows = len(value["data"])
+    elif fmt == "inputs" and isinstance(value, dict):
+        limits.check_columns(len(value))
+        rows = max((len(v) if isinstance(v, list) else 1 for v in value.values()), default=0)
+    elif isinstance(value, list):
+        rows = len(value)
+    else:
+        raise _HTTPError(400, "bad_input", f"{fmt} must be a list of records", fmt)
+    if rows == 0:
+        raise _HTTPError(400, "empty_input", f"{fmt} is empty: send at least one record", fmt)
+    limits.check_rows(rows)
+
+
+def _parse_json(body: bytes, bundle: Bundle, limits: RequestLimits) -> np.ndarray | pd.DataFrame:
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError as e:
@@ -232,36 +243,16 @@ def _parse_json(body: bytes, bundle: Bundle) -> np.ndarray | pd.DataFrame:
         )
     fmt = found[0]
     value = doc[fmt]
+    _shape(fmt, value, limits)
     columns = bundle.columns
     if not bundle.numeric:
-        return _payload_frame(fmt, value, columns)
+        return _payload_frame(fmt, value, limits)
+    exact = b"true" in body or b"false" in body  # a boolean somewhere: check every value
     if fmt == "dataframe_split":
-        return _split_matrix(value, columns)
+        return _split_matrix(value, columns, exact)
     if fmt == "inputs" and isinstance(value, dict):
-        return _columnar_matrix(value, columns)
-    return _records_matrix(value, columns, fmt)
-
-
-def _parse_csv(body: bytes, bundle: Bundle) -> pd.DataFrame:
-    if not body.strip():
-        raise _HTTPError(400, "empty_input", "the CSV body is empty")
-    dtypes = {n: _PANDAS_TYPES[t] for n, t in bundle.input_schema if t in _PANDAS_TYPES}
-    try:
-        frame = pd.read_csv(io.BytesIO(body), dtype=dtypes)
-    except ValueError as e:
-        message = str(e).splitlines()[0]
-        field = next((n for n in bundle.columns if repr(n) in message or n in message), None)
-        raise _HTTPError(400, "wrong_type", f"CSV: {message}", field) from None
-    except Exception as e:  # pandas' parser errors
-        raise _HTTPError(400, "bad_input", f"CSV: {str(e).splitlines()[0]}") from None
-    return frame
-
-
-def _parse_parquet(body: bytes) -> pd.DataFrame:
-    try:
-        return pd.read_parquet(io.BytesIO(body))
-    except Exception as e:
-        raise _HTTPError(400, "bad_input", f"Parquet: {str(e).splitlines()[0]}") from None
+        return _columnar_matrix(value, columns, exact)
+    return _records_matrix(value, columns, fmt, exact)
 
 
 def predictions_payload(predictions: Any) -> Any:
@@ -370,11 +361,23 @@ def _openapi(bundle: Bundle) -> dict[str, Any]:
             "/invocations": {
                 "post": {
                     "summary": "Score raw records",
+                    "description": (
+                        "A JSON body (one of dataframe_split, dataframe_records, instances, "
+                        "inputs), a CSV body (a header line, then rows) or a Parquet file. "
+                        "413 beyond the server's --max-body bytes, --max-rows records, "
+                        "its column limit or 8 x --max-body decoded."
+                    ),
                     "requestBody": {
                         "required": True,
                         "content": {
                             "application/json": {"schema": body},
-                            "text/csv": {"schema": {"type": "string"}},
+                            "text/csv": {
+                                "schema": {"type": "string"},
+                                "example": ",".join(bundle.columns) + "\n",
+                            },
+                            "application/vnd.apache.parquet": {
+                                "schema": {"type": "string", "format": "binary"}
+                            },
                         },
                     },
                     "responses": {
@@ -393,6 +396,7 @@ def _openapi(bundle: Bundle) -> dict[str, Any]:
                         },
                         "400": answers,
                         "401": answers,
+                        "405": answers,
                         "413": answers,
                         "415": answers,
                     },
@@ -443,13 +447,15 @@ class ScoringApp:
         *,
         token: str | None,
         max_body: int,
+        max_rows: int = DEFAULT_MAX_ROWS,
         provenance: dict[str, Any] | None,
     ) -> None:
         import mlflow
 
         self.bundle = bundle
         self.max_body = max_body
-        self._auth = f"Bearer {token}".encode() if token else None
+        self.limits = RequestLimits.for_model(max_body, max_rows, n_columns=len(bundle.columns))
+        self._token = token.encode() if token else None
         self._version = orjson.dumps(
             {
                 "relayml": __version__,
@@ -460,6 +466,7 @@ class ScoringApp:
         )
         self._openapi = orjson.dumps(_openapi(bundle))
         self._mimes: dict[bytes, str] = {}
+        self._floats = [n for n, t in bundle.input_schema if t in ("double", "float")]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -475,40 +482,54 @@ class ScoringApp:
                     await send({"type": "lifespan.shutdown.complete"})
                     return
 
-    async def _respond(self, send: Send, status: int, body: bytes) -> None:
+    async def _respond(
+        self, send: Send, status: int, body: bytes, extra: list[tuple[bytes, bytes]] | None = None
+    ) -> None:
         headers = [*_JSON_HEADERS, (b"content-length", str(len(body)).encode())]
+        if extra:
+            headers += extra
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+
+    def _authorized(self, scope: Scope) -> bool:
+        """Whether the request carries the bearer token (the scheme in any case)."""
+        given = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
+        scheme, _, credentials = given.partition(b" ")
+        ok = hmac.compare_digest(credentials.strip(), self._token or b"")
+        return ok and scheme.lower() == b"bearer"
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         path, method = scope["path"], scope["method"]
         try:
-            if path in ("/ping", "/health"):
-                if method not in ("GET", "HEAD"):
-                    raise _HTTPError(405, "method_not_allowed", f"{path} answers GET only")
-                await self._respond(send, 200, b'{"status":"ok"}')
-                return
-            if self._auth is not None:
-                given = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
-                if not hmac.compare_digest(given, self._auth):
-                    raise _HTTPError(
-                        401,
-                        "unauthorized",
-                        "missing or wrong bearer token: send 'Authorization: Bearer <token>'",
-                        "authorization",
-                    )
+            allowed = _ROUTES.get(path)
+            if allowed is None:
+                raise _HTTPError(404, "not_found", f"no route {method} {path}", None)
+            if method not in allowed:
+                raise _HTTPError(
+                    405, "method_not_allowed", f"{path} answers {' and '.join(allowed)} only"
+                )
+            if self._token is not None and path not in _OPEN and not self._authorized(scope):
+                raise _HTTPError(
+                    401,
+                    "unauthorized",
+                    "missing or wrong bearer token: send 'Authorization: Bearer <token>'",
+                    "authorization",
+                )
             if path == "/invocations":
-                if method != "POST":
-                    raise _HTTPError(405, "method_not_allowed", "/invocations answers POST only")
                 await self._invocations(scope, receive, send)
-            elif path == "/version" and method == "GET":
+            elif path == "/version":
                 await self._respond(send, 200, self._version)
-            elif path == "/openapi.json" and method == "GET":
+            elif path == "/openapi.json":
                 await self._respond(send, 200, self._openapi)
             else:
-                raise _HTTPError(404, "not_found", f"no route {method} {path}", None)
+                await self._respond(send, 200, b'{"status":"ok"}')
         except _HTTPError as e:
-            await self._respond(send, e.status, _error_body(e.code, e.message, e.field))
+            extra = None
+            if e.status == 405:
+                extra = [(b"allow", ", ".join(_ROUTES[path]).encode())]
+            elif e.status == 401:
+                extra = [(b"www-authenticate", b'Bearer realm="relayml"')]
+            await self._respond(send, e.status, _error_body(e.code, e.message, e.field), extra)
 
     async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
         length = next((v for k, v in scope["headers"] if k == b"content-length"), None)
@@ -522,6 +543,8 @@ class ScoringApp:
         size = 0
         while True:
             message = await receive()
+            if message["type"] == "http.disconnect":
+                raise _HTTPError(400, "disconnected", "the client went away before the body ended")
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_body:
@@ -543,14 +566,11 @@ class ScoringApp:
             if len(self._mimes) < 64:  # clients send the same few headers again and again
                 self._mimes[content_type] = mime
         body = await self._read_body(scope, receive)
-        bundle = self.bundle
-        if mime == "application/json":
-            data = _parse_json(body, bundle)
-        elif mime == "text/csv":
-            data = _parse_csv(body, bundle)
-        else:
-            data = _parse_parquet(body)
-        await self._score(send, data)
+        if mime == "application/json" and len(body) <= _INLINE_BYTES:
+            answer = self._answer(mime, body)  # small: cheaper than a hop to a thread
+        else:  # decoding and scoring a big body must not stall the other requests
+            answer = await asyncio.to_thread(self._answer, mime, body)
+        await self._respond(send, 200, answer)
 
     @staticmethod
     def _mime(content_type: bytes) -> str:
@@ -565,23 +585,43 @@ class ScoringApp:
                 f"only UTF-8 bodies are accepted; got {params.strip()!r}",
                 "content-type",
             )
-        if mime not in ("application/json", "text/csv", "application/vnd.apache.parquet"):
+        if mime not in _MEDIA_TYPES:
             raise _HTTPError(
                 415,
                 "unsupported_media_type",
                 f"content type {mime or '(none)'!r} is not supported; use application/json "
-                "(dataframe_split, dataframe_records, instances or inputs) or text/csv",
+                "(dataframe_split, dataframe_records, instances or inputs), text/csv or "
+                "application/vnd.apache.parquet",
                 "content-type",
             )
         return mime
 
-    async def _score(self, send: Send, data: np.ndarray | pd.DataFrame) -> None:
+    def _answer(self, mime: str, body: bytes) -> bytes:
+        """Decode, check and score a body: the response body of a 200, or an _HTTPError."""
         bundle = self.bundle
         try:
-            if len(data) <= _INLINE_ROWS:
-                predictions = _predict(bundle, data)
+            if mime == "application/json":
+                data = _parse_json(body, bundle, self.limits)
+            elif mime == "text/csv":
+                data = csv_frame(body, bundle.input_schema, self.limits)
             else:
-                predictions = await asyncio.to_thread(_predict, bundle, data)
+                data = parquet_frame(body, bundle.columns, self.limits)
+        except (ValueError, TypeError, KeyError) as e:  # pandas on a payload of odd shape
+            raise _HTTPError(400, "bad_input", f"the body does not parse: {e}") from None
+        try:
+            # inf - inf is no score (1e308 in every column); an overflow that saturates is
+            with np.errstate(invalid="raise"):
+                predictions = _predict(bundle, data, self._floats)
+        except _HTTPError:
+            raise
+        except FloatingPointError:
+            raise _HTTPError(
+                400,
+                "out_of_range",
+                "the values make the model's arithmetic undefined (magnitudes near float's "
+                "limit, such as 1e308, overflow to inf - inf); send values in the range the "
+                "model was trained on",
+            ) from None
         except BundleInputError as e:
             code = "empty_input" if str(e).startswith("empty") else "bad_input"
             if e.field is not None and "missing column" in str(e):
@@ -598,19 +638,42 @@ class ScoringApp:
             raise _HTTPError(
                 500, "internal", "the model failed on this input; see the server log"
             ) from None
-        await self._respond(send, 200, _render(predictions, bundle.output_columns))
+        return _render(predictions, bundle.output_columns)
 
 
-def _predict(bundle: Bundle, data: np.ndarray | pd.DataFrame) -> Any:
+_MEDIA_TYPES = ("application/json", "text/csv", "application/vnd.apache.parquet")
+#: path → the methods it answers; /ping and /health are open even with a token
+_ROUTES = {
+    "/invocations": ("POST",),
+    "/version": ("GET",),
+    "/openapi.json": ("GET",),
+    "/ping": ("GET", "HEAD"),
+    "/health": ("GET", "HEAD"),
+}
+_OPEN = ("/ping", "/health")
+
+
+def _predict(bundle: Bundle, data: np.ndarray | pd.DataFrame, floats: list[str]) -> Any:
     if isinstance(data, np.ndarray):
         return bundle.score_matrix(data)  # an array, or a tuple of arrays (label, score)
-    return bundle.predict(data)
+    frame = bundle.frame(data)  # the schema's columns, float columns as floats
+    check_finite(frame, floats)
+    if bundle.numeric:
+        return bundle.score_matrix(frame.to_numpy(dtype=np.float64))
+    return bundle.predict(frame)
 
 
 def _render(predictions: Any, output_columns: list[str] | None) -> bytes:
     """The response body ``{"predictions": ...}``, without an intermediate DataFrame."""
     if isinstance(predictions, tuple):  # (label, score) arrays of a bundle with a threshold
         names = output_columns or ["label", "score"]
+        n = len(predictions[0])
+        if n > _RENDER_CHUNK:  # in pieces: one long orjson call would hold the GIL throughout
+            parts = [
+                _render(tuple(a[i : i + _RENDER_CHUNK] for a in predictions), names)[16:-2]
+                for i in range(0, n, _RENDER_CHUNK)
+            ]
+            return b'{"predictions":[' + b",".join(parts) + b"]}"
         columns = [a.tolist() for a in predictions]
         records = [dict(zip(names, row, strict=True)) for row in zip(*columns, strict=True)]
         return orjson.dumps({"predictions": records})
@@ -626,6 +689,7 @@ def create_app(
     *,
     token: str | None = None,
     max_body: int = 5 * 2**20,
+    max_rows: int = DEFAULT_MAX_ROWS,
     provenance: dict[str, Any] | None = None,
 ) -> ScoringApp:
     """The ASGI scoring app of a bundle.
@@ -633,8 +697,10 @@ def create_app(
     Args:
         bundle: a loaded bundle (:func:`relayml.bundle.load_bundle`).
         token: if set, every route but ``/ping`` and ``/health`` needs
-            ``Authorization: Bearer <token>``.
-        max_body: largest request body accepted, in bytes (413 beyond).
+            ``Authorization: Bearer <token>`` (the scheme in any case).
+        max_body: largest request body accepted, in bytes (413 beyond). The columns the model
+            reads may decode to at most 8 times as much (see :mod:`relayml.serving_limits`).
+        max_rows: most records in one request (413 beyond; checked before decoding).
         provenance: shown by ``GET /version`` (run keys, data digest, commit, ...), on top of
             the bundle's own ``relay.*`` tags.
 
@@ -647,10 +713,38 @@ def create_app(
         >>> client.post("/invocations", json={"dataframe_records": rows}).json()  # doctest: +SKIP
         {'predictions': [0, 0]}
     """
-    return ScoringApp(bundle, token=token, max_body=max_body, provenance=provenance)
+    return ScoringApp(
+        bundle, token=token, max_body=max_body, max_rows=max_rows, provenance=provenance
+    )
 
 
 _ENV = "RELAY_SERVE_CONFIG"
+_TOKEN_ENV = "RELAY_SERVE_TOKEN"
+_LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def check_bind(host: str, port: int, *, token: str | None) -> str | None:
+    """Check where a scoring server is to listen: a warning to show, if any.
+
+    Raises:
+        UsageError: a port outside 1..65535.
+
+    Example:
+        >>> check_bind("0.0.0.0", 5001, token=None)[:25]
+        '0.0.0.0 is reachable from'
+        >>> check_bind("127.0.0.1", 70000, token=None)
+        Traceback (most recent call last):
+        ...
+        relayml.errors.UsageError: port 70000 is out of range: use a TCP port from 1 to 65535
+    """
+    if not 1 <= port <= 65535:
+        raise UsageError(f"port {port} is out of range: use a TCP port from 1 to 65535")
+    if host not in _LOCAL_HOSTS and not host.startswith("127.") and not token:
+        return (
+            f"{host} is reachable from other machines and no --token-env is set: anyone who "
+            "can reach it can score records and read /version"
+        )
+    return None
 
 
 def _app_from_env() -> ScoringApp:
@@ -658,6 +752,7 @@ def _app_from_env() -> ScoringApp:
     import mlflow
 
     config = json.loads(os.environ[_ENV])
+    token = os.environ.get(config["token_env"]) if config.get("token_env") else None
     # the parent resolved the model in the project's store; workers are fresh processes
     if config.get("tracking_uri"):
         mlflow.set_tracking_uri(config["tracking_uri"])
@@ -665,8 +760,9 @@ def _app_from_env() -> ScoringApp:
         mlflow.set_registry_uri(config["registry_uri"])
     return create_app(
         load_bundle(config["model_uri"]),
-        token=config.get("token"),
+        token=token,
         max_body=config["max_body"],
+        max_rows=config["max_rows"],
         provenance=config.get("provenance"),
     )
 
@@ -678,7 +774,9 @@ def run_server(
     port: int = 5001,
     workers: int = 1,
     max_body: int = 5 * 2**20,
+    max_rows: int = DEFAULT_MAX_ROWS,
     token: str | None = None,
+    token_env: str | None = None,
     provenance: dict[str, Any] | None = None,
     bundle: Bundle | None = None,
 ) -> None:
@@ -690,12 +788,17 @@ def run_server(
         port: TCP port.
         workers: worker processes (uvicorn's multiprocess mode) when above 1.
         max_body: largest request body, in bytes.
+        max_rows: most records in one request.
         token: bearer token required on every route but ``/ping`` and ``/health``.
+        token_env: the environment variable that holds ``token``: worker processes read it
+            from there (without it, ``RELAY_SERVE_TOKEN`` is set for them). The token is
+            never put on a command line.
         provenance: extra provenance for ``GET /version``.
         bundle: the bundle at ``model_uri`` if the caller loaded it already.
 
     Raises:
         NotFound: no model at ``model_uri`` (checked before the server starts).
+        UsageError: a port out of range, fewer than one worker or row.
 
     Example:
         >>> run_server("models:/fraud@champion", port=5001, workers=2)  # doctest: +SKIP
@@ -706,36 +809,50 @@ def run_server(
 
     if workers < 1:
         raise UsageError(f"workers must be at least 1; got {workers}")
+    if max_rows < 1:
+        raise UsageError(f"max rows must be at least 1; got {max_rows}")
+    warning = check_bind(host, port, token=token)
+    if warning:
+        _log.warning(warning)
     if bundle is None:
         bundle = load_bundle(model_uri)  # fail early, in the parent, with a clear error
     provenance = {"model_uri": model_uri, **bundle.provenance, **(provenance or {})}
-    import mlflow
+    from relayml.serving_http import KEEP_ALIVE_TIMEOUT
 
-    os.environ[_ENV] = json.dumps(
-        {
-            "model_uri": model_uri,
-            "token": token,
-            "max_body": max_body,
-            "provenance": provenance,
-            "tracking_uri": mlflow.get_tracking_uri(),
-            "registry_uri": mlflow.get_registry_uri(),
-        }
-    )
     options: dict[str, Any] = {
         "host": host,
         "port": port,
         "access_log": False,
         "log_level": "warning",
         "proxy_headers": False,  # no per-request middleware: nothing here reads client addresses
+        "timeout_keep_alive": KEEP_ALIVE_TIMEOUT,
     }
-    if importlib.util.find_spec("httptools"):
-        options["http"] = "httptools"
+    if importlib.util.find_spec("httptools"):  # with header and body timeouts
+        options["http"] = "relayml.serving_http:GuardedHttpProtocol"
     if importlib.util.find_spec("uvloop"):
         options["loop"] = "uvloop"
     if workers > 1:
+        import mlflow
+
+        if token and (not token_env or os.environ.get(token_env) != token):
+            token_env = _TOKEN_ENV  # the workers' only way to it: no command line, no file
+            os.environ[token_env] = token
+        os.environ[_ENV] = json.dumps(
+            {
+                "model_uri": model_uri,
+                "token_env": token_env if token else None,  # its name, never its value
+                "max_body": max_body,
+                "max_rows": max_rows,
+                "provenance": provenance,
+                "tracking_uri": mlflow.get_tracking_uri(),
+                "registry_uri": mlflow.get_registry_uri(),
+            }
+        )
         uvicorn.run("relayml.serve:_app_from_env", factory=True, workers=workers, **options)
     else:
-        app = create_app(bundle, token=token, max_body=max_body, provenance=provenance)
+        app = create_app(
+            bundle, token=token, max_body=max_body, max_rows=max_rows, provenance=provenance
+        )
         uvicorn.run(app, **options)
 
 
@@ -1041,10 +1158,14 @@ def serve(
     port: int = 5001,
     workers: int = 1,
     max_body: int = 5 * 2**20,
+    max_rows: int = DEFAULT_MAX_ROWS,
     token: str | None = None,
+    token_env: str | None = None,
     project: Any = None,
 ) -> None:
     """Serve the bundle a reference names as a REST API on raw records (blocks until stopped).
+
+    The options are :func:`run_server`'s.
 
     Example:
         >>> import relayml as relay
@@ -1057,7 +1178,9 @@ def serve(
         port=port,
         workers=workers,
         max_body=max_body,
+        max_rows=max_rows,
         token=token,
+        token_env=token_env,
         provenance=prov,
     )
 

@@ -47,14 +47,18 @@ def serve_command(
     port: int = typer.Option(5001, "--port", "-p"),
     workers: int = typer.Option(1, "--workers", "-w", min=1),
     max_body: str = typer.Option("5MiB", "--max-body", help="Largest request body."),
+    max_rows: int = typer.Option(
+        100_000, "--max-rows", min=1, help="Most records in one request (413 beyond)."
+    ),
     token_env: str = typer.Option(
         None, "--token-env", help="Env var holding a bearer token every route but /ping needs."
     ),
 ) -> None:
     """Serve a model bundled with its processing as a REST API on raw records.
 
-    POST /invocations takes MLflow's scoring formats; GET /version tells where the model
-    comes from; GET /openapi.json describes the raw input.
+    POST /invocations takes MLflow's scoring formats (JSON, CSV, Parquet); GET /version tells
+    where the model comes from; GET /openapi.json describes the raw input. A request may hold
+    --max-rows records and --max-body bytes, decoding to at most 8 times --max-body.
 
     Examples:
 
@@ -66,21 +70,24 @@ def serve_command(
     """
     from relayml.bundle import load_bundle
     from relayml.errors import UsageError
-    from relayml.serve import resolve_model, run_server
+    from relayml.serve import check_bind, resolve_model, run_server
 
     token = None
     if token_env:
         token = os.environ.get(token_env)
         if not token:
             raise UsageError(f"--token-env {token_env}: the variable is unset or empty")
+    warning = check_bind(host, port, token=token)
     limit = parse_size(max_body)
     uri, prov = resolve_model(ref, project=settings())
     bundle = load_bundle(uri)  # a bad model fails here, before anything is announced
     err_console.print(f"serving {uri} ({prov.get('training', ref)}) on http://{host}:{port}")
     err_console.print("  POST /invocations · GET /version · GET /openapi.json · Ctrl-C stops")
+    if warning:
+        err_console.print(f"[yellow]Warning:[/yellow] {warning}", highlight=False)
     run_server(
-        uri, host=host, port=port, workers=workers, max_body=limit, token=token,
-        provenance=prov, bundle=bundle,
+        uri, host=host, port=port, workers=workers, max_body=limit, max_rows=max_rows,
+        token=token, token_env=token_env, provenance=prov, bundle=bundle,
     )  # fmt: skip
 
 

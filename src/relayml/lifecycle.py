@@ -50,7 +50,7 @@ from urllib.parse import unquote, urlparse
 from relayml.errors import NotFound, RelayError, StepFailed, UsageError
 from relayml.keys import parse_reference
 from relayml.outputs import cache_dir
-from relayml.runs import INTERNAL_STEPS, Project, Run, RunList, get, open_project, runs
+from relayml.runs import INTERNAL_STEPS, Project, Run, RunList, get, open_project, runs, visible
 from relayml.store import Store, get_store, quote
 
 if TYPE_CHECKING:
@@ -631,7 +631,7 @@ def _soft_delete(store: Store, run_id: str) -> None:
 
 
 def _active(r: Run) -> bool:
-    return r.mlflow.info.lifecycle_stage == "active"
+    return r.active
 
 
 def _resolve_any(ref: str, settings: Settings, store: Store) -> Run:
@@ -642,11 +642,12 @@ def _resolve_any(ref: str, settings: Settings, store: Store) -> Run:
         parsed = parse_reference(ref)
         if parsed.run_id:
             e = store.get_run(parsed.run_id)
-            if e is not None and "relay.key" in e.data.tags:
+            if e is not None and visible(e):
                 return Run(settings, e)
         elif parsed.time:
             flt = f"tags.`relay.key` = {quote(str(parsed.key))}"
-            found = store.search([parsed.step], flt, limit=1, deleted=True)  # type: ignore[list-item]
+            found = store.search([parsed.step], flt, limit=3, deleted=True)  # type: ignore[list-item]
+            found = [e for e in found if visible(e)]
             if found:
                 return Run(settings, found[0])
         raise NotFound(
@@ -664,7 +665,7 @@ def _descendants(store: Store, settings: Settings, roots: Iterable[Run]) -> list
         flt = f"tags.`relay.upstream.{r.step}` = {quote(r.run_id)}"
         for deleted in (False, True):
             for e in store.search(None, flt, deleted=deleted):
-                if "relay.key" in e.data.tags and e.info.run_id not in seen:
+                if visible(e) and e.info.run_id not in seen:
                     seen.add(e.info.run_id)
                     child = Run(settings, e)
                     out.append(child)
@@ -737,7 +738,7 @@ def _snapshot_users(store: Store, holder: str, names: Iterable[str]) -> list[Run
         for e in store.search(steps, flt):
             found[e.info.run_id] = e
     settings = store.settings
-    return [Run(settings, e) for e in found.values() if "relay.key" in e.data.tags]
+    return [Run(settings, e) for e in found.values() if visible(e)]
 
 
 def _logged_models(store: Store, run_id: str) -> list[Any]:

@@ -530,9 +530,7 @@ def _create_run(store: Store, req: Request) -> tuple[str, RunKey]:
         if [e.info.run_id for e in holders] == [run_id]:
             store.log(run_id, params=_logged_params(req))
             return run_id, key
-        store.set_tag(run_id, "relay.withdrawn", "key collision")
-        store.finish(run_id, "KILLED")
-        store.delete_run(run_id)
+        store.withdraw(run_id, "key collision")
         key = _after_newest(store, key)
         time.sleep(random.uniform(0.0, 0.05))
     raise RelayError(f"could not allocate a unique key for {req.step}/{req.variant.name}")

@@ -2,7 +2,10 @@
 
 Experiments are found by name (``<project>/<step>``) and created on first use; runs are
 searched inside the tracking store with MLflow filter strings and paging, never by listing
-every run and filtering in Python. Everything relayml writes is plain MLflow: tags under
+every run and filtering in Python. Reads go through a read path that needs no MLflow import
+(:mod:`relayml.readstore`: REST on a server, read-only SQL on a known database schema) and
+fall back to MLflow's client; MLflow itself is imported only when a command writes or the
+read path cannot answer. Everything relayml writes is plain MLflow: tags under
 ``relay.``, params, metrics, artifacts, dataset inputs.
 
 Example:
@@ -24,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from relayml.config import Settings
 from relayml.errors import RelayError
+from relayml.readstore import Reader, RunRecord, Unsupported, open_reader
 
 if TYPE_CHECKING:
     from mlflow.entities import Run as MlflowRun
@@ -58,7 +62,8 @@ def get_store(settings: Settings) -> Store:
         if ident not in _STORES:
             _STORES[ident] = Store(settings)
         store = _STORES[ident]
-    store.activate()
+    if store.has_client:  # MLflow's fluent API follows the store in use, once it is loaded
+        store.activate()
     return store
 
 
@@ -67,14 +72,44 @@ class Store:
 
     Attributes:
         settings: the project's settings.
-        client: the underlying ``MlflowClient`` (for what this class does not wrap).
+        client: the underlying ``MlflowClient`` (for what this class does not wrap), created
+            on first use.
+        reader: the read path that needs no MLflow import, or None (see
+            :mod:`relayml.readstore`).
     """
 
     def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._client: MlflowClient | None = None
+        self._reader: Reader | None = None
+        self._reader_opened = False
+        self._experiments: dict[str, str] = {}
+        self._artifact_uris: dict[str, str] = {}  # run id → artifact URI, known or looked up
+
+    @property
+    def has_client(self) -> bool:
+        """Whether MLflow's client was created (MLflow imported) in this process."""
+        return self._client is not None
+
+    @property
+    def reader(self) -> Reader | None:
+        """The read path (opened on first use; None where only MLflow's client reads)."""
+        if not self._reader_opened:
+            self._reader_opened = True
+            self._reader = open_reader(self.settings.tracking_uri)
+        return self._reader
+
+    @property
+    def client(self) -> MlflowClient:
+        """MLflow's client on the project's store (imports MLflow on first use)."""
+        if self._client is None:
+            self._client = self._open_client()
+        return self._client
+
+    def _open_client(self) -> MlflowClient:
         from mlflow.tracking import MlflowClient
 
-        self.settings = settings
-        uri = settings.tracking_uri
+        uri = self.settings.tracking_uri
         self.activate()
         if uri.startswith("sqlite:///"):
             path = Path(uri.removeprefix("sqlite:///"))
@@ -82,16 +117,17 @@ class Store:
             with _file_lock(path.with_name(path.name + ".init-lock")):
                 # MLflow creates and migrates the tables on first use; two processes doing
                 # it at once fail ("table ... already exists"), so they take turns.
-                self.client: MlflowClient = MlflowClient(tracking_uri=uri, registry_uri=uri)
-                self.client.search_experiments(max_results=1)  # the schema exists from here
+                client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+                client.search_experiments(max_results=1)  # the schema exists from here
                 ensure_indexes(uri)
         else:
-            self.client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+            client = MlflowClient(tracking_uri=uri, registry_uri=uri)
             if uri.startswith("postgresql"):
-                self.client.search_experiments(max_results=1)
+                client.search_experiments(max_results=1)
                 ensure_indexes(uri)
-        self._experiments: dict[str, str] = {}
-        self._artifact_uris: dict[str, str] = {}  # run id → artifact URI, known or looked up
+        if self._reader_opened and self._reader is None:
+            self._reader_opened = False  # the client may just have created the schema
+        return client
 
     def activate(self) -> None:
         """Point MLflow's process-wide (fluent) API at this store, for model logging.
@@ -122,6 +158,12 @@ class Store:
         name = self.settings.experiment(step)
         if name in self._experiments:
             return self._experiments[name]
+        known = self._read(lambda r: r.experiment(name), missing=False)
+        if known is None and not create:
+            return None
+        if known and known[1] == "active":  # a deleted one is restored by the client below
+            self._experiments[name] = known[0]
+            return known[0]
         from mlflow.exceptions import MlflowException
 
         exp = self.client.get_experiment_by_name(name)
@@ -155,13 +197,26 @@ class Store:
         Relay's own bookkeeping experiments (``chains``, ``snapshots``, ``refresh``) included.
         """
         prefix = f"{self.settings.project}/"
-        exps = self.client.search_experiments(filter_string=f"name LIKE {quote(prefix + '%')}")
+        found = self._read(lambda r: r.experiments(prefix), missing=None)
+        if found is None:
+            exps = self.client.search_experiments(filter_string=f"name LIKE {quote(prefix + '%')}")
+            found = {e.name: e.experiment_id for e in exps}
         out = {}
-        for e in exps:
-            if e.name.startswith(prefix):
-                self._experiments[e.name] = e.experiment_id
-                out[e.name.removeprefix(prefix)] = e.experiment_id
+        for name, exp_id in found.items():
+            if name.startswith(prefix):
+                self._experiments[name] = exp_id
+                out[name.removeprefix(prefix)] = exp_id
         return out
+
+    def _read(self, call: Any, *, missing: Any) -> Any:
+        """``call(reader)``, or ``missing`` when there is no read path or it cannot answer."""
+        reader = self.reader
+        if reader is None:
+            return missing
+        try:
+            return call(reader)
+        except Unsupported:
+            return missing
 
     # -- searching -------------------------------------------------------------------------
 
@@ -173,8 +228,12 @@ class Store:
         order_by: Sequence[str] = ("attributes.start_time DESC",),
         limit: int | None = None,
         deleted: bool = False,
-    ) -> list[MlflowRun]:
+    ) -> list[MlflowRun | RunRecord]:
         """Search runs of the given steps (None: every step) inside the tracking store.
+
+        The runs are :class:`~relayml.readstore.RunRecord` objects from the read path, or
+        ``mlflow.entities.Run`` objects from MLflow's client: both answer ``.info`` and
+        ``.data`` alike.
 
         Args:
             steps: step names; unknown steps simply have no runs.
@@ -186,16 +245,24 @@ class Store:
         Example:
             >>> store.search(["training"], "tags.`relay.variant` = 'rf'", limit=1)  # doctest: +SKIP
         """
-        from mlflow.entities import ViewType
-
         if steps is None:
             ids = list(self.step_experiments().values())
         else:
             ids = [i for s in steps if (i := self.experiment_id(s, create=False))]
         if not ids:
             return []
+        records = self._read(
+            lambda r: r.search(
+                ids, filter_string, order_by=order_by, limit=limit, deleted=deleted
+            ),
+            missing=None,
+        )
+        if records is not None:
+            return records
+        from mlflow.entities import ViewType
+
         view = ViewType.DELETED_ONLY if deleted else ViewType.ACTIVE_ONLY
-        out: list[MlflowRun] = []
+        out: list[MlflowRun | RunRecord] = []
         token = None
         while True:
             page = PAGE if limit is None else min(PAGE, limit - len(out))
@@ -212,8 +279,11 @@ class Store:
             if not token or (limit is not None and len(out) >= limit):
                 return out
 
-    def get_run(self, run_id: str) -> MlflowRun | None:
-        """The MLflow run with this id, or None when there is none."""
+    def get_run(self, run_id: str) -> MlflowRun | RunRecord | None:
+        """The run with this id (active or deleted), or None when there is none."""
+        found = self._read(lambda r: r.get_run(run_id), missing=False)
+        if found is not False:
+            return found
         from mlflow.exceptions import MlflowException
 
         try:
@@ -296,8 +366,55 @@ class Store:
         dst.mkdir(parents=True, exist_ok=True)
         return Path(self.client.download_artifacts(run_id, path, str(dst)))
 
+    def run_artifacts(self, run_id: str) -> list[tuple[str, int]]:
+        """``(path, size)`` of every artifact file of a run, sorted; read without MLflow
+        where the artifacts are local files or proxied by a tracking server.
+
+        Example:
+            >>> store.run_artifacts(run_id)[:1]  # doctest: +SKIP
+            [('code/source.json', 812)]
+        """
+        uri = self._artifact_uris.get(run_id)
+        if uri is None:
+            entity = self.get_run(run_id)
+            if entity is None:
+                return []
+            uri = self._artifact_uris[run_id] = entity.info.artifact_uri
+        folder = local_path(uri)
+        if folder is not None:
+            return _walk(folder)
+        listing = getattr(self.reader, "list_artifacts", None)
+        if listing is not None:
+            try:
+                return listing(uri)
+            except Unsupported:
+                pass
+        return sorted(self.list_artifacts(run_id))
+
+    def model_versions(self, run_id: str) -> list[dict[str, Any]]:
+        """``{name, version, aliases}`` of registered model versions made from a run.
+
+        Example:
+            >>> store.model_versions(run_id)  # doctest: +SKIP
+            [{'name': 'fraud', 'version': 3, 'aliases': ['champion']}]
+        """
+        found = self._read(lambda r: r.model_versions(run_id), missing=None)
+        if found is not None:
+            return found
+        out = []
+        try:
+            versions = self.client.search_model_versions(f"run_id = {quote(run_id)}")
+        except Exception:
+            return []
+        for v in versions:  # search results carry no aliases: read each version
+            full = self.client.get_model_version(v.name, v.version)
+            out.append(
+                {"name": v.name, "version": int(v.version), "aliases": sorted(full.aliases or [])}
+            )
+        return sorted(out, key=lambda v: (v["name"], v["version"]))
+
     def list_artifacts(self, run_id: str, path: str | None = None) -> list[tuple[str, int]]:
-        """``(path, size)`` of every artifact file of a run, recursively."""
+        """``(path, size)`` of every artifact file of a run, recursively (MLflow's client)."""
         out = []
         for info in self.client.list_artifacts(run_id, path):
             if info.is_dir:
@@ -335,6 +452,23 @@ class Store:
     def delete_run(self, run_id: str) -> None:
         """Mark a run deleted (MLflow's soft delete)."""
         self.client.delete_run(run_id)
+
+    def withdraw(self, run_id: str, why: str) -> None:
+        """Withdraw a run created before any work (a lost claim or a key collision).
+
+        The run is tagged ``relay.withdrawn``, its key moves to ``relay.withdrawn.key`` (so
+        no withdrawn run keeps the key of a live one), then it ends KILLED and is deleted.
+
+        Example:
+            >>> store.withdraw(run_id, "reusing processing/plain@20190209101500")  # doctest: +SKIP
+        """
+        entity = self.client.get_run(run_id)
+        key = entity.data.tags.get("relay.key")
+        self.log(run_id, tags={"relay.withdrawn": why, "relay.withdrawn.key": key or ""})
+        if key is not None:
+            self.client.delete_tag(run_id, "relay.key")
+        self.finish(run_id, "KILLED")
+        self.delete_run(run_id)
 
 
 _INDEXES = {
@@ -382,6 +516,40 @@ def ensure_indexes(uri: str) -> None:
     finally:
         engine.dispose()
     _INDEXED.add(uri)
+
+
+def local_path(uri: str | None) -> Path | None:
+    """The local folder of a ``file:`` URI or absolute path, None for other URIs.
+
+    Example:
+        >>> local_path("file:///tmp/a%20b")
+        PosixPath('/tmp/a b')
+        >>> local_path("s3://bucket/x") is None
+        True
+    """
+    from urllib.parse import unquote, urlparse
+
+    if not uri:
+        return None
+    if uri.startswith("file:"):
+        return Path(unquote(urlparse(uri).path))
+    if uri.startswith("/"):
+        return Path(uri)
+    return None
+
+
+def _walk(folder: Path) -> list[tuple[str, int]]:
+    """``(relative path, size)`` of every file under ``folder``, sorted."""
+    out = []
+    for dirpath, _, files in os.walk(folder):
+        for name in files:
+            full = Path(dirpath) / name
+            try:
+                size = full.stat().st_size
+            except OSError:
+                continue
+            out.append((full.relative_to(folder).as_posix(), size))
+    return sorted(out)
 
 
 def _param_value(value: Any) -> str:

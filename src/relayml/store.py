@@ -75,14 +75,15 @@ class Store:
         client: the underlying ``MlflowClient`` (for what this class does not wrap), created
             on first use.
         reader: the read path that needs no MLflow import, or None (see
-            :mod:`relayml.readstore`).
+            :mod:`relayml.readstore`); ``read_path=False`` reads with MLflow's client only.
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, read_path: bool = True) -> None:
         self.settings = settings
         self._client: MlflowClient | None = None
         self._reader: Reader | None = None
-        self._reader_opened = False
+        self._read_path = read_path
+        self._reader_opened = not read_path  # False: MLflow's client answers every read
         self._experiments: dict[str, str] = {}
         self._artifact_uris: dict[str, str] = {}  # run id → artifact URI, known or looked up
 
@@ -125,7 +126,7 @@ class Store:
             if uri.startswith("postgresql"):
                 client.search_experiments(max_results=1)
                 ensure_indexes(uri)
-        if self._reader_opened and self._reader is None:
+        if self._read_path and self._reader is None:
             self._reader_opened = False  # the client may just have created the schema
         return client
 

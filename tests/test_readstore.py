@@ -47,11 +47,16 @@ def _build(uri: str, seed: int, n_runs: int = 45) -> dict[str, list[str]]:
         start = base + rnd.choice([0, 1000, 1000, 5000]) * rnd.randint(0, 5)
         variant = rnd.choice(variants)
         key = f"{steps[exps.index(exp) % 4]}/{variant}@2019020{n % 9}000000"
-        tags = {"relay.key": key, "relay.variant": variant, "relay.fingerprint": rnd.choice(fingerprints)}
+        tags = {
+            "relay.key": key,
+            "relay.variant": variant,
+            "relay.fingerprint": rnd.choice(fingerprints),
+        }
         if rnd.random() < 0.3:
             tags["relay.upstream.load"] = rnd.choice(ids) if ids else "none"
         if rnd.random() < 0.2:
-            tags["relay.outputs"] = '{"x": "snapshot:%s"}' % rnd.choice(["ab", "AB", "cd"])
+            holder = rnd.choice(["ab", "AB", "cd"])
+            tags["relay.outputs"] = f'{{"x": "snapshot:{holder}"}}'
         run = client.create_run(exp, start_time=start, tags=tags, run_name=key)
         rid = run.info.run_id
         ids.append(rid)
@@ -90,7 +95,11 @@ def _queries(values: dict[str, list[str]]) -> list[tuple[list[str] | None, str, 
         (["nope"], "", {}),
         (None, "attributes.status = 'FINISHED'", {}),
         (None, "attributes.status = 'RUNNING'", {"limit": 3}),
-        (None, "attributes.start_time >= 1550000005000 AND attributes.start_time < 1550000020000", {}),
+        (
+            None,
+            "attributes.start_time >= 1550000005000 AND attributes.start_time < 1550000020000",
+            {},
+        ),
         (None, "params.`C` = '10.0'", {}),
         (None, "params.`C` = '10.0' AND params.`seed` = '1'", {}),
         (None, "tags.`relay.outputs` LIKE '%snapshot:ab%'", {}),
@@ -171,7 +180,7 @@ def test_unknown_schema_falls_back_to_mlflow(tmp_path: Path) -> None:
     with engine.begin() as con:
         con.execute(sa.text("UPDATE alembic_version SET version_num = 'future0000'"))
     engine.dispose()
-    fast, slow = _stores(uri, tmp_path)
+    fast = _stores(uri, tmp_path)[0]
     assert fast.reader is None
     got = fast.get_run(values["ids"][0])
     assert got is not None and fast.has_client
@@ -200,9 +209,8 @@ def test_the_sql_reader_cannot_write(tmp_path: Path) -> None:
     _build(uri, seed=5, n_runs=2)
     reader = SqlReader(uri)
     try:
-        with pytest.raises(sa.exc.OperationalError, match="readonly"):
-            with reader.engine.begin() as con:
-                con.execute(sa.text("DELETE FROM runs"))
+        with pytest.raises(sa.exc.OperationalError, match="readonly"), reader.engine.begin() as c:
+            c.execute(sa.text("DELETE FROM runs"))
     finally:
         reader.close()
 

@@ -32,9 +32,8 @@ if TYPE_CHECKING:
     import pandas as pd
     from mlflow.entities import Run as MlflowRun
 
-    from relayml.readstore import RunRecord
-
     from relayml.chain import Lineage
+    from relayml.readstore import RunRecord
 
 __all__ = ["Project", "Run", "RunList", "get", "open_project", "runs"]
 

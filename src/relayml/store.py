@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from mlflow.entities import Run as MlflowRun
     from mlflow.tracking import MlflowClient
 
-__all__ = ["PAGE", "Store", "ensure_indexes", "get_store", "quote"]
+__all__ = ["PAGE", "Store", "ensure_indexes", "get_store", "local_path", "purge_deleted", "quote"]
 
 PAGE = 1000
 _STORES: dict[tuple[str, str, str], Store] = {}
@@ -253,9 +253,7 @@ class Store:
         if not ids:
             return []
         records = self._read(
-            lambda r: r.search(
-                ids, filter_string, order_by=order_by, limit=limit, deleted=deleted
-            ),
+            lambda r: r.search(ids, filter_string, order_by=order_by, limit=limit, deleted=deleted),
             missing=None,
         )
         if records is not None:
@@ -381,6 +379,17 @@ class Store:
             if entity is None:
                 return []
             uri = self._artifact_uris[run_id] = entity.info.artifact_uri
+        found = self.artifact_files(uri)
+        return found if found is not None else sorted(self.list_artifacts(run_id))
+
+    def artifact_files(self, uri: str) -> list[tuple[str, int]] | None:
+        """``(path, size)`` of every file under an artifact URI, sorted, read without MLflow
+        (local folders, a server's proxied artifacts); None where only MLflow can list.
+
+        Example:
+            >>> store.artifact_files("file:///tmp/fraud/artifacts/1a2b")  # doctest: +SKIP
+            [('artifacts/outputs/output.parquet', 52311)]
+        """
         folder = local_path(uri)
         if folder is not None:
             return _walk(folder)
@@ -390,7 +399,7 @@ class Store:
                 return listing(uri)
             except Unsupported:
                 pass
-        return sorted(self.list_artifacts(run_id))
+        return None
 
     def model_versions(self, run_id: str) -> list[dict[str, Any]]:
         """``{name, version, aliases}`` of registered model versions made from a run.
@@ -453,6 +462,24 @@ class Store:
     def delete_run(self, run_id: str) -> None:
         """Mark a run deleted (MLflow's soft delete)."""
         self.client.delete_run(run_id)
+
+    def delete_artifacts(self, artifact_uri: str) -> int:
+        """Delete a folder of artifacts where it lives; returns the bytes it held.
+
+        On a tracking server with proxied artifacts (``mlflow-artifacts:``) this goes through
+        the server's ``mlflow-artifacts`` API (HTTP DELETE), so the server's disk or bucket
+        is freed; other remote stores (``s3://``, ...) through MLflow's artifact repository.
+
+        Example:
+            >>> store.delete_artifacts("mlflow-artifacts:/1/0123abcd")  # doctest: +SKIP
+            1834201
+        """
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+        size = sum(n for _, n in self.artifact_files(artifact_uri) or [])
+        repo = get_artifact_repository(artifact_uri, tracking_uri=self.settings.tracking_uri)
+        repo.delete_artifacts()
+        return size
 
     def withdraw(self, run_id: str, why: str) -> None:
         """Withdraw a run created before any work (a lost claim or a key collision).
@@ -517,6 +544,24 @@ def ensure_indexes(uri: str) -> None:
     finally:
         engine.dispose()
     _INDEXED.add(uri)
+
+
+def purge_deleted(backend_uri: str, older_than: float, *, tracking_uri: str) -> None:
+    """Purge runs (and logged models) deleted more than ``older_than`` seconds ago from a
+    tracking server's backend store: MLflow's own ``mlflow gc``, called in this process so
+    that the backend URL (with its password) never appears on a command line.
+
+    Artifacts still there (runs deleted in MLflow's UI) are removed through the server at
+    ``tracking_uri`` (proxied artifacts).
+
+    Example:
+        >>> purge_deleted("postgresql+psycopg://u@db/mlflow", 86400,
+        ...               tracking_uri="http://127.0.0.1:5000")  # doctest: +SKIP
+    """
+    from mlflow.cli import gc
+
+    args = ["--backend-store-uri", backend_uri, "--older-than", f"{int(older_than)}s"]
+    gc.main(args=[*args, "--tracking-uri", tracking_uri], standalone_mode=False)
 
 
 def local_path(uri: str | None) -> Path | None:

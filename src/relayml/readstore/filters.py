@@ -7,8 +7,8 @@ Anything else raises :class:`~relayml.readstore.records.Unsupported`, and the st
 MLflow's client, which understands the whole language.
 
 Example:
-    >>> parse("tags.`relay.variant` = 'plain' AND attributes.start_time >= 10")  # doctest: +NORMALIZE_WHITESPACE
-    [Clause(kind='tags', key='relay.variant', op='=', value='plain'), Clause(kind='attributes', key='start_time', op='>=', value=10)]
+    >>> [c.key for c in parse("tags.`relay.variant` = 'plain' AND attributes.start_time >= 1")]
+    ['relay.variant', 'start_time']
 """
 
 from __future__ import annotations
@@ -29,9 +29,11 @@ ATTRIBUTES = {
     "run_id": ("run_uuid", False),
 }
 _KINDS = {
-    "tags": "tags", "tag": "tags", "params": "params", "param": "params",
-    "metrics": "metrics", "metric": "metrics", "attributes": "attributes", "attribute": "attributes",
-}  # fmt: skip
+    **{k: "tags" for k in ("tags", "tag")},
+    **{k: "params" for k in ("params", "param")},
+    **{k: "metrics" for k in ("metrics", "metric")},
+    **{k: "attributes" for k in ("attributes", "attribute")},
+}
 _TOKEN = re.compile(
     r"""\s*(?:
         (?P<ident>(?P<kind>[a-z]+)\.(?:`(?P<quoted>[^`]+)`|(?P<bare>[A-Za-z0-9_.\-]+)))

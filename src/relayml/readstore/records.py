@@ -19,7 +19,7 @@ from typing import Any
 __all__ = ["DatasetRecord", "RunData", "RunInfo", "RunRecord", "Unsupported"]
 
 
-class Unsupported(Exception):  # noqa: N818 - a signal between the store and its readers
+class Unsupported(Exception):
     """A read path cannot answer this query exactly; the store asks MLflow's client instead."""
 
 

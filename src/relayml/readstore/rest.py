@@ -172,7 +172,9 @@ class RestReader:
                 params={"name": v["name"], "version": v["version"]},
             )
             aliases = ((full or {}).get("model_version") or {}).get("aliases", [])
-            out.append({"name": v["name"], "version": int(v["version"]), "aliases": sorted(aliases)})
+            out.append(
+                {"name": v["name"], "version": int(v["version"]), "aliases": sorted(aliases)}
+            )
         return sorted(out, key=lambda v: (v["name"], v["version"]))
 
     def list_artifacts(self, artifact_uri: str) -> list[tuple[str, int]]:
@@ -187,9 +189,7 @@ class RestReader:
         while folders:
             rel = folders.pop()
             path = f"{root}/{rel}" if rel else root
-            found = self._call(
-                "GET", "/api/2.0/mlflow-artifacts/artifacts", params={"path": path}
-            )
+            found = self._call("GET", "/api/2.0/mlflow-artifacts/artifacts", params={"path": path})
             for f in (found or {}).get("files", []):
                 sub = f"{rel}/{f['path']}" if rel else f["path"]
                 if f.get("is_dir"):
@@ -197,20 +197,6 @@ class RestReader:
                 else:
                     out.append((sub, int(f.get("file_size") or 0)))
         return sorted(out)
-
-    def delete_artifacts(self, artifact_uri: str) -> None:
-        """Delete a folder of the server's proxied artifact store (``mlflow-artifacts:``).
-
-        Raises:
-            Unsupported: another kind of artifact URI, or the server refused.
-        """
-        path = _artifact_path(artifact_uri)
-        try:
-            res = self.http.delete(f"/api/2.0/mlflow-artifacts/artifacts/{path}")
-        except Exception as e:
-            raise Unsupported(f"DELETE {path}: {e}") from e
-        if res.status_code != 200:
-            raise Unsupported(f"DELETE {path}: HTTP {res.status_code} {res.text[:200]}")
 
 
 def _artifact_path(artifact_uri: str) -> str:
@@ -239,7 +225,9 @@ def _record(run: dict[str, Any]) -> RunRecord:
     datasets = []
     for di in run.get("inputs", {}).get("dataset_inputs", []):
         d = di["dataset"]
-        ctx = next((t["value"] for t in di.get("tags", []) if t["key"] == "mlflow.data.context"), None)
+        ctx = next(
+            (t["value"] for t in di.get("tags", []) if t["key"] == "mlflow.data.context"), None
+        )
         datasets.append(DatasetRecord(d["name"], d["digest"], d["source_type"], d["source"], ctx))
     return RunRecord(info, RunData(tags, params, metrics), sorted_datasets(datasets))
 

@@ -208,7 +208,9 @@ class SqlReader:
                 row.end_time, row.lifecycle_stage, row.artifact_uri,
             )  # fmt: skip
             data = RunData(
-                tags.get(row.run_uuid, {}), params.get(row.run_uuid, {}), metrics.get(row.run_uuid, {})
+                tags.get(row.run_uuid, {}),
+                params.get(row.run_uuid, {}),
+                metrics.get(row.run_uuid, {}),
             )
             out.append(RunRecord(info, data, sorted_datasets(datasets.get(row.run_uuid, []))))
         return out
@@ -252,9 +254,13 @@ class SqlReader:
         for chunk in _chunks(ids):
             query = (
                 sa.select(
-                    i.c.destination_id, d.c.name, d.c.digest, d.c.dataset_source_type,
-                    d.c.dataset_source, context,
-                )  # fmt: skip
+                    i.c.destination_id,
+                    d.c.name,
+                    d.c.digest,
+                    d.c.dataset_source_type,
+                    d.c.dataset_source,
+                    context,
+                )
                 .select_from(i.join(d, d.c.dataset_uuid == i.c.source_id))
                 .where(
                     i.c.destination_type == "RUN",
@@ -283,7 +289,9 @@ class SqlReader:
             aliases = self._rows(
                 sa.select(a.c.alias).where(a.c.name == name, a.c.version == version)
             )
-            out.append({"name": name, "version": int(version), "aliases": sorted(x for (x,) in aliases)})
+            out.append(
+                {"name": name, "version": int(version), "aliases": sorted(x for (x,) in aliases)}
+            )
         return out
 
 

@@ -50,5 +50,5 @@ def test_server_purges_runs_deleted_longer_ago(project: Path, tmp_path: Path) ->
     finally:
         if server.poll() is None:
             os.killpg(server.pid, signal.SIGTERM)
-        out, err = server.communicate(timeout=30)
+        err = server.communicate(timeout=30)[1]
     assert "purges" in err and "failed" not in err, err[-2000:]

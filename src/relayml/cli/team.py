@@ -304,11 +304,15 @@ def _start_purging(backend: str, age: float, address: str) -> None:
 
         while True:
             try:
-                if httpx.get(f"{address}/health", timeout=5).status_code == 200:
+                up = httpx.get(f"{address}/health", timeout=5).status_code == 200
+            except httpx.HTTPError:
+                up = False  # still starting, or restarting: next round
+            try:
+                if up:
                     from relayml.store import purge_deleted
 
                     purge_deleted(backend, age, tracking_uri=address)
-            except Exception as e:  # the server restarts, the database is busy: next round
+            except Exception as e:  # the database is busy, ...: next round
                 err_console.print(f"purge of deleted runs failed: {redact(str(e))[:300]}")
             time.sleep(interval)
 

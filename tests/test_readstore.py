@@ -260,3 +260,24 @@ def test_importing_relayml_and_the_cli_pulls_no_heavy_library() -> None:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert out.stdout.strip() == "[]", out.stderr
+
+
+def test_mlflow_imported_after_a_read_follows_the_project_store(tmp_path: Path) -> None:
+    """Reads do not import MLflow, yet whoever imports it next (loading a bundle, serving)
+    finds MLflow's fluent API pointed at the store the read used."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    _build(uri, seed=6, n_runs=2)
+    code = (
+        "import sys; from pathlib import Path\n"
+        "from relayml.config import Settings\n"
+        "from relayml.store import get_store\n"
+        f"store = get_store(Settings(root=Path({str(tmp_path)!r}), project='p_j', "
+        f"tracking_uri={uri!r}))\n"
+        "assert store.step_experiments() and 'mlflow' not in sys.modules\n"
+        "import mlflow\n"
+        "print(mlflow.get_tracking_uri(), mlflow.get_registry_uri())\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.stdout.split() == [uri, uri], out.stderr[-2000:]

@@ -7,6 +7,7 @@ the model is served from the registry alias, and a cascade delete removes the ob
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -125,7 +126,8 @@ def test_s3_artifacts_through_a_server(
             assert answer.status_code == 200, answer.text
             assert len(answer.json()["predictions"]) == 20
         finally:
-            os.killpg(serving.pid, signal.SIGTERM)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(serving.pid, signal.SIGTERM)
             serving.communicate(timeout=30)
 
         load_key = chain["steps"][0]["key"]

@@ -16,8 +16,11 @@ Example:
 
 from __future__ import annotations
 
+import importlib.abc
+import importlib.util
 import os
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -62,9 +65,52 @@ def get_store(settings: Settings) -> Store:
         if ident not in _STORES:
             _STORES[ident] = Store(settings)
         store = _STORES[ident]
-    if store.has_client:  # MLflow's fluent API follows the store in use, once it is loaded
-        store.activate()
+    _follow(store)
     return store
+
+
+_FOLLOWED: list[Store] = []  # the store MLflow's fluent API is to point at
+
+
+def _follow(store: Store) -> None:
+    """Point MLflow's process-wide (fluent) API at ``store``: now when MLflow is loaded, else
+    as soon as something imports it (model loading, serving), so reads stay MLflow-free."""
+    _FOLLOWED[:] = [store]
+    if "mlflow" in sys.modules:
+        store.activate()
+    elif not any(isinstance(f, _ActivateOnImport) for f in sys.meta_path):
+        sys.meta_path.insert(0, _ActivateOnImport())
+
+
+class _ActivateOnImport(importlib.abc.MetaPathFinder):
+    """Runs :meth:`Store.activate` of the followed store right after ``mlflow`` is imported."""
+
+    def find_spec(self, name: str, path: Any, target: Any = None) -> Any:
+        if name != "mlflow":
+            return None
+        sys.meta_path.remove(self)  # once: find the real package below
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.loader is not None:
+            spec.loader = _ActivatingLoader(spec.loader)
+        return spec
+
+
+class _ActivatingLoader(importlib.abc.Loader):
+    """MLflow's own loader, plus the activation after the package has run."""
+
+    def __init__(self, loader: Any) -> None:
+        self.loader = loader
+
+    def __getattr__(self, name: str) -> Any:  # resource readers, get_data, is_package, ...
+        return getattr(self.loader, name)
+
+    def create_module(self, spec: Any) -> Any:
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module: Any) -> None:
+        self.loader.exec_module(module)
+        if _FOLLOWED:
+            _FOLLOWED[0].activate()
 
 
 class Store:

@@ -16,11 +16,8 @@ Example:
 
 from __future__ import annotations
 
-import importlib.abc
-import importlib.util
 import os
 import sqlite3
-import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -31,6 +28,8 @@ from typing import TYPE_CHECKING, Any
 from relayml.config import Settings
 from relayml.errors import RelayError
 from relayml.readstore import Reader, RunRecord, Unsupported, open_reader
+from relayml.readstore.files import local_path, walk
+from relayml.readstore.follow import follow
 
 if TYPE_CHECKING:
     from mlflow.entities import Run as MlflowRun
@@ -65,52 +64,8 @@ def get_store(settings: Settings) -> Store:
         if ident not in _STORES:
             _STORES[ident] = Store(settings)
         store = _STORES[ident]
-    _follow(store)
+    follow(store)
     return store
-
-
-_FOLLOWED: list[Store] = []  # the store MLflow's fluent API is to point at
-
-
-def _follow(store: Store) -> None:
-    """Point MLflow's process-wide (fluent) API at ``store``: now when MLflow is loaded, else
-    as soon as something imports it (model loading, serving), so reads stay MLflow-free."""
-    _FOLLOWED[:] = [store]
-    if "mlflow" in sys.modules:
-        store.activate()
-    elif not any(isinstance(f, _ActivateOnImport) for f in sys.meta_path):
-        sys.meta_path.insert(0, _ActivateOnImport())
-
-
-class _ActivateOnImport(importlib.abc.MetaPathFinder):
-    """Runs :meth:`Store.activate` of the followed store right after ``mlflow`` is imported."""
-
-    def find_spec(self, name: str, path: Any, target: Any = None) -> Any:
-        if name != "mlflow":
-            return None
-        sys.meta_path.remove(self)  # once: find the real package below
-        spec = importlib.util.find_spec(name)
-        if spec is not None and spec.loader is not None:
-            spec.loader = _ActivatingLoader(spec.loader)
-        return spec
-
-
-class _ActivatingLoader(importlib.abc.Loader):
-    """MLflow's own loader, plus the activation after the package has run."""
-
-    def __init__(self, loader: Any) -> None:
-        self.loader = loader
-
-    def __getattr__(self, name: str) -> Any:  # resource readers, get_data, is_package, ...
-        return getattr(self.loader, name)
-
-    def create_module(self, spec: Any) -> Any:
-        return self.loader.create_module(spec)
-
-    def exec_module(self, module: Any) -> None:
-        self.loader.exec_module(module)
-        if _FOLLOWED:
-            _FOLLOWED[0].activate()
 
 
 class Store:
@@ -438,7 +393,7 @@ class Store:
         """
         folder = local_path(uri)
         if folder is not None:
-            return _walk(folder)
+            return walk(folder)
         listing = getattr(self.reader, "list_artifacts", None)
         if listing is not None:
             try:
@@ -608,40 +563,6 @@ def purge_deleted(backend_uri: str, older_than: float, *, tracking_uri: str) -> 
 
     args = ["--backend-store-uri", backend_uri, "--older-than", f"{int(older_than)}s"]
     gc.main(args=[*args, "--tracking-uri", tracking_uri], standalone_mode=False)
-
-
-def local_path(uri: str | None) -> Path | None:
-    """The local folder of a ``file:`` URI or absolute path, None for other URIs.
-
-    Example:
-        >>> local_path("file:///tmp/a%20b")
-        PosixPath('/tmp/a b')
-        >>> local_path("s3://bucket/x") is None
-        True
-    """
-    from urllib.parse import unquote, urlparse
-
-    if not uri:
-        return None
-    if uri.startswith("file:"):
-        return Path(unquote(urlparse(uri).path))
-    if uri.startswith("/"):
-        return Path(uri)
-    return None
-
-
-def _walk(folder: Path) -> list[tuple[str, int]]:
-    """``(relative path, size)`` of every file under ``folder``, sorted."""
-    out = []
-    for dirpath, _, files in os.walk(folder):
-        for name in files:
-            full = Path(dirpath) / name
-            try:
-                size = full.stat().st_size
-            except OSError:
-                continue
-            out.append((full.relative_to(folder).as_posix(), size))
-    return sorted(out)
 
 
 def _param_value(value: Any) -> str:

@@ -517,6 +517,7 @@ def _data_tags(parts: Mapping[str, str]) -> dict[str, str]:
 
 def _create_run(store: Store, req: Request) -> tuple[str, RunKey]:
     """Create the run under a key no other active run holds (see the module docstring)."""
+    store.prepare_writes()  # before the start time and heartbeat are stamped
     now = time.time()
     key = RunKey.at(req.step, req.variant.name, datetime.fromtimestamp(now, UTC))
     millis = int(now * 1000) % 1000

@@ -293,6 +293,15 @@ class Store:
 
     # -- writing ---------------------------------------------------------------------------
 
+    def prepare_writes(self) -> None:
+        """Load MLflow's client now: a write follows, and what the caller stamps next (a
+        run's start and heartbeat) must not age by the seconds importing MLflow takes.
+
+        Example:
+            >>> store.prepare_writes()  # doctest: +SKIP
+        """
+        self.client  # noqa: B018 - the import and the client are the point
+
     def create_run(
         self, step: str, *, start_ms: int, run_name: str, tags: Mapping[str, str]
     ) -> MlflowRun:

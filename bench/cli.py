@@ -55,6 +55,8 @@ def _time(argv: list[str], cwd: Path, env: dict[str, str], repeat: int) -> float
         elapsed = time.perf_counter() - t0
         if done.returncode:
             raise RuntimeError(f"{' '.join(argv)} failed: {done.stderr[-2000:]}")
+        if "chain" in argv and " new " in done.stdout:
+            raise RuntimeError(f"the chain was not fully reused:\n{done.stdout[-3000:]}")
         if n:
             times.append(elapsed)
     return statistics.median(times)

@@ -89,7 +89,7 @@ def _store(kind: str, tmp: Path, project: Path) -> Iterator[dict[str, str]]:
             port = free_port()
             server = subprocess.Popen(
                 [sys.executable, "-m", "relayml", "server", "--backend", db, "--port", str(port),
-                 "--artifacts", str(tmp / "server-artifacts")],
+                 "--artifacts", str(tmp / f"{kind}-server-artifacts")],
                 cwd=project, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )  # fmt: skip
             wait_http(f"http://127.0.0.1:{port}/health", timeout=180, proc=server)
@@ -122,7 +122,9 @@ def main() -> None:
           f"{'relay/mlflow':>12} {'target s':>9}")  # fmt: skip
     for kind in args.stores.split(","):
         project = make_project(tmp / kind)
-        with _store(kind, tmp / kind, project) as extra:
+        # the server's files stay outside the project: untracked files there would change
+        # the code fingerprint (its uncommitted diff) and no chain could be reused
+        with _store(kind, tmp, project) as extra:
             env = {**os.environ, **extra}
             first = [*CHAIN[:1], "load=transactions", *CHAIN[2:]]
             seeded = subprocess.run(

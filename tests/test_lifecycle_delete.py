@@ -189,10 +189,16 @@ def test_interrupted_gc_is_finished_by_gc(project: Path, relay) -> None:
 
 @pytest.mark.postgres
 def test_delete_on_a_tracking_server(
-    project: Path, relay, mlflow_server: str, pg_database: str, monkeypatch: pytest.MonkeyPatch
+    project: Path,
+    relay,
+    mlflow_server: str,
+    pg_database: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Against a server: the same refusals and cascade; runs are marked deleted through the
-    REST API, and the server's own `mlflow gc` then purges rows and files."""
+    REST API, their artifact folders are removed from the server's disk through its artifact
+    API, and the server's own `mlflow gc` then purges the rows."""
     import subprocess
 
     monkeypatch.setenv("RELAY_TRACKING_URI", mlflow_server)
@@ -200,16 +206,22 @@ def test_delete_on_a_tracking_server(
     plain = rl.run("processing", "plain", upstream=[load])
     plain.load("train")  # fill the local cache
     assert (project / ".relay" / "cache" / plain.run_id).exists()
+    on_disk = {}  # the server keeps a run's files in <artifacts>/<experiment>/<run id>
+    for run in (load, plain):
+        exp = get_store(open_project()).get_run(run.run_id).info.experiment_id
+        on_disk[run.run_id] = tmp_path / "server-artifacts" / exp / run.run_id
+        assert any(on_disk[run.run_id].rglob("*")), on_disk[run.run_id]
 
     refused = relay("delete", str(load.key), "--yes")
     assert refused.code == 2 and str(plain.key) in refused.err and "--cascade" in refused.err
     assert rl.get(str(load.key)).status == "FINISHED"
 
     done = relay("delete", str(load.key), "--cascade", "--yes")
-    assert done.code == 0 and "mlflow gc" in done.out, done
+    assert done.code == 0 and "freed" in done.out and "0 B" not in done.out, done
     store = get_store(open_project())
     for run in (load, plain):
-        assert store.get_run(run.run_id).info.lifecycle_stage == "deleted"
+        assert store.get_run(run.run_id).info.lifecycle_stage == "deleted"  # rows stay
+        assert not on_disk[run.run_id].exists(), f"{on_disk[run.run_id]} still on the server"
     assert not (project / ".relay" / "cache" / plain.run_id).exists()
     assert rl.runs("processing") == []
 

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from relayml.keys import RunKey
-from relayml.runs import Run
+from relayml.runs import Run, visible
 from relayml.store import Store, quote
 
 if TYPE_CHECKING:
@@ -71,13 +71,13 @@ def finished_like(store: Store, req: Request, limit: int = 5) -> list[Run]:
     """
     flt = f"tags.`relay.fingerprint` = {quote(req.fingerprint)} AND attributes.status = 'FINISHED'"
     found = store.search([req.step], flt, limit=limit)
-    return [Run(req.settings, e) for e in found if "relay.key" in e.data.tags]
+    return [Run(req.settings, e) for e in found if visible(e)]
 
 
 def _same_fingerprint(store: Store, req: Request) -> list[Run]:
     flt = f"tags.`relay.fingerprint` = {quote(req.fingerprint)}"
     found = store.search([req.step], flt, limit=50)
-    return [Run(req.settings, e) for e in found if "relay.key" in e.data.tags]
+    return [Run(req.settings, e) for e in found if visible(e)]
 
 
 def claim(
@@ -139,10 +139,8 @@ def claim(
 
 
 def _withdraw(store: Store, run_id: str, why: str) -> None:
-    """Give up our claim before any work: tag, end KILLED, delete."""
-    store.set_tag(run_id, "relay.withdrawn", why)
-    store.finish(run_id, "KILLED")
-    store.delete_run(run_id)
+    """Give up our claim before any work (see :meth:`relayml.store.Store.withdraw`)."""
+    store.withdraw(run_id, why)
 
 
 def _expire(store: Store, stale: list[Run]) -> None:

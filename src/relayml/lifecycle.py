@@ -45,13 +45,12 @@ from contextlib import ExitStack, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote, urlparse
 
 from relayml.errors import NotFound, RelayError, StepFailed, UsageError
 from relayml.keys import parse_reference
 from relayml.outputs import cache_dir
-from relayml.runs import INTERNAL_STEPS, Project, Run, RunList, get, open_project, runs
-from relayml.store import Store, get_store, quote
+from relayml.runs import INTERNAL_STEPS, Project, Run, RunList, get, open_project, runs, visible
+from relayml.store import Store, get_store, local_path, quote
 
 if TYPE_CHECKING:
     from mlflow.entities import Run as MlflowRun
@@ -414,7 +413,9 @@ class DeletePlan:
         snapshots: snapshot holder run ids that go with them (no other live user).
         kept_snapshots: ``{holder id: [keys of the live runs that still use it]}``.
         bytes: bytes of files freed (artifacts, logged models, unused snapshots, cache).
-        remote: the store is a tracking server: its own ``mlflow gc`` purges the files.
+        remote: the store is a tracking server: files are deleted through it and its own
+            ``mlflow gc`` purges the rows marked deleted.
+        freed: after a delete on a tracking server, the bytes its artifact store freed.
     """
 
     settings: Settings
@@ -426,6 +427,7 @@ class DeletePlan:
     kept_snapshots: dict[str, list[str]]
     bytes: int
     remote: bool
+    freed: int | None = None
 
     @property
     def aliased(self) -> list[dict[str, Any]]:
@@ -443,6 +445,7 @@ class DeletePlan:
             "kept_snapshots": self.kept_snapshots,
             "bytes": self.bytes,
             "remote": self.remote,
+            "freed": self.freed,
         }
 
 
@@ -592,11 +595,11 @@ def _execute_delete(plan: DeletePlan) -> None:
     for holder in plan.snapshots:
         if not _snapshot_users(store, holder, _holder_names(plan, holder)):
             _soft_delete(store, holder)
-    if plan.remote:  # 3'. a server purges with its own `mlflow gc`
-        for r in plan.runs:
-            for model in _logged_models(store, r.run_id):
-                _quiet(lambda m=model: client.delete_logged_model(m.model_id))
-            shutil.rmtree(cache_dir(settings.root, r.run_id), ignore_errors=True)
+    if plan.remote:  # 3'. files go through the server; its `mlflow gc` purges the rows
+        plan.freed = 0
+        for run_id in [r.run_id for r in plan.runs] + list(plan.snapshots):
+            plan.freed += _free_on_server(store, run_id)
+            shutil.rmtree(cache_dir(settings.root, run_id), ignore_errors=True)
         return
     done = 0
     for run_id in [r.run_id for r in plan.runs] + list(plan.snapshots):  # 3. purge
@@ -606,6 +609,29 @@ def _execute_delete(plan: DeletePlan) -> None:
         _purge(store, entity)
         done += 1
         _crash_hook(done)
+
+
+def _free_on_server(store: Store, run_id: str) -> int:
+    """Delete a deleted run's logged models and artifact folder through the tracking server;
+    returns the bytes freed. The run's row stays, marked deleted, for the server's gc."""
+    client = store.client
+    entity = store.get_run(run_id)
+    if entity is None or entity.info.lifecycle_stage != "deleted":
+        return 0  # a holder that found a new user meanwhile
+    freed = 0
+    for m in _logged_models(store, run_id):
+        _quiet(lambda m=m: client.delete_logged_model(m.model_id))
+        freed += _quiet(lambda m=m: store.delete_artifacts(_parent(m.artifact_location))) or 0
+    uri = entity.info.artifact_uri
+    run_uri = _parent(uri) if uri.rstrip("/").endswith(f"{run_id}/artifacts") else uri
+    freed += _quiet(lambda: store.delete_artifacts(run_uri)) or 0
+    return freed
+
+
+def _parent(uri: str) -> str:
+    """``.../<id>`` of ``.../<id>/artifacts`` (MLflow keeps a run's or model's files there)."""
+    stripped = uri.rstrip("/")
+    return stripped.rsplit("/", 1)[0] if stripped.endswith("/artifacts") else stripped
 
 
 def _holder_names(plan: DeletePlan, holder: str) -> set[str]:
@@ -631,7 +657,7 @@ def _soft_delete(store: Store, run_id: str) -> None:
 
 
 def _active(r: Run) -> bool:
-    return r.mlflow.info.lifecycle_stage == "active"
+    return r.active
 
 
 def _resolve_any(ref: str, settings: Settings, store: Store) -> Run:
@@ -642,11 +668,12 @@ def _resolve_any(ref: str, settings: Settings, store: Store) -> Run:
         parsed = parse_reference(ref)
         if parsed.run_id:
             e = store.get_run(parsed.run_id)
-            if e is not None and "relay.key" in e.data.tags:
+            if e is not None and visible(e):
                 return Run(settings, e)
         elif parsed.time:
             flt = f"tags.`relay.key` = {quote(str(parsed.key))}"
-            found = store.search([parsed.step], flt, limit=1, deleted=True)  # type: ignore[list-item]
+            found = store.search([parsed.step], flt, limit=3, deleted=True)  # type: ignore[list-item]
+            found = [e for e in found if visible(e)]
             if found:
                 return Run(settings, found[0])
         raise NotFound(
@@ -664,7 +691,7 @@ def _descendants(store: Store, settings: Settings, roots: Iterable[Run]) -> list
         flt = f"tags.`relay.upstream.{r.step}` = {quote(r.run_id)}"
         for deleted in (False, True):
             for e in store.search(None, flt, deleted=deleted):
-                if "relay.key" in e.data.tags and e.info.run_id not in seen:
+                if visible(e) and e.info.run_id not in seen:
                     seen.add(e.info.run_id)
                     child = Run(settings, e)
                     out.append(child)
@@ -737,7 +764,7 @@ def _snapshot_users(store: Store, holder: str, names: Iterable[str]) -> list[Run
         for e in store.search(steps, flt):
             found[e.info.run_id] = e
     settings = store.settings
-    return [Run(settings, e) for e in found.values() if "relay.key" in e.data.tags]
+    return [Run(settings, e) for e in found.values() if visible(e)]
 
 
 def _logged_models(store: Store, run_id: str) -> list[Any]:
@@ -756,18 +783,8 @@ def _logged_models(store: Store, run_id: str) -> list[Any]:
     return out
 
 
-def _local_path(uri: str | None) -> Path | None:
-    if not uri:
-        return None
-    if uri.startswith("file:"):
-        return Path(unquote(urlparse(uri).path))
-    if uri.startswith("/"):
-        return Path(uri)
-    return None
-
-
 def _run_folder(artifact_uri: str, run_id: str) -> Path | None:
-    path = _local_path(artifact_uri)
+    path = local_path(artifact_uri)
     if path is None:
         return None
     if path.name == "artifacts" and path.parent.name == run_id:
@@ -776,7 +793,7 @@ def _run_folder(artifact_uri: str, run_id: str) -> Path | None:
 
 
 def _model_folder(location: str) -> Path | None:
-    path = _local_path(location)
+    path = local_path(location)
     if path is None:
         return None
     return path.parent if path.name == "artifacts" else path
@@ -804,9 +821,14 @@ def _run_bytes(store: Store, settings: Settings, run_id: str) -> int:
     if folder is not None:
         total += _dir_bytes(folder)
     else:
-        total += sum(size for _, size in _quiet(lambda: store.list_artifacts(run_id)) or [])
+        total += sum(size for _, size in _quiet(lambda: store.run_artifacts(run_id)) or [])
     for m in _logged_models(store, run_id):
-        total += _dir_bytes(_model_folder(m.artifact_location))
+        folder = _model_folder(m.artifact_location)
+        if folder is not None:
+            total += _dir_bytes(folder)
+        else:
+            files = _quiet(lambda m=m: store.artifact_files(_parent(m.artifact_location)))
+            total += sum(size for _, size in files or [])
     return total
 
 

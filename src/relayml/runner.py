@@ -537,6 +537,7 @@ def _data_tags(parts: Mapping[str, str]) -> dict[str, str]:
 
 def _create_run(store: Store, req: Request) -> tuple[str, RunKey]:
     """Create the run under a key no other active run holds (see the module docstring)."""
+    store.prepare_writes()  # before the start time and heartbeat are stamped
     now = time.time()
     key = RunKey.at(req.step, req.variant.name, datetime.fromtimestamp(now, UTC))
     millis = int(now * 1000) % 1000
@@ -550,9 +551,7 @@ def _create_run(store: Store, req: Request) -> tuple[str, RunKey]:
         if [e.info.run_id for e in holders] == [run_id]:
             store.log(run_id, params=_logged_params(req))
             return run_id, key
-        store.set_tag(run_id, "relay.withdrawn", "key collision")
-        store.finish(run_id, "KILLED")
-        store.delete_run(run_id)
+        store.withdraw(run_id, "key collision")
         key = _after_newest(store, key)
         time.sleep(random.uniform(0.0, 0.05))
     raise RelayError(f"could not allocate a unique key for {req.step}/{req.variant.name}")

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from mlflow.entities import Run as MlflowRun
 
     from relayml.chain import Lineage
+    from relayml.readstore import RunRecord
 
 __all__ = ["Project", "Run", "RunList", "get", "open_project", "runs"]
 
@@ -69,7 +70,7 @@ class Run:
         (0.97, '10.0')
     """
 
-    def __init__(self, settings: Settings, entity: MlflowRun) -> None:
+    def __init__(self, settings: Settings, entity: MlflowRun | RunRecord) -> None:
         self.settings = settings
         self._entity = entity
         self.run_id: str = entity.info.run_id
@@ -167,7 +168,7 @@ class Run:
         """The runs that consumed this one, newest first (searched in the tracking store)."""
         flt = f"tags.`relay.upstream.{self.step}` = {quote(self.run_id)}"
         found = self.store.search(None, flt)
-        return RunList(Run(self.settings, e) for e in found if "relay.key" in e.data.tags)
+        return _wrap(self.settings, found)
 
     @property
     def data_version(self) -> str | None:
@@ -191,14 +192,22 @@ class Run:
         return self._entity.data.tags.get("relay.model")
 
     @property
+    def active(self) -> bool:
+        """False once the run is marked deleted (MLflow's soft delete)."""
+        return self._entity.info.lifecycle_stage == "active"
+
+    @property
     def artifacts(self) -> list[str]:
         """Paths of every artifact file of the run."""
-        return [p for p, _ in self.store.list_artifacts(self.run_id)]
+        return [p for p, _ in self.store.run_artifacts(self.run_id)]
 
     @property
     def mlflow(self) -> MlflowRun:
-        """The underlying ``mlflow.entities.Run``."""
-        return self._entity
+        """The underlying ``mlflow.entities.Run`` (read with MLflow's client if the run was
+        read without it)."""
+        if type(self._entity).__module__.startswith("relayml."):
+            self._entity = self.store.client.get_run(self.run_id)
+        return self._entity  # type: ignore[return-value]
 
     def load(self, name: str = "output") -> Any:
         """One output of the run as a Python object (DataFrame, fitted model, ...).
@@ -278,8 +287,19 @@ class RunList(list[Run]):
         return [str(r.key) for r in self]
 
 
-def _wrap(settings: Settings, entities: Iterable[MlflowRun]) -> RunList:
-    return RunList(Run(settings, e) for e in entities if "relay.key" in e.data.tags)
+def visible(entity: MlflowRun | RunRecord) -> bool:
+    """Whether a run is a relay run users see: it has a key and is not a withdrawn claim.
+
+    Example:
+        >>> visible(store.get_run(run_id))  # doctest: +SKIP
+        True
+    """
+    tags = entity.data.tags
+    return "relay.key" in tags and "relay.withdrawn" not in tags
+
+
+def _wrap(settings: Settings, entities: Iterable[MlflowRun | RunRecord]) -> RunList:
+    return RunList(Run(settings, e) for e in entities if visible(e))
 
 
 def get(ref: str, *, project: Project = None, status: str | None = None) -> Run:
@@ -337,7 +357,7 @@ def _not_found(ref: Reference, settings: Settings, store: Store) -> str:
     what = "finished run" if not ref.time else "run"
     msg = f"no {what} matches {str(ref)!r}"
     recent = store.search([ref.step], "", limit=200)  # type: ignore[list-item]
-    keys = [e.data.tags["relay.key"] for e in recent if "relay.key" in e.data.tags]
+    keys = [e.data.tags["relay.key"] for e in recent if visible(e)]
     near = difflib.get_close_matches(str(ref), keys, n=3, cutoff=0.6)
     if near:
         msg += f"; nearest: {', '.join(near)}"

@@ -2,7 +2,10 @@
 
 Experiments are found by name (``<project>/<step>``) and created on first use; runs are
 searched inside the tracking store with MLflow filter strings and paging, never by listing
-every run and filtering in Python. Everything relayml writes is plain MLflow: tags under
+every run and filtering in Python. Reads go through a read path that needs no MLflow import
+(:mod:`relayml.readstore`: REST on a server, read-only SQL on a known database schema) and
+fall back to MLflow's client; MLflow itself is imported only when a command writes or the
+read path cannot answer. Everything relayml writes is plain MLflow: tags under
 ``relay.``, params, metrics, artifacts, dataset inputs.
 
 Example:
@@ -24,13 +27,16 @@ from typing import TYPE_CHECKING, Any
 
 from relayml.config import Settings
 from relayml.errors import ConfigError, RelayError
+from relayml.readstore import Reader, RunRecord, Unsupported, open_reader
+from relayml.readstore.files import local_path, walk
+from relayml.readstore.follow import follow
 from relayml.redaction import redact
 
 if TYPE_CHECKING:
     from mlflow.entities import Run as MlflowRun
     from mlflow.tracking import MlflowClient
 
-__all__ = ["PAGE", "Store", "ensure_indexes", "get_store", "quote"]
+__all__ = ["PAGE", "Store", "ensure_indexes", "get_store", "local_path", "purge_deleted", "quote"]
 
 PAGE = 1000
 _STORES: dict[tuple[str, str, str], Store] = {}
@@ -59,7 +65,7 @@ def get_store(settings: Settings) -> Store:
         if ident not in _STORES:
             _STORES[ident] = Store(settings)
         store = _STORES[ident]
-    store.activate()
+    follow(store)
     return store
 
 
@@ -68,12 +74,43 @@ class Store:
 
     Attributes:
         settings: the project's settings.
-        client: the underlying ``MlflowClient`` (for what this class does not wrap).
+        client: the underlying ``MlflowClient`` (for what this class does not wrap), created
+            on first use.
+        reader: the read path that needs no MLflow import, or None (see
+            :mod:`relayml.readstore`); ``read_path=False`` reads with MLflow's client only.
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, read_path: bool = True) -> None:
         self.settings = settings
-        uri = settings.tracking_uri
+        self._client: MlflowClient | None = None
+        self._reader: Reader | None = None
+        self._read_path = read_path
+        self._reader_opened = not read_path  # False: MLflow's client answers every read
+        self._experiments: dict[str, str] = {}
+        self._artifact_uris: dict[str, str] = {}  # run id → artifact URI, known or looked up
+
+    @property
+    def has_client(self) -> bool:
+        """Whether MLflow's client was created (MLflow imported) in this process."""
+        return self._client is not None
+
+    @property
+    def reader(self) -> Reader | None:
+        """The read path (opened on first use; None where only MLflow's client reads)."""
+        if not self._reader_opened:
+            self._reader_opened = True
+            self._reader = open_reader(self.settings.tracking_uri)
+        return self._reader
+
+    @property
+    def client(self) -> MlflowClient:
+        """MLflow's client on the project's store (imports MLflow on first use)."""
+        if self._client is None:
+            self._client = self._open_client()
+        return self._client
+
+    def _open_client(self) -> MlflowClient:
+        uri = self.settings.tracking_uri
         self.activate()
         if uri.startswith("sqlite:///"):
             path = Path(uri.removeprefix("sqlite:///"))
@@ -81,16 +118,17 @@ class Store:
             with _file_lock(path.with_name(path.name + ".init-lock")):
                 # MLflow creates and migrates the tables on first use; two processes doing
                 # it at once fail ("table ... already exists"), so they take turns.
-                self.client: MlflowClient = _client(uri)
-                self.client.search_experiments(max_results=1)  # the schema exists from here
+                client = _client(uri)
+                client.search_experiments(max_results=1)  # the schema exists from here
                 ensure_indexes(uri)
         else:
-            self.client = _client(uri)
+            client = _client(uri)
             if uri.startswith("postgresql"):
-                self.client.search_experiments(max_results=1)
+                client.search_experiments(max_results=1)
                 ensure_indexes(uri)
-        self._experiments: dict[str, str] = {}
-        self._artifact_uris: dict[str, str] = {}  # run id → artifact URI, known or looked up
+        if self._read_path and self._reader is None:
+            self._reader_opened = False  # the client may just have created the schema
+        return client
 
     def activate(self) -> None:
         """Point MLflow's process-wide (fluent) API at this store, for model logging.
@@ -121,6 +159,12 @@ class Store:
         name = self.settings.experiment(step)
         if name in self._experiments:
             return self._experiments[name]
+        known = self._read(lambda r: r.experiment(name), missing=False)
+        if known is None and not create:
+            return None
+        if known and known[1] == "active":  # a deleted one is restored by the client below
+            self._experiments[name] = known[0]
+            return known[0]
         from mlflow.exceptions import MlflowException
 
         exp = self.client.get_experiment_by_name(name)
@@ -154,13 +198,26 @@ class Store:
         Relay's own bookkeeping experiments (``chains``, ``snapshots``, ``refresh``) included.
         """
         prefix = f"{self.settings.project}/"
-        exps = self.client.search_experiments(filter_string=f"name LIKE {quote(prefix + '%')}")
+        found = self._read(lambda r: r.experiments(prefix), missing=None)
+        if found is None:
+            exps = self.client.search_experiments(filter_string=f"name LIKE {quote(prefix + '%')}")
+            found = {e.name: e.experiment_id for e in exps}
         out = {}
-        for e in exps:
-            if e.name.startswith(prefix):
-                self._experiments[e.name] = e.experiment_id
-                out[e.name.removeprefix(prefix)] = e.experiment_id
+        for name, exp_id in found.items():
+            if name.startswith(prefix):
+                self._experiments[name] = exp_id
+                out[name.removeprefix(prefix)] = exp_id
         return out
+
+    def _read(self, call: Any, *, missing: Any) -> Any:
+        """``call(reader)``, or ``missing`` when there is no read path or it cannot answer."""
+        reader = self.reader
+        if reader is None:
+            return missing
+        try:
+            return call(reader)
+        except Unsupported:
+            return missing
 
     # -- searching -------------------------------------------------------------------------
 
@@ -172,8 +229,12 @@ class Store:
         order_by: Sequence[str] = ("attributes.start_time DESC",),
         limit: int | None = None,
         deleted: bool = False,
-    ) -> list[MlflowRun]:
+    ) -> list[MlflowRun | RunRecord]:
         """Search runs of the given steps (None: every step) inside the tracking store.
+
+        The runs are :class:`~relayml.readstore.RunRecord` objects from the read path, or
+        ``mlflow.entities.Run`` objects from MLflow's client: both answer ``.info`` and
+        ``.data`` alike.
 
         Args:
             steps: step names; unknown steps simply have no runs.
@@ -185,16 +246,22 @@ class Store:
         Example:
             >>> store.search(["training"], "tags.`relay.variant` = 'rf'", limit=1)  # doctest: +SKIP
         """
-        from mlflow.entities import ViewType
-
         if steps is None:
             ids = list(self.step_experiments().values())
         else:
             ids = [i for s in steps if (i := self.experiment_id(s, create=False))]
         if not ids:
             return []
+        records = self._read(
+            lambda r: r.search(ids, filter_string, order_by=order_by, limit=limit, deleted=deleted),
+            missing=None,
+        )
+        if records is not None:
+            return records
+        from mlflow.entities import ViewType
+
         view = ViewType.DELETED_ONLY if deleted else ViewType.ACTIVE_ONLY
-        out: list[MlflowRun] = []
+        out: list[MlflowRun | RunRecord] = []
         token = None
         while True:
             page = PAGE if limit is None else min(PAGE, limit - len(out))
@@ -211,8 +278,11 @@ class Store:
             if not token or (limit is not None and len(out) >= limit):
                 return out
 
-    def get_run(self, run_id: str) -> MlflowRun | None:
-        """The MLflow run with this id, or None when there is none."""
+    def get_run(self, run_id: str) -> MlflowRun | RunRecord | None:
+        """The run with this id (active or deleted), or None when there is none."""
+        found = self._read(lambda r: r.get_run(run_id), missing=False)
+        if found is not False:
+            return found
         from mlflow.exceptions import MlflowException
 
         try:
@@ -221,6 +291,15 @@ class Store:
             return None
 
     # -- writing ---------------------------------------------------------------------------
+
+    def prepare_writes(self) -> None:
+        """Load MLflow's client now: a write follows, and what the caller stamps next (a
+        run's start and heartbeat) must not age by the seconds importing MLflow takes.
+
+        Example:
+            >>> store.prepare_writes()  # doctest: +SKIP
+        """
+        self.client  # noqa: B018 - the import and the client are the point
 
     def create_run(
         self, step: str, *, start_ms: int, run_name: str, tags: Mapping[str, str]
@@ -298,8 +377,66 @@ class Store:
         dst.mkdir(parents=True, exist_ok=True)
         return Path(self.client.download_artifacts(run_id, path, str(dst)))
 
+    def run_artifacts(self, run_id: str) -> list[tuple[str, int]]:
+        """``(path, size)`` of every artifact file of a run, sorted; read without MLflow
+        where the artifacts are local files or proxied by a tracking server.
+
+        Example:
+            >>> store.run_artifacts(run_id)[:1]  # doctest: +SKIP
+            [('code/source.json', 812)]
+        """
+        uri = self._artifact_uris.get(run_id)
+        if uri is None:
+            entity = self.get_run(run_id)
+            if entity is None:
+                return []
+            uri = self._artifact_uris[run_id] = entity.info.artifact_uri
+        found = self.artifact_files(uri)
+        return found if found is not None else sorted(self.list_artifacts(run_id))
+
+    def artifact_files(self, uri: str) -> list[tuple[str, int]] | None:
+        """``(path, size)`` of every file under an artifact URI, sorted, read without MLflow
+        (local folders, a server's proxied artifacts); None where only MLflow can list.
+
+        Example:
+            >>> store.artifact_files("file:///tmp/fraud/artifacts/1a2b")  # doctest: +SKIP
+            [('artifacts/outputs/output.parquet', 52311)]
+        """
+        folder = local_path(uri)
+        if folder is not None:
+            return walk(folder)
+        listing = getattr(self.reader, "list_artifacts", None)
+        if listing is not None:
+            try:
+                return listing(uri)
+            except Unsupported:
+                pass
+        return None
+
+    def model_versions(self, run_id: str) -> list[dict[str, Any]]:
+        """``{name, version, aliases}`` of registered model versions made from a run.
+
+        Example:
+            >>> store.model_versions(run_id)  # doctest: +SKIP
+            [{'name': 'fraud', 'version': 3, 'aliases': ['champion']}]
+        """
+        found = self._read(lambda r: r.model_versions(run_id), missing=None)
+        if found is not None:
+            return found
+        out = []
+        try:
+            versions = self.client.search_model_versions(f"run_id = {quote(run_id)}")
+        except Exception:
+            return []
+        for v in versions:  # search results carry no aliases: read each version
+            full = self.client.get_model_version(v.name, v.version)
+            out.append(
+                {"name": v.name, "version": int(v.version), "aliases": sorted(full.aliases or [])}
+            )
+        return sorted(out, key=lambda v: (v["name"], v["version"]))
+
     def list_artifacts(self, run_id: str, path: str | None = None) -> list[tuple[str, int]]:
-        """``(path, size)`` of every artifact file of a run, recursively."""
+        """``(path, size)`` of every artifact file of a run, recursively (MLflow's client)."""
         out = []
         for info in self.client.list_artifacts(run_id, path):
             if info.is_dir:
@@ -337,6 +474,41 @@ class Store:
     def delete_run(self, run_id: str) -> None:
         """Mark a run deleted (MLflow's soft delete)."""
         self.client.delete_run(run_id)
+
+    def delete_artifacts(self, artifact_uri: str) -> int:
+        """Delete a folder of artifacts where it lives; returns the bytes it held.
+
+        On a tracking server with proxied artifacts (``mlflow-artifacts:``) this goes through
+        the server's ``mlflow-artifacts`` API (HTTP DELETE), so the server's disk or bucket
+        is freed; other remote stores (``s3://``, ...) through MLflow's artifact repository.
+
+        Example:
+            >>> store.delete_artifacts("mlflow-artifacts:/1/0123abcd")  # doctest: +SKIP
+            1834201
+        """
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+        size = sum(n for _, n in self.artifact_files(artifact_uri) or [])
+        repo = get_artifact_repository(artifact_uri, tracking_uri=self.settings.tracking_uri)
+        repo.delete_artifacts()
+        return size
+
+    def withdraw(self, run_id: str, why: str) -> None:
+        """Withdraw a run created before any work (a lost claim or a key collision).
+
+        The run is tagged ``relay.withdrawn``, its key moves to ``relay.withdrawn.key`` (so
+        no withdrawn run keeps the key of a live one), then it ends KILLED and is deleted.
+
+        Example:
+            >>> store.withdraw(run_id, "reusing processing/plain@20190209101500")  # doctest: +SKIP
+        """
+        entity = self.client.get_run(run_id)
+        key = entity.data.tags.get("relay.key")
+        self.log(run_id, tags={"relay.withdrawn": why, "relay.withdrawn.key": key or ""})
+        if key is not None:
+            self.client.delete_tag(run_id, "relay.key")
+        self.finish(run_id, "KILLED")
+        self.delete_run(run_id)
 
 
 _INDEXES = {
@@ -422,6 +594,24 @@ def _tag_value(key: str, value: Any) -> str:
     text = str(value)
     identity = key.startswith(_IDENTITY_TAGS) and not key.endswith(_FREE_TEXT_TAGS)
     return text if identity and not key.endswith(".source") else redact(text)
+
+
+def purge_deleted(backend_uri: str, older_than: float, *, tracking_uri: str) -> None:
+    """Purge runs (and logged models) deleted more than ``older_than`` seconds ago from a
+    tracking server's backend store: MLflow's own ``mlflow gc``, called in this process so
+    that the backend URL (with its password) never appears on a command line.
+
+    Artifacts still there (runs deleted in MLflow's UI) are removed through the server at
+    ``tracking_uri`` (proxied artifacts).
+
+    Example:
+        >>> purge_deleted("postgresql+psycopg://u@db/mlflow", 86400,
+        ...               tracking_uri="http://127.0.0.1:5000")  # doctest: +SKIP
+    """
+    from mlflow.cli import gc
+
+    args = ["--backend-store-uri", backend_uri, "--older-than", f"{int(older_than)}s"]
+    gc.main(args=[*args, "--tracking-uri", tracking_uri], standalone_mode=False)
 
 
 def _param_value(value: Any) -> str:

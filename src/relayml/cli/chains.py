@@ -75,8 +75,8 @@ def chain_command(
         console.print(f"model: {result.model_uri}", highlight=False)
     if result.data_version:
         console.print(f"data version: {result.data_version}", highlight=False)
-    if result.record is not None:
-        console.print(f"chain record: {result.record.info.run_id}", highlight=False)
+    if result.record_id is not None:
+        console.print(f"chain record: {result.record_id}", highlight=False)
 
 
 def chain_table(result: Chain, *, explain: bool = False) -> Any:

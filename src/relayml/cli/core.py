@@ -278,18 +278,7 @@ def registered_versions(run: Run) -> list[dict[str, Any]]:
     """Registered model versions created from the run's bundle, with their aliases."""
     if not run.model_uri:
         return []
-    from relayml.store import quote
-
-    client = run.store.client
-    try:
-        versions = client.search_model_versions(f"run_id = {quote(run.run_id)}")
-    except Exception:
-        return []
-    out = []
-    for v in versions:  # search results carry no aliases: read each version
-        full = client.get_model_version(v.name, v.version)
-        out.append({"name": v.name, "version": int(v.version), "aliases": list(full.aliases)})
-    return out
+    return run.store.model_versions(run.run_id)
 
 
 @app.command()

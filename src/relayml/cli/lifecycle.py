@@ -161,8 +161,9 @@ def delete(
 
     A run that live downstream runs or registered model versions depend on is refused
     (exit 2) unless --cascade. Snapshots still used by another run are kept. Against a
-    tracking server the runs are deleted through it, and the server's `mlflow gc` purges
-    the files.
+    tracking server the runs are deleted through it and their artifact folders and logged
+    models' files are removed through its artifact API; the rows stay marked deleted until
+    the server's gc (relay server --purge-deleted-after 1d).
 
     Examples:
 
@@ -191,7 +192,7 @@ def delete(
         if not typer.confirm(f"Delete {len(plan.runs)} run(s) for good?", default=False):
             err_console.print("nothing deleted")
             raise typer.Exit(1)
-    do_delete(list(plan.requested), cascade=cascade, force=force, project=project)
+    plan = do_delete(list(plan.requested), cascade=cascade, force=force, project=project)
     if json_out:
         print_json(plan.to_dict())
         return
@@ -202,8 +203,9 @@ def delete(
         what += f", {len(plan.snapshots)} snapshot(s)"
     if plan.remote:
         console.print(
-            f"[green]✓[/green] deleted {what} on the tracking server; its files go when the "
-            "server's 'mlflow gc' runs"
+            f"[green]✓[/green] deleted {what} on the tracking server; freed "
+            f"{_size(plan.freed or 0)} of its artifact store (the rows, marked deleted, go when "
+            "the server's gc runs: relay server --purge-deleted-after)"
         )
     else:
         console.print(f"[green]✓[/green] deleted {what}; freed {_size(plan.bytes)}")
@@ -226,7 +228,7 @@ def _print_plan(plan: DeletePlan, dry_run: bool) -> None:
     for h, users in plan.kept_snapshots.items():
         table.add_row("keeps snapshot", h, "used by " + ", ".join(users[:3]))
     table.caption = f"frees {_size(plan.bytes)}" + (
-        " (purged by the server's mlflow gc)" if plan.remote else ""
+        " (files through the tracking server)" if plan.remote else ""
     )
     console.print(table)
 

@@ -219,6 +219,13 @@ def server(
     auth: bool = typer.Option(
         False, "--auth", help="Require a user name and password (MLflow basic auth)."
     ),
+    purge_deleted_after: str = typer.Option(
+        None,
+        "--purge-deleted-after",
+        help="Purge runs deleted longer ago than this (e.g. 1d, 12h) while the server runs "
+        "(MLflow's gc, repeated).",
+        show_default=False,
+    ),
 ) -> None:
     """Start the project's MLflow tracking server (team mode); Ctrl-C stops it.
 
@@ -231,12 +238,15 @@ def server(
       relay server --backend postgresql+psycopg://relay@db:5432/mlflow
       --password-env RELAY_DB_PASSWORD --artifacts s3://team-bucket/mlflow --host 0.0.0.0 --auth
 
+      relay server --purge-deleted-after 1d
+
     Clients: export RELAY_TRACKING_URI=http://HOST:5000 (and MLFLOW_TRACKING_USERNAME /
     MLFLOW_TRACKING_PASSWORD with --auth).
     """
     from relayml.data import redact, with_password
 
     s = settings()
+    purge_age = _purge_age(purge_deleted_after)
     url = backend or _default_backend(s)
     if password_env:
         url = with_password(url, password_env)
@@ -258,9 +268,60 @@ def server(
             f"[yellow]Warning:[/yellow] {host} is reachable from other machines and --auth is "
             "off: anyone who reaches the port can read and write runs"
         )
+    if purge_age is not None:
+        err_console.print(f"purges          runs deleted more than {purge_deleted_after} ago")
+        _start_purging(shown, purge_age, address)
     code = _run_child(argv, env)
     if code:
         raise typer.Exit(code)
+
+
+def _purge_age(text: str | None) -> float | None:
+    """Seconds of ``--purge-deleted-after`` (None when not given)."""
+    if text is None:
+        return None
+    from relayml.errors import UsageError
+    from relayml.lifecycle import parse_age
+
+    try:
+        return parse_age(text)
+    except UsageError:
+        raise UsageError(
+            f"invalid --purge-deleted-after {text!r}: expected an age like 1d, 12h, 30m"
+        ) from None
+
+
+def _start_purging(backend: str, age: float, address: str) -> None:
+    """Purge deleted runs older than ``age`` now and then, in a daemon thread of this process.
+
+    The first purge waits for the server to answer; then every ``age / 2`` seconds, between
+    5 seconds and an hour. A failed round is reported and the next one tries again.
+    """
+    import threading
+    import time
+
+    from relayml.data import redact
+
+    interval = max(5.0, min(3600.0, age / 2))
+
+    def loop() -> None:
+        import httpx
+
+        while True:
+            try:
+                up = httpx.get(f"{address}/health", timeout=5).status_code == 200
+            except httpx.HTTPError:
+                up = False  # still starting, or restarting: next round
+            try:
+                if up:
+                    from relayml.store import purge_deleted
+
+                    purge_deleted(backend, age, tracking_uri=address)
+            except Exception as e:  # the database is busy, ...: next round
+                err_console.print(f"purge of deleted runs failed: {redact(str(e))[:300]}")
+            time.sleep(interval)
+
+    threading.Thread(target=loop, name="relay-purge", daemon=True).start()
 
 
 @app.command()

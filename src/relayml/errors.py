@@ -85,3 +85,15 @@ class SourceError(RelayError):
 
 class StepFailed(RelayError):
     """A step's own code raised; its run is FAILED and the traceback is an artifact."""
+
+
+class ChecksFailed(StepFailed):
+    """A load's data broke the checks declared on its variant (exit code 1).
+
+    The run is FAILED, its report is the artifact ``checks/report.txt`` and nothing
+    downstream builds on it. ``report`` holds the :class:`relayml.checks.CheckReport` list.
+    """
+
+    def __init__(self, message: str, reports: list | None = None) -> None:
+        super().__init__(message)
+        self.reports = list(reports or [])

@@ -77,6 +77,11 @@ _EXPORTS: dict[str, str] = {
     "StepFailed": "relayml.errors",
     "SourceError": "relayml.errors",
     "ConfigError": "relayml.errors",
+    "ChecksFailed": "relayml.errors",
+    "Checks": "relayml.checks",
+    "checks": "relayml.checks",
+    "diff": "relayml.datadiff",
+    "DataDiff": "relayml.datadiff",
 }
 
 __all__ = sorted([*_EXPORTS, "__version__"])
@@ -115,8 +120,11 @@ sys.modules[__name__].__class__ = _Package
 if TYPE_CHECKING:
     from relayml.bundle import load_bundle
     from relayml.chain import Chain, chain
+    from relayml.checks import Checks, checks
     from relayml.config import Settings, load_settings
+    from relayml.datadiff import DataDiff, diff
     from relayml.errors import (
+        ChecksFailed,
         ConfigError,
         NotFound,
         RelayError,

@@ -104,14 +104,22 @@ def load_output(run: Run, name: str) -> Any:
         raise NotFound(f"run {run.key} has no output {name!r} (outputs: {have})")
     how = manifest[name]
     if how.startswith("snapshot:"):
-        holder = how.removeprefix("snapshot:")
-        return pd.read_parquet(_fetch(run, holder, "snapshot.parquet"))
+        return pd.read_parquet(snapshot_path(run, how.removeprefix("snapshot:")))
     if how == "parquet":
         return pd.read_parquet(_fetch(run, run.run_id, f"outputs/{name}.parquet"))
     import cloudpickle
 
     with open(_fetch(run, run.run_id, f"outputs/{name}.pkl"), "rb") as f:
         return cloudpickle.load(f)
+
+
+def snapshot_path(run: Run, holder: str) -> Path:
+    """The local Parquet file of a snapshot held by run ``holder`` (downloaded once).
+
+    Example:
+        >>> path = snapshot_path(load_run, load_run.tags["relay.snapshot.fraud"])  # doctest: +SKIP
+    """
+    return _fetch(run, holder, "snapshot.parquet")
 
 
 def _fetch(run: Run, run_id: str, path: str) -> Path:

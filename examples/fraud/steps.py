@@ -39,7 +39,17 @@ training = relay.step("training", upstream=processing, doc="fit a model, pick a 
 # -- load ------------------------------------------------------------------------------------
 
 
-@load.variant("transactions")
+@load.variant(
+    "transactions",
+    checks=relay.checks(
+        min_rows=1,  # an empty load (e.g. --as-of before the first row) stops here
+        not_null=[*FEATURES, TARGET],
+        unique=["id"],
+        ranges={"Amount": (0, None), TARGET: (0, 1)},
+        schema={"id": "int", "ts": "timestamp", "Amount": "float", TARGET: "int"},
+    ),
+    key=["id"],
+)
 def transactions(ctx: relay.Context, days: int = 0) -> pd.DataFrame:
     """Every transaction known at the retrieval time (or only the last ``days`` days)."""
     sql = "SELECT * FROM transactions WHERE ts <= :retrieval_time"

@@ -294,4 +294,3 @@ def format_summary_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
             }
         )
     return rows
-

@@ -70,7 +70,9 @@ def _split(frame: pd.DataFrame, test_size: float, seed: int) -> tuple[pd.DataFra
 def _processed(processor, train: pd.DataFrame, test: pd.DataFrame) -> dict:
     processor.set_output(transform="pandas")
     processor.fit(train[FEATURES])
-    out = {"processor": processor}
+    # the raw test rows (with their id): relay refresh scores the served model on those it
+    # never saw, next to the retrained models
+    out = {"processor": processor, "test_rows": test[["id", *FEATURES, TARGET]]}
     for name, part in (("train", train), ("test", test)):
         matrix = processor.transform(part[FEATURES]).reset_index(drop=True)
         matrix[TARGET] = part[TARGET].to_numpy()

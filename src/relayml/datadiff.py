@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 
     from relayml.runs import Project
 
-__all__ = ["DataDiff", "Version", "diff", "diff_files", "psi"]
+__all__ = ["DataDiff", "Version", "diff", "diff_files", "psi", "rows_not_in", "snapshot_of"]
 
 EXAMPLES = 5
 BINS = 10
@@ -386,6 +386,38 @@ def _histograms(
     return {c: dict(h or {}) for c, h in zip(cuts, row, strict=True)}
 
 
+def rows_not_in(frame: Any, path: Path, key: Sequence[str]) -> Any:
+    """The rows of a DataFrame whose key is absent from a Parquet snapshot (DuckDB anti-join).
+
+    Args:
+        frame: a pandas DataFrame holding the key columns.
+        path: the snapshot.
+        key: the key columns.
+
+    Returns:
+        The matching rows of ``frame``, in their order, index reset.
+
+    Example:
+        >>> import pandas as pd, tempfile, pathlib
+        >>> from relayml.data import snapshot_frame
+        >>> p = pathlib.Path(tempfile.mkdtemp()) / "a.pq"
+        >>> _ = snapshot_frame(pd.DataFrame({"id": [1, 2]}), p)
+        >>> rows_not_in(pd.DataFrame({"id": [2, 3], "v": [0.1, 0.2]}), p, ["id"])["id"].tolist()
+        [3]
+    """
+    con = _connect("512MB", None)
+    try:
+        con.register("fresh", frame.reset_index(drop=True))
+        keys = ", ".join(_ident(k) for k in key)
+        on = " AND ".join(f"f.{_ident(k)} = s.{_ident(k)}" for k in key)
+        return con.execute(
+            f"SELECT f.* FROM (SELECT *, row_number() OVER () AS rn__ FROM fresh) f ANTI JOIN "
+            f"(SELECT {keys} FROM read_parquet({_literal(Path(path))})) s ON {on} ORDER BY rn__"
+        ).df().drop(columns="rn__")
+    finally:
+        con.close()
+
+
 # -- references -------------------------------------------------------------------------------
 
 
@@ -423,14 +455,24 @@ def diff(
     from relayml.runs import open_project
 
     settings = open_project(project)
-    va, vb = _version(a, settings, snapshot), _version(b, settings, snapshot)
+    va, vb = snapshot_of(a, settings, snapshot), snapshot_of(b, settings, snapshot)
     chosen = list(key) if key else list(va.key or vb.key)
     out = diff_files(va.path, vb.path, key=chosen, labels=(va.label, vb.label))
     out.digests = {"a": va.digest, "b": vb.digest}
     return out
 
 
-def _version(ref: str, settings: Any, snapshot: str | None) -> Version:
+def snapshot_of(ref: str, settings: Any, snapshot: str | None = None) -> Version:
+    """The snapshot behind a load run reference or a digest, as a :class:`Version`.
+
+    Raises:
+        NotFound: no load run or snapshot matches.
+        UsageError: the run took no snapshot.
+
+    Example:
+        >>> snapshot_of("load/transactions@latest", settings).key  # doctest: +SKIP
+        ('id',)
+    """
     from relayml.outputs import snapshot_path
     from relayml.runs import get
     from relayml.store import get_store, quote

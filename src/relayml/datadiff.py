@@ -223,11 +223,20 @@ def diff_files(
         common = [c for c in types["a"] if c in types["b"] and types["a"][c] == types["b"][c]]
         out = DataDiff(la, lb, rows, key=key, schema=_schema_changes(types))
         values = [c for c in common if c not in key]
+        binned = [c for c in values if _binned(types["a"][c])]
+        cuts = _cuts(con, binned, types["a"], rows["a"])
+        for v in ("a", "b"):  # one scan of each version: key, row hash, drift bins
+            bins = "".join(
+                f", {_bin(_num(c, types['a'][c]), cuts[c])} AS b{i}__" for i, c in enumerate(binned)
+            )
+            keys = "".join(f"{_ident(k)}, " for k in key)
+            hashed = _row_hash(v, values if key else common)
+            con.execute(f"CREATE TEMP TABLE h{v} AS SELECT {keys}{hashed} AS h__{bins} FROM {v}")
         if key:
             _keyed(con, out, key, values)
         else:
-            _unkeyed(con, out, common)
-        out.drift = _drift(con, [c for c in values], types["a"])
+            _unkeyed(con, out)
+        out.drift = _drift(con, binned, cuts, [c for c in values if c not in binned], types["a"])
         return out
     finally:
         con.close()
@@ -255,11 +264,6 @@ def _row_hash(alias: str, columns: Sequence[str]) -> str:
 def _keyed(
     con: duckdb.DuckDBPyConnection, out: DataDiff, key: list[str], values: list[str]
 ) -> None:
-    keys = ", ".join(_ident(k) for k in key)
-    for v in ("a", "b"):
-        con.execute(
-            f"CREATE TEMP TABLE h{v} AS SELECT {keys}, {_row_hash(v, values)} AS h__ FROM {v}"
-        )
     on = " AND ".join(f"ha.{_ident(k)} = hb.{_ident(k)}" for k in key)
     added, removed, changed = con.execute(
         f"""SELECT count(*) FILTER (WHERE ha.h__ IS NULL),
@@ -272,19 +276,17 @@ def _keyed(
     anti = " AND ".join(f"x.{_ident(k)} = y.{_ident(k)}" for k in key)
     examples: dict[str, list[Any]] = {}
     for kind, x, y, view in (("added", "hb", "ha", "b"), ("removed", "ha", "hb", "a")):
-        picked = (
+        picked = con.execute(
             f"SELECT {sel} FROM {x} x ANTI JOIN {y} y ON {anti} ORDER BY {sel} LIMIT {EXAMPLES}"
-        )
-        examples[kind] = _rows(
-            con, f"SELECT v.* FROM {view} v SEMI JOIN ({picked}) p USING ({keys})"
-        )
-    picked = (
+        ).fetchall()
+        examples[kind] = _rows_by_key(con, view, key, picked)
+    picked = con.execute(
         f"SELECT {', '.join(f'ha.{_ident(k)}' for k in key)} FROM ha JOIN hb ON {on} "
-        f"WHERE ha.h__ <> hb.h__ ORDER BY 1 LIMIT {EXAMPLES}"
-    )
-    con.execute(f"CREATE TEMP TABLE picked AS {picked}")
-    old = {_k(r, key): r for r in _rows(con, f"SELECT * FROM a SEMI JOIN picked USING ({keys})")}
-    new = {_k(r, key): r for r in _rows(con, f"SELECT * FROM b SEMI JOIN picked USING ({keys})")}
+        f"WHERE ha.h__ <> hb.h__ ORDER BY {', '.join(f'ha.{_ident(k)}' for k in key)} "
+        f"LIMIT {EXAMPLES}"
+    ).fetchall()
+    old = {_k(r, key): r for r in _rows_by_key(con, "a", key, picked)}
+    new = {_k(r, key): r for r in _rows_by_key(con, "b", key, picked)}
     examples["changed"] = [
         {
             "key": {k: old[k_][k] for k in key},
@@ -300,17 +302,31 @@ def _k(row: Mapping[str, Any], key: list[str]) -> tuple[Any, ...]:
     return tuple(row[k] for k in key)
 
 
-def _unkeyed(con: duckdb.DuckDBPyConnection, out: DataDiff, common: list[str]) -> None:
-    ha, hb = _row_hash("a", common), _row_hash("b", common)
-    only_b = f"SELECT {hb} FROM b EXCEPT ALL SELECT {ha} FROM a"
-    only_a = f"SELECT {ha} FROM a EXCEPT ALL SELECT {hb} FROM b"
+def _rows_by_key(
+    con: duckdb.DuckDBPyConnection, view: str, key: list[str], keys: list[tuple[Any, ...]]
+) -> list[dict[str, Any]]:
+    """The rows holding a few key values (bound parameters: Parquet row groups are pruned)."""
+    if not keys:
+        return []
+    one = "(" + " AND ".join(f"{_ident(k)} IS NOT DISTINCT FROM ?" for k in key) + ")"
+    where = " OR ".join([one] * len(keys))
+    params = [v for row in keys for v in row]
+    order = ", ".join(_ident(k) for k in key)
+    return _rows(con, f"SELECT * FROM {view} WHERE {where} ORDER BY {order}", params)
+
+
+def _unkeyed(con: duckdb.DuckDBPyConnection, out: DataDiff) -> None:
+    only_b = "SELECT h__ FROM hb EXCEPT ALL SELECT h__ FROM ha"
+    only_a = "SELECT h__ FROM ha EXCEPT ALL SELECT h__ FROM hb"
     out.added = int(con.execute(f"SELECT count(*) FROM ({only_b})").fetchone()[0])
     out.removed = int(con.execute(f"SELECT count(*) FROM ({only_a})").fetchone()[0])
     out.changed = None
 
 
-def _rows(con: duckdb.DuckDBPyConnection, sql: str) -> list[dict[str, Any]]:
-    cur = con.execute(sql)
+def _rows(
+    con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = None
+) -> list[dict[str, Any]]:
+    cur = con.execute(sql, params or [])
     names = [d[0] for d in cur.description]
     return [{n: _plain(v) for n, v in zip(names, row, strict=True)} for row in cur.fetchall()]
 
@@ -323,38 +339,58 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
+def _cuts(
+    con: duckdb.DuckDBPyConnection, binned: list[str], types: Mapping[str, str], rows: int
+) -> dict[str, list[float]]:
+    """A's deciles of each binned column (from a 10 % block sample of a large version)."""
+    if not binned:
+        return {}
+    qs = [i / BINS for i in range(1, BINS)]
+    exprs = ", ".join(f"approx_quantile({_num(c, types[c])}, {qs})" for c in binned)
+    sample = " USING SAMPLE 10 PERCENT (system)" if rows > 1_000_000 else ""
+    edges = con.execute(f"SELECT {exprs} FROM a{sample}").fetchone()
+    return {
+        c: sorted({e for e in (es or []) if e is not None and not math.isnan(e)})
+        for c, es in zip(binned, edges, strict=True)
+    }
+
+
+def _bin(x: str, edges: list[float]) -> str:
+    cases = " ".join(f"WHEN {x} < {e!r} THEN {i}" for i, e in enumerate(edges))
+    return f"CAST(CASE WHEN {x} IS NULL THEN -1 {cases} ELSE {len(edges)} END AS TINYINT)"
+
+
 def _drift(
-    con: duckdb.DuckDBPyConnection, columns: list[str], types: Mapping[str, str]
+    con: duckdb.DuckDBPyConnection,
+    binned: list[str],
+    cuts: Mapping[str, list[float]],
+    others: list[str],
+    types: Mapping[str, str],
 ) -> dict[str, dict[str, Any]]:
-    binned = [c for c in columns if _binned(types[c])]
-    others = [c for c in columns if c not in binned and not types[c].endswith("[]")]
     out: dict[str, dict[str, Any]] = {}
     if binned:
-        exprs = ", ".join(
-            f"approx_quantile({_num(c, types[c])}, {[i / BINS for i in range(1, BINS)]})"
-            for c in binned
-        )
-        edges = con.execute(f"SELECT {exprs} FROM a").fetchone()
-        cuts = {
-            c: sorted({e for e in (es or []) if e is not None})
-            for c, es in zip(binned, edges, strict=True)
-        }
-        hists = {v: _histograms(con, v, cuts, types) for v in ("a", "b")}
-        for c in binned:
+        hists = {}
+        for v in ("a", "b"):
+            exprs = ", ".join(f"histogram(b{i}__)" for i in range(len(binned)))
+            row = con.execute(f"SELECT {exprs} FROM h{v}").fetchone()
+            hists[v] = [dict(h or {}) for h in row]
+        for i, c in enumerate(binned):
             bins = range(-1, len(cuts[c]) + 1)
-            ha, hb = hists["a"][c], hists["b"][c]
+            ha, hb = hists["a"][i], hists["b"][i]
             out[c] = {
                 "measure": "psi",
-                "value": psi([ha.get(i, 0) for i in bins], [hb.get(i, 0) for i in bins]),
+                "value": psi([ha.get(j, 0) for j in bins], [hb.get(j, 0) for j in bins]),
             }
     for c in others:
+        if types[c].endswith("[]"):
+            continue
         new, total = con.execute(
             f"""SELECT count(*) FILTER (WHERE b.{_ident(c)} IS NOT NULL AND s.v IS NULL), count(*)
                 FROM b LEFT JOIN (SELECT DISTINCT {_ident(c)} AS v FROM a) s
                 ON b.{_ident(c)} = s.v"""
         ).fetchone()
         out[c] = {"measure": "new_categories", "value": round(new / total, 6) if total else 0.0}
-    return out
+    return dict(sorted(out.items(), key=lambda cv: list(types).index(cv[0])))
 
 
 def _binned(t: str) -> bool:
@@ -369,21 +405,6 @@ def _num(c: str, t: str) -> str:
     if t in ("FLOAT", "DOUBLE"):
         return f"(CASE WHEN isnan({x}) THEN NULL ELSE CAST({x} AS DOUBLE) END)"
     return f"CAST({x} AS DOUBLE)"
-
-
-def _histograms(
-    con: duckdb.DuckDBPyConnection,
-    view: str,
-    cuts: Mapping[str, list[float]],
-    types: Mapping[str, str],
-) -> dict[str, dict[int, int]]:
-    exprs = []
-    for c, edges in cuts.items():
-        x = _num(c, types[c])
-        cases = " ".join(f"WHEN {x} < {e!r} THEN {i}" for i, e in enumerate(edges))
-        exprs.append(f"histogram(CASE WHEN {x} IS NULL THEN -1 {cases} ELSE {len(edges)} END)")
-    row = con.execute(f"SELECT {', '.join(exprs)} FROM {view}").fetchone()
-    return {c: dict(h or {}) for c, h in zip(cuts, row, strict=True)}
 
 
 def rows_not_in(frame: Any, path: Path, key: Sequence[str]) -> Any:
@@ -410,10 +431,14 @@ def rows_not_in(frame: Any, path: Path, key: Sequence[str]) -> Any:
         con.register("fresh", frame.reset_index(drop=True))
         keys = ", ".join(_ident(k) for k in key)
         on = " AND ".join(f"f.{_ident(k)} = s.{_ident(k)}" for k in key)
-        return con.execute(
-            f"SELECT f.* FROM (SELECT *, row_number() OVER () AS rn__ FROM fresh) f ANTI JOIN "
-            f"(SELECT {keys} FROM read_parquet({_literal(Path(path))})) s ON {on} ORDER BY rn__"
-        ).df().drop(columns="rn__")
+        return (
+            con.execute(
+                f"SELECT f.* FROM (SELECT *, row_number() OVER () AS rn__ FROM fresh) f ANTI JOIN "
+                f"(SELECT {keys} FROM read_parquet({_literal(Path(path))})) s ON {on} ORDER BY rn__"
+            )
+            .df()
+            .drop(columns="rn__")
+        )
     finally:
         con.close()
 

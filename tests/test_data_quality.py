@@ -241,6 +241,10 @@ def test_relay_diff_between_two_loads(project: Path, relay) -> None:
     assert r.code == 0 and "1,500 added, 2 removed, 3 changed" in r.out, r
     assert "drift per column" in r.out
     assert relayml.diff(str(first.key), str(second.key), key=["id", "ts"]).changed == 3
+    r = relay("diff", "load@latest")  # against the load before it
+    assert r.code == 0 and f"{first.key} → {second.key}" in r.out, r
+    r = relay("diff", str(first.key))
+    assert r.code == 2 and "no finished load of load/transactions before" in r.err, r
 
 
 @pytest.mark.parametrize(

@@ -448,7 +448,7 @@ def rows_not_in(frame: Any, path: Path, key: Sequence[str]) -> Any:
 
 def diff(
     a: str,
-    b: str,
+    b: str | None = None,
     *,
     key: Sequence[str] | None = None,
     snapshot: str | None = None,
@@ -459,7 +459,8 @@ def diff(
     Args:
         a: the reference version: a run key or reference (``load/transactions@latest``), a
             run id, or a digest (or a prefix of 8+ hex digits).
-        b: the new version, likewise.
+        b: the new version, likewise. Without it, ``a`` is the new version and the reference
+            is the load run of the same variant just before it.
         key: the columns matching rows (default: ``key=[...]`` declared on the load variant).
         snapshot: which snapshot of a load run that took several (default: the first).
         project: the project (default: around the working folder).
@@ -468,7 +469,8 @@ def diff(
         The :class:`DataDiff`.
 
     Raises:
-        NotFound: no load run or snapshot matches a reference or digest.
+        NotFound: no load run or snapshot matches a reference or digest, or no load before
+            ``a`` when ``b`` is not given.
         UsageError: a run that is not a load run, or a key column missing.
 
     Example:
@@ -476,15 +478,37 @@ def diff(
         ...                "load/transactions@latest")
         >>> d.added, d.removed, d.changed  # doctest: +SKIP
         (8000, 0, 0)
+        >>> relay.diff("load/transactions@latest").b  # against the load before it  # doctest: +SKIP
+        'load/transactions@20190211080000'
     """
     from relayml.runs import open_project
 
     settings = open_project(project)
+    if b is None:
+        a, b = _previous_load(a, settings), a
     va, vb = snapshot_of(a, settings, snapshot), snapshot_of(b, settings, snapshot)
     chosen = list(key) if key else list(va.key or vb.key)
     out = diff_files(va.path, vb.path, key=chosen, labels=(va.label, vb.label))
     out.digests = {"a": va.digest, "b": vb.digest}
     return out
+
+
+def _previous_load(ref: str, settings: Any) -> str:
+    """The key of the FINISHED load run of the same variant just before ``ref``."""
+    from relayml.runs import get, runs
+
+    run = get(ref, project=settings)
+    before = [
+        r
+        for r in runs(run.step, variant=run.variant, status="FINISHED", project=settings)
+        if r.key.time < run.key.time and r.data_version
+    ]
+    if not before:
+        raise NotFound(
+            f"no finished load of {run.step}/{run.variant} before {run.key}; name both "
+            "versions: relay diff A B"
+        )
+    return str(before[0].key)
 
 
 def snapshot_of(ref: str, settings: Any, snapshot: str | None = None) -> Version:

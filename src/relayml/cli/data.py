@@ -15,7 +15,9 @@ if TYPE_CHECKING:
 @app.command("diff")
 def diff_command(
     a: str = typer.Argument(..., help="The reference version: a load run reference or a digest."),
-    b: str = typer.Argument(..., help="The new version: a load run reference or a digest."),
+    b: str = typer.Argument(
+        None, help="The new version (default: A is the new one, against the load before it)."
+    ),
     key: str = typer.Option(
         None, "--key", help="Columns matching rows, comma separated (default: the variant's key)."
     ),
@@ -33,6 +35,8 @@ def diff_command(
     Examples:
 
       relay diff load/transactions@2019-02-10 load/transactions@latest
+
+      relay diff load/transactions@latest          # against the load just before it
 
       relay diff 3f2a9c1e 9b1d77aa --key id --json
     """

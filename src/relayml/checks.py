@@ -267,7 +267,7 @@ class Checker:
         >>> c.update(pa.record_batch({"id": [1, 2]}))
         >>> c.update(pa.record_batch({"id": [2, 3]}))
         >>> c.finish({"rows": 4, "columns": {}}).failures[0].detail
-        '1 duplicated value(s) (2 rows share a value)'
+        '1 row(s) repeat a value of an earlier row'
     """
 
     def __init__(self, spec: Checks | None = None, key: Sequence[str] = ()) -> None:
@@ -281,7 +281,7 @@ class Checker:
         self._rows = 0
         self._counts: dict[tuple[str, str], int] = {}
         self._examples: dict[tuple[str, str], list[Any]] = {}
-        self._hashes: dict[tuple[str, ...], list[np.ndarray]] = {u: [] for u in uniques}
+        self._keys = {u: _KeySet(u) for u in uniques}
 
     def update(self, batch: pa.RecordBatch) -> None:
         """Check one batch (row-level checks) and remember its key hashes.
@@ -321,7 +321,7 @@ class Checker:
             self._count("ranges", col, batch, bad)
         for u in self.uniques:
             if not set(u) & self._missing:
-                self._hashes[u].append(_key_hash(batch, u))
+                self._keys[u].add(batch)
         self._rows += batch.num_rows
 
     def _count(self, check: str, col: str, batch: pa.RecordBatch, bad: pa.Array) -> None:
@@ -408,25 +408,102 @@ class Checker:
         return CheckReport("", out)
 
     def _unique(self, cols: tuple[str, ...], path: Path | None) -> CheckResult:
-        import numpy as np
-
-        parts = self._hashes[cols]
-        h = np.sort(np.concatenate(parts)) if parts else np.empty(0, np.uint64)
-        dup = h[1:] == h[:-1]
-        rows = int(dup.sum())
+        rows, values, hashes = self._keys[cols].finish()
         name = ",".join(cols)
         if not rows:
             return CheckResult("unique", name, True, 0, "no duplicated value")
-        values = np.unique(h[1:][dup])
-        examples = _duplicates(path, cols, values) if path is not None else []
-        return CheckResult(
-            "unique",
-            name,
-            False,
-            rows,
-            f"{len(values):,} duplicated value(s) ({rows + len(values):,} rows share a value)",
-            examples,
-        )
+        if values is not None:
+            examples = [{cols[0]: int(v)} for v in values[:EXAMPLES]]
+        else:
+            examples = _duplicates(path, cols, hashes) if path is not None else []
+        detail = f"{rows:,} row(s) repeat a value of an earlier row"
+        return CheckResult("unique", name, False, rows, detail, examples)
+
+
+class _KeySet:
+    """Exact duplicate detection over a stream of batches, in little memory.
+
+    A single integer key whose values fill their range densely (ids) is tracked by a presence
+    array of one byte per value of the range; any other key by 64-bit hashes of its values,
+    sorted once at the end.
+    """
+
+    def __init__(self, cols: tuple[str, ...]) -> None:
+        self.cols = cols
+        self.dense = len(cols) == 1
+        self.lo = 0
+        self.present: np.ndarray | None = None
+        self.hashes: list[np.ndarray] = []
+        self.rows = 0
+        self.dups = 0
+        self.values: list[int] = []  # a few repeated values (dense mode)
+
+    def add(self, batch: pa.RecordBatch) -> None:
+        import numpy as np
+        import pyarrow as pa
+
+        if self.dense:
+            arr = batch.column(self.cols[0])
+            if pa.types.is_integer(arr.type) and arr.null_count == 0:
+                v = arr.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+                if self._add_dense(v):
+                    self.rows += len(v)
+                    return
+            self._to_hashes()
+        self.hashes.append(_key_hash(batch, self.cols))
+        self.rows += batch.num_rows
+
+    def _add_dense(self, v: np.ndarray) -> bool:
+        import numpy as np
+
+        if len(v) == 0:
+            return True
+        lo, hi = int(v.min()), int(v.max())
+        if self.present is not None:
+            lo_all, hi_all = min(lo, self.lo), max(hi, self.lo + len(self.present) - 1)
+        else:
+            lo_all, hi_all = lo, hi
+        span = hi_all - lo_all + 1
+        if span > max(8 * (self.rows + len(v)), 1 << 22):
+            return False  # sparse: hashes take less memory
+        if self.present is None or lo < self.lo or hi >= self.lo + len(self.present):
+            grown = np.zeros(span + span // 2, bool)  # room to grow upwards (new ids)
+            if self.present is not None:
+                at = self.lo - lo_all
+                grown[at : at + len(self.present)] = self.present
+            self.present, self.lo = grown, lo_all
+        idx = v - self.lo
+        window = self.present[lo - self.lo : hi - self.lo + 1]
+        before = int(np.count_nonzero(window))
+        seen = self.present[idx]
+        if len(self.values) < EXAMPLES and seen.any():
+            self.values += v[seen][:EXAMPLES].tolist()
+        self.present[idx] = True
+        repeated = len(v) - (int(np.count_nonzero(window)) - before)
+        if repeated > int(seen.sum()) and len(self.values) < EXAMPLES:  # within the batch
+            u, c = np.unique(v, return_counts=True)
+            self.values += u[c > 1][:EXAMPLES].tolist()
+        self.dups += repeated
+        return True
+
+    def _to_hashes(self) -> None:
+        import numpy as np
+
+        if self.present is not None:  # the values seen so far, once each (dups are counted)
+            ids = np.flatnonzero(self.present).astype(np.int64) + self.lo
+            self.hashes = [ids.view(np.uint64)]
+            self.present = None
+        self.dense = False
+
+    def finish(self) -> tuple[int, list[int] | None, np.ndarray]:
+        """``(rows repeating a value, a few repeated values or None, repeated hashes)``."""
+        import numpy as np
+
+        if self.dense:
+            return self.dups, sorted(set(self.values)), np.empty(0, np.uint64)
+        h = np.sort(np.concatenate(self.hashes)) if self.hashes else np.empty(0, np.uint64)
+        dup = h[1:] == h[:-1]
+        return self.dups + int(dup.sum()), None, np.unique(h[1:][dup])
 
 
 def _scalar(bound: Any, t: pa.DataType, col: str) -> pa.Scalar:

@@ -171,6 +171,7 @@ def main() -> None:
         ),
     )
     p.add_argument("--cache-dir", type=Path, default=Path(tempfile.gettempdir()) / "relay-bench")
+    p.add_argument("--skip-diff", action="store_true", help="measure the snapshots only")
     p.add_argument("--snapshot", help=argparse.SUPPRESS)
     p.add_argument("--diff", help=argparse.SUPPRESS)
     p.add_argument("--table", help=argparse.SUPPRESS)
@@ -198,7 +199,7 @@ def main() -> None:
                       f"peak {r['peak_rss_mb']:6.0f} MB", file=sys.stderr)  # fmt: skip
         va, vb = ensure_versions(out, a.cache_dir, a.rows)
     diffs: dict[str, list[dict]] = {}
-    for i in range(a.repeat):
+    for i in range(0 if a.skip_diff else a.repeat):
         for mode in ("relay", "pandas"):
             r = child(["--diff", mode, "--a", str(va), "--b", str(vb)])
             diffs.setdefault(mode, []).append(r)
@@ -218,6 +219,8 @@ def main() -> None:
         print(f"summary+checks: {ratio:+.1%} {what} (target <= +15%)")
     more = med(snaps, "summary+checks", "peak_rss_mb") / med(snaps, "plain", "peak_rss_mb") - 1
     print(f"summary+checks: {more:+.1%} peak memory (target within 10%)")
+    if not diffs:
+        return
     print(f"\n{'diff (1% of rows)':17} {'seconds':>8} {'CPU s':>8} {'peak RSS MB':>12}  "
           "added/removed/changed")  # fmt: skip
     for mode in diffs:

@@ -201,8 +201,9 @@ class Summarizer:
         self._rng = np.random.default_rng(seed)
         self._columns: list[_Column] | None = None
         self._schema: pa.Schema | None = None
-        self._sample: pa.Table | None = None
-        self._keys = np.empty(0)
+        self._parts: list[pa.RecordBatch] = []
+        self._part_keys: list[np.ndarray] = []
+        self._threshold = 1.0
 
     def update(self, batch: pa.RecordBatch) -> None:
         """Feed the next batch (the canonical batches a snapshot writes).
@@ -222,26 +223,31 @@ class Summarizer:
         self.rows += batch.num_rows
 
     def _update_sample(self, batch: pa.RecordBatch) -> None:
+        """Bottom-k sampling: candidates (key below the k-th smallest so far) are appended
+        as they come; the sample is cut back to k rows only when twice as large."""
         n = batch.num_rows
         if n == 0:
             return
         keys = self._rng.random(n)
-        kept = len(self._keys)
-        all_keys = np.concatenate([self._keys, keys])
-        if len(all_keys) > self.sample_rows:
-            keep = np.argpartition(all_keys, self.sample_rows - 1)[: self.sample_rows]
-        else:
-            keep = np.arange(len(all_keys))
-        old, new = np.sort(keep[keep < kept]), np.sort(keep[keep >= kept]) - kept
-        if len(new) == 0:
+        chosen = np.flatnonzero(keys < self._threshold)
+        if len(chosen) == 0:
             return
-        parts = [pa.Table.from_batches([batch.take(pa.array(new))])]
-        if self._sample is not None and len(old) < kept:
-            parts.insert(0, self._sample.take(pa.array(old)))
-        elif self._sample is not None:
-            parts.insert(0, self._sample)
-        self._sample = pa.concat_tables(parts).combine_chunks()
-        self._keys = np.concatenate([self._keys[old], keys[new]])
+        self._parts.append(batch.take(pa.array(chosen)))
+        self._part_keys.append(keys[chosen])
+        if sum(len(k) for k in self._part_keys) > 2 * self.sample_rows:
+            self._compact()
+
+    def _compact(self) -> None:
+        if not self._parts:
+            return
+        table = pa.Table.from_batches(self._parts)
+        keys = np.concatenate(self._part_keys)
+        if len(keys) > self.sample_rows:
+            keep = np.sort(np.argpartition(keys, self.sample_rows - 1)[: self.sample_rows])
+            table, keys = table.take(pa.array(keep)), keys[keep]
+            self._threshold = float(keys.max())
+        table = table.combine_chunks()
+        self._parts, self._part_keys = table.to_batches(), [keys]
 
     def result(self) -> dict[str, Any]:
         """The summary as a JSON-ready dict: ``rows``, ``columns`` (name -> statistics).
@@ -250,10 +256,12 @@ class Summarizer:
             >>> Summarizer().result()
             {'rows': 0, 'columns': {}}
         """
+        self._compact()
+        sample = pa.Table.from_batches(self._parts) if self._parts else None
         columns: dict[str, Any] = {}
         for col in self._columns or []:
-            sample = self._sample.column(col.name).combine_chunks() if self._sample else None
-            columns[col.name] = col.result(sample)
+            sample_col = sample.column(col.name).combine_chunks() if sample else None
+            columns[col.name] = col.result(sample_col)
         return {"rows": self.rows, "columns": columns}
 
     @property

@@ -311,9 +311,15 @@ def _rows_by_key(
     """The rows holding a few key values (bound parameters: Parquet row groups are pruned)."""
     if not keys:
         return []
-    one = "(" + " AND ".join(f"{_ident(k)} IS NOT DISTINCT FROM ?" for k in key) + ")"
-    where = " OR ".join([one] * len(keys))
-    params = [v for row in keys for v in row]
+    ors, params = [], []
+    for row in keys:  # "=" (not IS NOT DISTINCT FROM) lets Parquet row-group statistics prune
+        parts = [
+            f"{_ident(k)} IS NULL" if v is None else f"{_ident(k)} = ?"
+            for k, v in zip(key, row, strict=True)
+        ]
+        ors.append("(" + " AND ".join(parts) + ")")
+        params += [v for v in row if v is not None]
+    where = " OR ".join(ors)
     order = ", ".join(_ident(k) for k in key)
     return _rows(con, f"SELECT * FROM {view} WHERE {where} ORDER BY {order}", params)
 

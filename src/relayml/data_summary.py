@@ -195,7 +195,7 @@ class Summarizer:
         (0.0, 999.0, 1000, 499.5)
     """
 
-    def __init__(self, sample_rows: int = 10_000, sketch_size: int = 2048, seed: int = 0) -> None:
+    def __init__(self, sample_rows: int = 5_000, sketch_size: int = 2048, seed: int = 0) -> None:
         self.sample_rows, self.sketch_size = sample_rows, sketch_size
         self.rows = 0
         self._rng = np.random.default_rng(seed)

@@ -144,12 +144,19 @@ def test_failing_query_leaves_a_failed_run_and_no_snapshot(project: Path, relay,
     assert not run.store.search(["snapshots"])
 
 
-def test_empty_result_is_recorded_with_a_warning(project: Path, relay) -> None:
+def test_empty_result_fails_its_checks_unless_skipped(project: Path, relay) -> None:
+    """An empty load stops at the default check (min_rows=1); --no-checks records it."""
     r = relay("run", "load", "transactions", "--as-of", "2000-01-01T00:00:00")
+    assert r.code == 1 and "min_rows" in r.err and "--no-checks" in r.err, r
+    failed = relayml.runs("load", status="FAILED")[0]
+    assert failed.tags["relay.checks"] == "failed"
+    assert not relayml.runs("load", status="FINISHED")
+    r = relay("run", "load", "transactions", "--as-of", "2000-01-01T00:00:00", "--no-checks")
     assert r.code == 0, r
     assert "0 rows" in r.err
     run = relayml.get("load@latest")
     assert run.tags["relay.snapshot.fraud.rows"] == "0"
+    assert run.tags["relay.checks"] == "skipped"
 
 
 def test_unreachable_database_fails_clearly(project: Path, relay) -> None:

@@ -95,3 +95,41 @@ def test_a_better_challenger_is_promoted(project: Path, relay) -> None:
     assert new.metrics["test_roc_auc"] > 0.5 and new.params["C"] != "0.0001"
     retrained = next(e for e in report["entries"] if e["role"] == "champion")
     assert rl.get(retrained["run_id"]).upstream_ids == new.upstream_ids  # same new data
+
+
+def test_refresh_scores_the_served_model_and_holds_on_drift(project: Path, relay) -> None:
+    """After new days arrive the served model is scored on fresh rows it never saw, the diff
+    since its data is recorded, and --max-drift holds the promotion; a new load failing its
+    checks stops the refresh before any training."""
+    import sqlite3
+
+    import generate
+
+    args = ("refresh", "--candidates", "logreg", "--metric", "test_roc_auc", "-P", "cv=2")
+    assert relay(*args).code == 0
+    generate.generate(f"sqlite:///{project / 'data' / 'fraud.db'}", days=3, append=1,
+                      rows_per_day=1500)  # fmt: skip
+    r = relay(*args, "--max-drift", "0.000001", "--json")
+    assert r.code == 0, r
+    report = json.loads(r.out)
+    assert report["decision"] == "held: drift" and report["promoted"] is None
+    assert _champion()[0] == 1
+    served = report["served"]
+    assert served["version"] == 1 and served["rows"] > 0 and 0 < served["value"] <= 1
+    assert served["target"] == "Class"
+    assert report["data_diff"]["added"] == 1500 and report["data_diff"]["removed"] == 0
+    assert report["max_drift"]["psi"] > 0.000001 and report["max_drift"]["column"] != "id"
+    record = get_store(open_project()).get_run(report["record"])
+    assert json.loads(record.data.tags["relay.refresh.drift"]) == report["max_drift"]
+    assert record.data.metrics["served_test_roc_auc"] == served["value"]
+    text = relay(*args, "--max-drift", "0.000001")
+    assert "held" in text.out and "served v1 on" in text.out, text
+
+    trained = len(rl.runs("training"))
+    with sqlite3.connect(project / "data" / "fraud.db") as con:
+        con.execute("DELETE FROM transactions")
+    r = relay(*args)
+    assert r.code == 1 and "min_rows" in r.err, r
+    assert len(rl.runs("training")) == trained and _champion()[0] == 1
+    bad = relay(*args, "--max-drift", "-1")
+    assert bad.code == 2 and "--max-drift" in bad.err

@@ -62,7 +62,7 @@ def test_run_chain_of_steps(project: Path, relay) -> None:
     assert model.source_run_id == training.run_id
     assert not (project / "mlruns").exists()  # nothing is written into the work tree
     assert processing.load("processor").feature_names_in_[0] == "Time"
-    assert set(processing.outputs) == {"processor", "train", "test"}
+    assert set(processing.outputs) == {"processor", "train", "test", "test_rows"}
     # plain MLflow sees experiments by name and the relay tags
     from mlflow.tracking import MlflowClient
 

@@ -41,7 +41,17 @@ training = relay.step("training", upstream=processing, doc="fit a model, pick a 
 # -- load ------------------------------------------------------------------------------------
 
 
-@load.variant("transactions")
+@load.variant(
+    "transactions",
+    checks=relay.checks(
+        min_rows=1,  # an empty load (e.g. --as-of before the first row) stops here
+        not_null=[*FEATURES, TARGET],
+        unique=["id"],
+        ranges={"Amount": (0, None), TARGET: (0, 1)},
+        schema={"id": "int", "ts": "timestamp", "Amount": "float", TARGET: "int"},
+    ),
+    key=["id"],
+)
 def transactions(ctx: relay.Context, days: int = 0) -> pd.DataFrame:
     """Every transaction known at the retrieval time (or only the last ``days`` days)."""
     sql = "SELECT * FROM transactions WHERE ts <= :retrieval_time"
@@ -62,7 +72,9 @@ def _split(frame: pd.DataFrame, test_size: float, seed: int) -> tuple[pd.DataFra
 def _processed(processor, train: pd.DataFrame, test: pd.DataFrame) -> dict:
     processor.set_output(transform="pandas")
     processor.fit(train[FEATURES])
-    out = {"processor": processor}
+    # the raw test rows (with their id): relay refresh scores the served model on those it
+    # never saw, next to the retrained models
+    out = {"processor": processor, "test_rows": test[["id", *FEATURES, TARGET]]}
     for name, part in (("train", train), ("test", test)):
         matrix = processor.transform(part[FEATURES]).reset_index(drop=True)
         matrix[TARGET] = part[TARGET].to_numpy()

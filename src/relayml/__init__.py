@@ -80,6 +80,11 @@ _EXPORTS: dict[str, str] = {
     "OutputError": "relayml.errors",
     "UntrustedOutput": "relayml.errors",
     "BundleError": "relayml.errors",
+    "ChecksFailed": "relayml.errors",
+    "Checks": "relayml.checks",
+    "checks": "relayml.checks",
+    "diff": "relayml.datadiff",
+    "DataDiff": "relayml.datadiff",
 }
 
 __all__ = sorted([*_EXPORTS, "__version__"])
@@ -118,9 +123,12 @@ sys.modules[__name__].__class__ = _Package
 if TYPE_CHECKING:
     from relayml.bundle import load_bundle
     from relayml.chain import Chain, chain
+    from relayml.checks import Checks, checks
     from relayml.config import Settings, load_settings
+    from relayml.datadiff import DataDiff, diff
     from relayml.errors import (
         BundleError,
+        ChecksFailed,
         ConfigError,
         NotFound,
         OutputError,

@@ -525,6 +525,7 @@ def _write_snapshot(
     schema: pa.Schema | None,
     progress: Callable[[int], None] | None,
     wrap: Callable[[BaseException], SourceError],
+    observe: Callable[[pa.RecordBatch], None] | None = None,
 ) -> Snapshot:
     """Stream ``batches`` into ``out`` (temp file + rename) and digest them on the way."""
     out = Path(out)
@@ -545,9 +546,11 @@ def _write_snapshot(
                     batch = _align(batch, digester.schema)
                 digester.update(batch)
                 writer.write_batch(batch)
+                if observe is not None:
+                    observe(batch)
                 if progress is not None:
                     progress(digester.rows)
-        except SourceError:
+        except (SourceError, ConfigError):
             raise
         except Exception as e:
             raise wrap(e) from None
@@ -615,6 +618,7 @@ def snapshot_query(
     *,
     batch_size: int = 100_000,
     progress: Callable[[int], None] | None = None,
+    observe: Callable[[pa.RecordBatch], None] | None = None,
 ) -> Snapshot:
     """Run a query and stream its result into a Parquet snapshot with its digest.
 
@@ -629,6 +633,7 @@ def snapshot_query(
         out: the Parquet file to write (replaced atomically).
         batch_size: rows fetched per batch.
         progress: called with the number of rows written so far after each batch.
+        observe: called with each canonical batch as it is written (a summary, checks).
 
     Returns:
         The :class:`Snapshot` (its ``source`` is the redacted URL).
@@ -669,8 +674,9 @@ def snapshot_query(
     else:
         batches = _sqlalchemy_batches(parsed, sql, params, batch_size)
     return _write_snapshot(
-        batches, out, source=source, query=sql, schema=None, progress=progress, wrap=wrap
-    )
+        batches, out, source=source, query=sql, schema=None, progress=progress, wrap=wrap,
+        observe=observe,
+    )  # fmt: skip
 
 
 def _check_sqlite_file(url: Any, source: str) -> None:
@@ -858,6 +864,7 @@ def snapshot_file(
     *,
     batch_size: int = 100_000,
     progress: Callable[[int], None] | None = None,
+    observe: Callable[[pa.RecordBatch], None] | None = None,
 ) -> Snapshot:
     """Stream a CSV or Parquet file into a Parquet snapshot with its digest.
 
@@ -869,6 +876,7 @@ def snapshot_file(
         out: the Parquet file to write (replaced atomically).
         batch_size: rows per batch (Parquet), or the CSV block size in ~64-byte rows.
         progress: called with the number of rows written so far after each batch.
+        observe: called with each canonical batch as it is written (a summary, checks).
 
     Returns:
         The :class:`Snapshot` (``source`` is the file path, ``query`` is ``None``).
@@ -905,8 +913,9 @@ def snapshot_file(
             f"{source}: unknown file type {kind or '(none)'!r}; expected .csv or .parquet"
         )
     return _write_snapshot(
-        batches, out, source=source, query=None, schema=None, progress=progress, wrap=wrap
-    )
+        batches, out, source=source, query=None, schema=None, progress=progress, wrap=wrap,
+        observe=observe,
+    )  # fmt: skip
 
 
 def _csv_batches(path: Path, batch_size: int) -> Iterator[pa.RecordBatch]:
@@ -940,7 +949,9 @@ def _frame_to_table(df: pd.DataFrame) -> pa.Table:
     return pa.Table.from_pandas(df, preserve_index=False)
 
 
-def snapshot_frame(df: pd.DataFrame, out: Path) -> Snapshot:
+def snapshot_frame(
+    df: pd.DataFrame, out: Path, *, observe: Callable[[pa.RecordBatch], None] | None = None
+) -> Snapshot:
     """Write a DataFrame a step returned as a Parquet snapshot, with the same digest rules.
 
     A default ``RangeIndex`` is dropped; any other index is kept as column(s). NaN in a float
@@ -949,6 +960,7 @@ def snapshot_frame(df: pd.DataFrame, out: Path) -> Snapshot:
     Args:
         df: the data.
         out: the Parquet file to write (replaced atomically).
+        observe: called with each canonical batch as it is written (a summary, checks).
 
     Returns:
         The :class:`Snapshot` (``source`` is ``"<DataFrame>"``, ``query`` is ``None``).
@@ -974,8 +986,9 @@ def snapshot_frame(df: pd.DataFrame, out: Path) -> Snapshot:
         raise wrap(e) from None
     batches = iter(table.to_batches() or [_empty_batch(table.schema)])
     return _write_snapshot(
-        batches, out, source=source, query=None, schema=table.schema, progress=None, wrap=wrap
-    )
+        batches, out, source=source, query=None, schema=table.schema, progress=None, wrap=wrap,
+        observe=observe,
+    )  # fmt: skip
 
 
 def read_snapshot(path: Path) -> pd.DataFrame:

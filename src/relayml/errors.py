@@ -111,3 +111,15 @@ class BundleError(RelayError):
     module that imports relayml, or the bundle failed to load and predict in a clean child
     interpreter. The message names the object, the module and the fix.
     """
+
+
+class ChecksFailed(StepFailed):
+    """A load's data broke the checks declared on its variant (exit code 1).
+
+    The run is FAILED, its report is the artifact ``checks/report.txt`` and nothing
+    downstream builds on it. ``report`` holds the :class:`relayml.checks.CheckReport` list.
+    """
+
+    def __init__(self, message: str, reports: list | None = None) -> None:
+        super().__init__(message)
+        self.reports = list(reports or [])

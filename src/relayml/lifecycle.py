@@ -1353,7 +1353,9 @@ class RefreshReport:
     """What one :func:`refresh` did.
 
     Attributes:
-        decision: ``promoted``, ``kept`` or ``first champion``.
+        decision: ``first champion``, ``promoted`` (a challenger), ``refreshed`` (the
+            champion's recipe retrained on fresh data), ``kept`` (the served model) or
+            ``held: drift`` (a promotion refused by ``max_drift``).
         metric: the metric compared.
         entries: one dict per trained model: ``role`` (champion/challenger), ``key``,
             ``variant``, ``params``, ``value``, ``delta`` (vs the champion).
@@ -1361,6 +1363,10 @@ class RefreshReport:
         record: the id of the decision run in ``<project>/refresh``.
         data_version: the new data version everything was scored on.
         previous: the version the alias pointed at before.
+        served: the served model scored on the fresh rows (``version``, ``value``,
+            ``rows``) or why it could not be (``note``).
+        data_diff: ``relay diff`` of the served model's data and the fresh data.
+        max_drift: ``{"column", "psi", "limit"}`` of the feature that drifted most.
     """
 
     decision: str
@@ -1371,10 +1377,16 @@ class RefreshReport:
     data_version: str | None
     previous: int | None = None
     margin: float = 0.0
+    served: dict[str, Any] = field(default_factory=dict)
+    data_diff: dict[str, Any] | None = None
+    max_drift: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready form."""
         return {
+            "served": self.served,
+            "data_diff": self.data_diff,
+            "max_drift": self.max_drift,
             "decision": self.decision,
             "metric": self.metric,
             "margin": self.margin,
@@ -1399,6 +1411,7 @@ def refresh(
     lower_is_better: bool = False,
     params: Mapping[str, Any] | None = None,
     echo: Callable[[str], None] | None = None,
+    max_drift: float | None = None,
     project: Project = None,
 ) -> RefreshReport:
     """The regular retraining: new data, the champion's chain and challengers, a fair vote.
@@ -1409,9 +1422,17 @@ def refresh(
     3. Every later step with the champion's variants and params; the last step also with
        each candidate variant (default params + ``params`` it accepts), all on the same new
        processing run, so every model is scored on the same new test data.
-    4. The best challenger is promoted to ``alias`` only if it beats the retrained champion
-       by more than ``margin``; without a champion, the best candidate becomes it.
-    5. The decision is logged as a run in ``<project>/refresh`` with tags and metrics
+    4. The served model (the alias's bundle, on raw rows), the retrained champion and the
+       challengers are scored on the same fresh test rows: the rows of the new processing
+       run's ``test_rows`` output that the served model's data did not hold (matched on the
+       load variant's ``key``). See :func:`refresh_decision`: the best challenger takes the
+       alias if it beats the incumbent by more than ``margin``; else a retrained champion at
+       least as good as the served model replaces it; else the served model stays. Without
+       a champion, the best candidate becomes it. A new load whose checks fail stops the
+       refresh before any training.
+    5. ``relay diff`` of the served model's data and the new data is reported; with
+       ``max_drift`` no model is promoted when a feature's PSI exceeds it.
+    6. The decision is logged as a run in ``<project>/refresh`` with tags and metrics
        linking everything compared.
 
     Args:
@@ -1423,10 +1444,12 @@ def refresh(
         params: params for the candidates, applied where a variant declares them
             (e.g. ``{"cv": 2}``).
         echo: called with progress lines.
+        max_drift: refuse to promote when a feature's PSI (served data vs new) exceeds it.
         project: the project (default: around the working folder).
 
     Raises:
         RefreshBusy: another live refresh of the alias holds the claim.
+        ChecksFailed: the new load failed its data checks; nothing was trained.
         UsageError: no metric known, an unknown candidate, a negative margin.
 
     Example:
@@ -1443,6 +1466,8 @@ def refresh(
     say = echo or (lambda line: None)
     if margin < 0 or math.isnan(margin):
         raise UsageError(f"--margin must be zero or positive, got {margin}")
+    if max_drift is not None and not max_drift >= 0:
+        raise UsageError(f"--max-drift must be a PSI >= 0 (e.g. 0.25), got {max_drift}")
     pipeline = pipeline_of(settings)
     last = pipeline.order[-1]
     variants = list(pipeline.get(last).variants)
@@ -1482,6 +1507,7 @@ def refresh(
                 say,
                 prepare,
                 execute,
+                max_drift,
             )
     except BaseException as e:
         status = "KILLED" if isinstance(e, KeyboardInterrupt | RefreshBusy) else "FAILED"
@@ -1509,6 +1535,7 @@ def _refresh_body(
     say: Callable[[str], None],
     prepare: Callable[..., Any],
     execute: Callable[..., Run],
+    max_drift: float | None = None,
 ) -> RefreshReport:
     last = pipeline.order[-1]
     new: dict[str, Run] = {}
@@ -1549,19 +1576,40 @@ def _refresh_body(
     role = {r.run_id: who for who, r in trained}
     value = {r.run_id: r.metrics.get(metric) for _, r in trained}
     champion_run = next((r for who, r in trained if who == "champion"), None)
-    base = value.get(champion_run.run_id) if champion_run else None
     sign = -1.0 if lower else 1.0
-    challengers = [r for r in ranking.runs if role[r.run_id] == "challenger"]
+    previous = champ[0] if champ else None
+    served: dict[str, Any] = {}
+    data_diff: dict[str, Any] | None = None
+    drift: dict[str, Any] | None = None
+    fresh_load = next((r for r in new.values() if not r.upstream_ids), None)
+    if champ is not None:
+        served, fresh = _score_fresh(settings, champ, trained, ups, metric, say)
+        value.update(fresh)  # every model on the same fresh rows when that was possible
+        if fresh_load is not None:
+            data_diff, drift = _served_diff(settings, champ[1], fresh_load, served, max_drift)
+    base = value.get(champion_run.run_id) if champion_run else None
+    challengers = sorted(
+        (r for _, r in trained if role[r.run_id] == "challenger"),
+        key=lambda r: (value[r.run_id] is None, -sign * (value[r.run_id] or 0.0)),
+    )
     best = challengers[0] if challengers else None
     promoted = None
-    previous = champ[0] if champ else None
     if champ is None:
-        decision = "first champion"
-        winner = ranking.best
-    elif best is not None and (base is None or sign * (value[best.run_id] - base) > margin):
-        decision, winner = "promoted", best
+        decision, winner = "first champion", ranking.best
     else:
-        decision, winner = "kept", None
+        fresher = fresh_load is not None and fresh_load.data_version != champ[1].data_version
+        decision, pick = refresh_decision(
+            served=served.get("value"),
+            champion=base,
+            challengers=[(r.run_id, value[r.run_id]) for r in challengers],
+            margin=margin,
+            lower_is_better=lower,
+            fresher_data=fresher,
+            drift=drift["psi"] if drift else None,
+            max_drift=max_drift,
+        )
+        by_id = {r.run_id: r for _, r in trained}
+        winner = champion_run if pick == "champion" else by_id.get(pick or "")
     if winner is not None:
         _check_claim(store, settings, alias, record)  # still ours right before promoting
         promoted = promote(winner, alias, project=settings)
@@ -1592,6 +1640,15 @@ def _refresh_body(
         "relay.refresh.winner": str(winner.key) if winner else "",
         "relay.refresh.version": str(promoted.version) if promoted else "",
     }
+    if served:
+        tags["relay.refresh.served"] = canonical_json(served)[:5000]
+    if data_diff is not None:
+        tags["relay.refresh.diff"] = canonical_json(
+            {k: data_diff[k] for k in ("a", "b", "rows", "added", "removed", "changed")}
+        )
+        store.log_text(record, json.dumps(data_diff, indent=1, default=str), "refresh/diff.json")
+    if drift is not None:
+        tags["relay.refresh.drift"] = canonical_json(drift)
     for step, r in new.items():
         tags[f"relay.upstream.{step}"] = r.run_id
         tags[f"relay.upstream.{step}.key"] = str(r.key)
@@ -1603,6 +1660,10 @@ def _refresh_body(
         if value[r.run_id] is not None
     }
     metrics["promoted"] = 1.0 if winner is not None else 0.0
+    if served.get("value") is not None:
+        metrics[f"served_{metric}"] = served["value"]
+    if drift is not None:
+        metrics["max_drift_psi"] = drift["psi"]
     if base is not None:
         metrics[f"champion_{metric}"] = base
     if best is not None and value[best.run_id] is not None:
@@ -1614,8 +1675,217 @@ def _refresh_body(
         )
     )
     return RefreshReport(
-        decision, metric, entries, promoted, record, ranking.data_version, previous, margin
+        decision,
+        metric,
+        entries,
+        promoted,
+        record,
+        ranking.data_version,
+        previous,
+        margin,
+        served,
+        data_diff,
+        drift,
     )
+
+
+def canonical_json(value: Any) -> str:
+    """Compact JSON for a tag value."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def refresh_decision(
+    *,
+    served: float | None,
+    champion: float | None,
+    challengers: Sequence[tuple[str, float | None]],
+    margin: float,
+    lower_is_better: bool = False,
+    fresher_data: bool = True,
+    drift: float | None = None,
+    max_drift: float | None = None,
+) -> tuple[str, str | None]:
+    """Who gets the alias after a refresh (pure: scores in, decision out).
+
+    The *incumbent* is the retrained champion when it scores at least as well as the served
+    model on the fresh rows (or when the served model could not be scored and the data is
+    fresher), else the served model. The best challenger takes the alias when it beats the
+    incumbent by more than ``margin``; otherwise a retrained incumbent replaces the served
+    model; otherwise nothing changes. A promotion is held when ``drift`` exceeds
+    ``max_drift``.
+
+    Args:
+        served: the served model's score on the fresh rows (None: not scored).
+        champion: the retrained champion's score (None: none).
+        challengers: ``(id, score)`` of each challenger.
+        margin: how much a challenger must beat the incumbent by.
+        lower_is_better: smaller scores are better.
+        fresher_data: the fresh data differs from the served model's.
+        drift: the largest feature PSI between the served model's data and the fresh data.
+        max_drift: the largest PSI accepted for a promotion (None: no limit).
+
+    Returns:
+        ``(decision, winner)``: ``("promoted", challenger id)``, ``("refreshed",
+        "champion")``, ``("kept", None)`` or ``("held: drift", None)``.
+
+    Example:
+        >>> refresh_decision(served=0.90, champion=0.91, challengers=[("rf", 0.912)],
+        ...                  margin=0.005)
+        ('refreshed', 'champion')
+        >>> refresh_decision(served=0.90, champion=0.91, challengers=[("rf", 0.93)],
+        ...                  margin=0.005)
+        ('promoted', 'rf')
+        >>> refresh_decision(served=0.95, champion=0.91, challengers=[], margin=0.0)
+        ('kept', None)
+        >>> refresh_decision(served=0.90, champion=0.91, challengers=[], margin=0.0,
+        ...                  drift=0.4, max_drift=0.25)
+        ('held: drift', None)
+    """
+    sign = -1.0 if lower_is_better else 1.0
+    if served is not None:
+        retrained_wins = champion is not None and sign * (champion - served) >= 0
+        incumbent, inc_value = ("champion", champion) if retrained_wins else ("served", served)
+    elif champion is not None and fresher_data:
+        incumbent, inc_value = "champion", champion
+    else:
+        incumbent, inc_value = "served", champion
+    scored = [(c, v) for c, v in challengers if v is not None]
+    best = max(scored, key=lambda cv: sign * cv[1]) if scored else None
+    if best is not None and (inc_value is None or sign * (best[1] - inc_value) > margin):
+        decision, winner = "promoted", best[0]
+    elif incumbent == "champion":
+        decision, winner = "refreshed", "champion"
+    else:
+        return "kept", None
+    if drift is not None and max_drift is not None and drift > max_drift:
+        return "held: drift", None
+    return decision, winner
+
+
+_METRICS = {  # metric name (after a "test_"/"val_" prefix) -> (uses the score, function name)
+    "roc_auc": (True, "roc_auc_score"),
+    "auc": (True, "roc_auc_score"),
+    "average_precision": (True, "average_precision_score"),
+    "f1": (False, "f1_score"),
+    "precision": (False, "precision_score"),
+    "recall": (False, "recall_score"),
+    "accuracy": (False, "accuracy_score"),
+}
+
+
+def _metric_fn(metric: str) -> tuple[bool, Callable[..., float]] | None:
+    import sklearn.metrics
+
+    name = re.sub(r"^(test|val|valid|holdout)_", "", metric)
+    if name not in _METRICS:
+        return None
+    uses_score, fn = _METRICS[name]
+    return uses_score, getattr(sklearn.metrics, fn)
+
+
+def _score_bundle(uri: str, rows: Any, target: str, metric: str) -> float:
+    """A bundle's metric on raw rows holding the target column."""
+    from relayml.bundle import load_bundle
+
+    found = _metric_fn(metric)
+    assert found is not None
+    uses_score, fn = found
+    bundle = load_bundle(uri)
+    out = bundle.predict(rows[bundle.columns])
+    if hasattr(out, "columns") and "score" in out.columns:
+        predicted = out["score"] if uses_score else out["label"]
+    else:
+        predicted = out
+    kwargs = {} if uses_score or fn.__name__ == "accuracy_score" else {"zero_division": 0}
+    return float(fn(rows[target], predicted, **kwargs))
+
+
+def _score_fresh(
+    settings: Settings,
+    champ: tuple[int, Run],
+    trained: list[tuple[str, Run]],
+    ups: Mapping[str, Run],
+    metric: str,
+    say: Callable[[str], None],
+) -> tuple[dict[str, Any], dict[str, float]]:
+    """Score the served model and every retrained model on the same fresh raw test rows.
+
+    The rows: the new processing run's ``test_rows`` output (raw rows of its test split),
+    less those the served model's load held (matched on the load variant's key), so no
+    model is scored on rows it was trained on. Returns ``(served, {run_id: score})``;
+    ``served["note"]`` says why nothing was scored when that was not possible.
+    """
+    from relayml.datadiff import rows_not_in, snapshot_of
+    from relayml.outputs import load_output
+
+    version, served_run = champ
+    served: dict[str, Any] = {"version": version, "key": str(served_run.key)}
+    holder = next((r for r in ups.values() if "test_rows" in r.outputs), None)
+    if _metric_fn(metric) is None:
+        served["note"] = f"relay cannot compute {metric!r} itself (roc_auc, f1, ...)"
+        return served, {}
+    if holder is None or not served_run.data_keys:
+        served["note"] = "the processing run has no 'test_rows' output (raw test rows)"
+        return served, {}
+    old = snapshot_of(served_run.data_keys[0], settings)
+    rows = load_output(holder, "test_rows")
+    if not old.key or not set(old.key) <= set(rows.columns):
+        served["note"] = "no key= declared on the load variant (or not in test_rows)"
+        return served, {}
+    fresh = rows_not_in(rows, old.path, old.key)
+    served["rows"] = len(fresh)
+    processed = load_output(holder, "test") if "test" in holder.outputs else None
+    models = [(r.run_id, r.model_uri) for _, r in trained if r.model_uri]
+    if not served_run.model_uri or processed is None or len(fresh) == 0:
+        served["note"] = "no fresh test rows the served model never saw"
+        return served, {}
+    from relayml.bundle import load_bundle
+
+    inputs = set(load_bundle(served_run.model_uri).columns)
+    targets = [c for c in processed.columns if c not in inputs and c in fresh.columns]
+    if len(targets) != 1:
+        served["note"] = f"cannot tell the target column (candidates: {targets})"
+        return served, {}
+    target = targets[0]
+    if fresh[target].nunique() < 2 and _metric_fn(metric)[0]:
+        served["note"] = f"the {len(fresh)} fresh rows hold one class only"
+        return served, {}
+    say(f"scoring the served model v{version} and the retrained models on {len(fresh)} fresh rows")
+    served["value"] = _score_bundle(served_run.model_uri, fresh, target, metric)
+    served["target"] = target
+    return served, {rid: _score_bundle(uri, fresh, target, metric) for rid, uri in models}
+
+
+def _served_diff(
+    settings: Settings,
+    served_run: Run,
+    fresh_load: Run,
+    served: Mapping[str, Any],
+    max_drift: float | None,
+) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """``relay diff`` of the served model's data and the fresh data; the largest feature PSI."""
+    from relayml.datadiff import diff
+
+    if not served_run.data_keys:
+        return None, None
+    try:
+        d = diff(served_run.data_keys[0], str(fresh_load.key), project=settings)
+    except RelayError as e:
+        return {"error": str(e)}, None
+    features = None
+    if served_run.model_uri:
+        from relayml.bundle import load_bundle
+
+        with suppress(RelayError):
+            features = set(load_bundle(served_run.model_uri).columns)
+    psis = {
+        c: v["value"]
+        for c, v in d.drift.items()
+        if v["measure"] == "psi" and (features is None or c in features)
+    }
+    worst = max(psis, key=psis.__getitem__) if psis else None
+    drift = None if worst is None else {"column": worst, "psi": psis[worst], "limit": max_drift}
+    return d.to_dict(), drift
 
 
 def _recorded_params(r: Run) -> dict[str, str]:

@@ -262,7 +262,7 @@ def load_output(run: Run, name: str) -> Any:
         holder = how.removeprefix("snapshot:")
         if not holder.isalnum():  # a run id: never a path
             raise NotFound(f"output {name!r} of {run.key} points to a bad snapshot {holder!r}")
-        return pd.read_parquet(_fetch(run, holder, "snapshot.parquet"))
+        return pd.read_parquet(snapshot_path(run, holder))
     if how not in SUFFIX:
         raise NotFound(f"output {name!r} of {run.key} has an unknown format {how!r}")
     if how == "pickle":  # refused before anything is downloaded or unpickled
@@ -309,6 +309,15 @@ def _read(how: str, path: Path, name: str, where: str) -> Any:
 
     with open(path, "rb") as f:
         return cloudpickle.load(f)
+
+
+def snapshot_path(run: Run, holder: str) -> Path:
+    """The local Parquet file of a snapshot held by run ``holder`` (downloaded once).
+
+    Example:
+        >>> path = snapshot_path(load_run, load_run.tags["relay.snapshot.fraud"])  # doctest: +SKIP
+    """
+    return _fetch(run, holder, "snapshot.parquet")
 
 
 def _fetch(run: Run, run_id: str, path: str) -> Path:

@@ -37,9 +37,18 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from relayml.checks import Checks
 from relayml.codeinfo import CodeState, canonical, code_state, digest
 from relayml.config import Settings
-from relayml.errors import NotFound, RelayError, SourceError, StepFailed, UnknownName, UsageError
+from relayml.errors import (
+    ChecksFailed,
+    NotFound,
+    RelayError,
+    SourceError,
+    StepFailed,
+    UnknownName,
+    UsageError,
+)
 from relayml.fingerprint import SCHEME, code_parts, parts_digest
 from relayml.keys import RunKey, format_time, parse_key
 from relayml.outputs import as_dict, cache_dir, check_name, handed_down, is_frame, stage_outputs
@@ -52,6 +61,7 @@ from relayml.trust import current_user
 if TYPE_CHECKING:
     import pandas as pd
 
+    from relayml.checks import CheckReport
     from relayml.data import Snapshot
 
 __all__ = ["Context", "Request", "execute", "pipeline_of", "prepare", "run"]
@@ -81,6 +91,7 @@ class Request:
         code: the project's git state, recorded for reproduction (not part of the key);
             None: read when the run is created.
         as_of: the retrieval time to repeat (load steps), or None for now.
+        checks: run the data checks declared on a load variant (``--no-checks``: False).
     """
 
     settings: Settings
@@ -90,6 +101,7 @@ class Request:
     upstream: dict[str, Run]
     code: CodeState | None
     as_of: datetime | None = None
+    checks: bool = True
 
     @property
     def step(self) -> str:
@@ -142,6 +154,7 @@ def prepare(
     upstream: Iterable[str | Run] | Mapping[str, str | Run] | None = None,
     as_of: datetime | str | None = None,
     require_clean: bool = False,
+    checks: bool = True,
     project: Project = None,
 ) -> Request:
     """Validate a step run request; nothing is written.
@@ -154,6 +167,7 @@ def prepare(
             defaults to its ``@latest``.
         as_of: repeat a load for an earlier retrieval time.
         require_clean: refuse when the project has uncommitted changes.
+        checks: run the load variant's data checks (False: skip them, recorded on the run).
         project: the project (default: around the working folder).
 
     Raises:
@@ -179,7 +193,7 @@ def prepare(
             f"the project has uncommitted changes in {settings.root}; commit them, or drop "
             "--require-clean to record the diff as code/uncommitted.diff"
         )
-    return Request(settings, pipeline, var, bound, chosen, code, when)
+    return Request(settings, pipeline, var, bound, chosen, code, when, checks)
 
 
 def _as_of(value: datetime | str | None) -> datetime | None:
@@ -255,6 +269,10 @@ class Context:
     _snapshots: list[tuple[str, Snapshot, int]] = field(default_factory=list)
     _tmp: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="relay-run-")))
     show_progress: bool = True
+    _checks: Checks | None = None  # the load variant's checks (None: not a load, or skipped)
+    _key: tuple[str, ...] = ()
+    _summaries: dict[str, dict[str, Any]] = field(default_factory=dict)
+    _reports: list[CheckReport] = field(default_factory=list)
 
     def log_metric(self, name: str, value: float, step: int = 0) -> None:
         """Log one metric of the run.
@@ -298,8 +316,8 @@ class Context:
             params["retrieval_time"] = self.retrieval_time.replace(tzinfo=None)
         url = data.with_password(src.url, src.password_env)
         out = self._tmp / f"{source}-{len(self._snapshots)}.parquet"
-        with self._progress(f"{source}: rows") as tick:
-            snap = data.snapshot_query(url, sql, params, out, progress=tick)
+        with self._progress(f"{source}: rows") as tick, self._watch(source, out) as watch:
+            snap = data.snapshot_query(url, sql, params, out, progress=tick, observe=watch)
         return self._keep(source, snap)
 
     def read(self, source_or_path: str | Path) -> pd.DataFrame:
@@ -319,9 +337,48 @@ class Context:
                 path = self.settings.root / path
             name = path.stem
         out = self._tmp / f"{name}-{len(self._snapshots)}.parquet"
-        with self._progress(f"{name}: rows") as tick:
-            snap = data.snapshot_file(path, out, progress=tick)  # type: ignore[arg-type]
+        with self._progress(f"{name}: rows") as tick, self._watch(name, out) as watch:
+            snap = data.snapshot_file(path, out, progress=tick, observe=watch)  # type: ignore[arg-type]
         return self._keep(name, snap)
+
+    @contextmanager
+    def _watch(self, name: str, out: Path) -> Iterator[Callable[[Any], None]]:
+        """Summarize (and check) a snapshot's batches as they stream; judge it at the end.
+
+        Raises:
+            ChecksFailed: a declared (or default) check failed; the report is kept for the run.
+        """
+        from relayml.checks import Checker
+        from relayml.data_summary import Summarizer
+
+        summarizer = Summarizer()
+        checker = Checker(self._checks, self._key) if self._checks is not None else None
+
+        def watch(batch: Any) -> None:
+            summarizer.update(batch)
+            if checker is not None:
+                checker.update(batch)
+
+        yield watch
+        summary = summarizer.result()
+        self._summaries[name] = summary
+        if checker is None:
+            return
+        report = checker.finish(summary, out)
+        report.snapshot = name
+        self._reports.append(report)
+        self.raise_failed_checks()
+
+    def raise_failed_checks(self) -> None:
+        """Raise :class:`~relayml.errors.ChecksFailed` when a snapshot broke its checks."""
+        failed = [r for r in self._reports if not r.ok]
+        if failed:
+            names = sorted({f.name for r in failed for f in r.failures})
+            raise ChecksFailed(
+                f"{self.key} failed its data checks ({', '.join(names)}); the report is "
+                f"checks/report.txt (relay show {self.key}); --no-checks skips them",
+                failed,
+            )
 
     def _keep(self, name: str, snap: Snapshot) -> pd.DataFrame:
         from relayml import data
@@ -422,6 +479,9 @@ def execute(
     beat = _Heartbeat(store, run_id, settings.stale_after)
     retrieval = req.as_of or key.moment
     ctx = Context(key, run_id, settings, retrieval, req.params, store, show_progress=show_progress)
+    if not req.pipeline.get(req.step).upstream and req.checks:  # a load: its data is checked
+        ctx._checks = req.variant.checks or Checks()
+    ctx._key = req.variant.key
     try:
         with _sigterm_raises(), beat, _early_proof(req) as proof:
             _record_code(store, run_id, req)
@@ -437,6 +497,8 @@ def execute(
             store.log_text(run_id, tb, "error/traceback.txt")
             if isinstance(e, SystemExit):
                 store.set_tag(run_id, "relay.exit_code", str(e.code))
+        with _quiet():
+            _log_checks(store, ctx)
         msg = redact(_short(e))
         _end(store, run_id, "FAILED", msg)
         if isinstance(e, RelayError) and not isinstance(e, SourceError):
@@ -458,6 +520,7 @@ def run(
     as_of: datetime | str | None = None,
     require_clean: bool = False,
     show_progress: bool = False,
+    checks: bool = True,
     project: Project = None,
 ) -> Run:
     """Run one variant of a step and return its finished :class:`~relayml.runs.Run`.
@@ -470,6 +533,7 @@ def run(
         as_of: repeat a load for an earlier retrieval time.
         require_clean: refuse to run with uncommitted changes.
         show_progress: show progress bars on the terminal.
+        checks: run the load variant's data checks (False: skip them, recorded on the run).
         project: the project (default: around the working folder).
 
     Example:
@@ -485,6 +549,7 @@ def run(
         upstream=upstream,
         as_of=as_of,
         require_clean=require_clean,
+        checks=checks,
         project=project,
     )
     return execute(req, show_progress=show_progress)
@@ -610,9 +675,12 @@ def _finish(
     if not req.pipeline.get(req.step).upstream:  # a root step: its DataFrames are data
         for name, value in outputs.items():
             if isinstance(value, pd.DataFrame) and id(value) not in by_frame:
-                snap = data.snapshot_frame(value, ctx._tmp / f"out-{name}.parquet")
+                out = ctx._tmp / f"out-{name}.parquet"
+                with ctx._watch(name, out) as watch:
+                    snap = data.snapshot_frame(value, out, observe=watch)
                 snaps.append((name, snap, id(value)))
                 by_frame[id(value)] = name
+    ctx.raise_failed_checks()  # the variant may have caught ChecksFailed: it still fails
     staged = ctx._tmp / "outputs"
     manifest = stage_outputs(
         outputs,
@@ -624,8 +692,14 @@ def _finish(
     holders: dict[str, str] = {}
     for name, snap, _ in snaps:
         holders[name] = _store_snapshot(store, req.settings, snap)
-        _log_snapshot(store, ctx.run_id, name, snap, holders[name], ctx.retrieval_time)
+        summary = ctx._summaries.get(name)
+        _log_snapshot(store, ctx.run_id, name, snap, holders[name], ctx.retrieval_time, summary)
+    _log_checks(store, ctx)
     tags: dict[str, str] = {}
+    if snaps and not req.pipeline.get(req.step).upstream:
+        tags["relay.checks"] = "skipped" if not req.checks else "passed"
+        if req.variant.key:
+            tags["relay.data.key"] = ",".join(req.variant.key)
     if snaps:
         digests = {name: snap.digest for name, snap, _ in snaps}
         own = next(iter(digests.values())) if len(digests) == 1 else data.combine_digests(digests)
@@ -684,7 +758,13 @@ def _store_snapshot(store: Store, settings: Settings, snap: Snapshot) -> str:
 
 
 def _log_snapshot(
-    store: Store, run_id: str, name: str, snap: Snapshot, holder: str, retrieval: datetime
+    store: Store,
+    run_id: str,
+    name: str,
+    snap: Snapshot,
+    holder: str,
+    retrieval: datetime,
+    summary: Mapping[str, Any] | None = None,
 ) -> None:
     info = {
         "name": name,
@@ -698,6 +778,11 @@ def _log_snapshot(
         "uri": f"runs:/{holder}/snapshot.parquet",
     }
     store.log_text(run_id, json.dumps(info, indent=2), f"snapshots/{name}.json")
+    profile: dict[str, Any] = {"num_rows": snap.rows, "bytes": snap.bytes}
+    if summary is not None:
+        summary = {"rows": snap.rows, "bytes": snap.bytes, **summary}
+        store.log_text(run_id, json.dumps(summary, indent=1), f"snapshots/{name}.summary.json")
+        profile["columns"] = summary["columns"]
     if snap.query:
         store.log_text(run_id, snap.query, f"snapshots/{name}.sql")
     store.log(
@@ -716,9 +801,24 @@ def _log_snapshot(
         digest=snap.digest,
         source=canonical({"uri": info["uri"], "source": snap.source, "query": snap.query}),
         schema=_mlflow_schema(snap.schema),
-        profile=canonical({"num_rows": snap.rows, "bytes": snap.bytes}),
+        profile=canonical(profile),
         context="load",
     )
+
+
+def _log_checks(store: Store, ctx: Context) -> None:
+    """The check reports of a load run: ``checks/<name>.json`` and ``checks/report.txt``."""
+    if not ctx._reports:
+        return
+    for report in ctx._reports:
+        store.log_text(ctx.run_id, json.dumps(report.to_dict(), indent=1, default=str),
+                       f"checks/{report.snapshot}.json")  # fmt: skip
+    store.log_text(ctx.run_id, "\n\n".join(r.text() for r in ctx._reports), "checks/report.txt")
+    if any(not r.ok for r in ctx._reports):
+        store.set_tag(ctx.run_id, "relay.checks", "failed")
+        for name, summary in ctx._summaries.items():  # kept to see what the data held
+            store.log_text(ctx.run_id, json.dumps(summary, indent=1),
+                           f"snapshots/{name}.summary.json")  # fmt: skip
 
 
 def _mlflow_schema(schema: Mapping[str, str]) -> str:

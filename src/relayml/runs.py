@@ -182,6 +182,47 @@ class Run:
         return [k for k in raw.split(",") if k]
 
     @property
+    def rows(self) -> int | None:
+        """Rows of the run's snapshot(s) (a load run), else None.
+
+        Example:
+            >>> relay.get("load/transactions@latest").rows  # doctest: +SKIP
+            40000
+        """
+        counts = [
+            int(v)
+            for k, v in self._entity.data.tags.items()
+            if k.startswith("relay.snapshot.") and k.endswith(".rows")
+        ]
+        return sum(counts) if counts else None
+
+    @cached_property
+    def data_summary(self) -> dict[str, dict[str, Any]]:
+        """``{snapshot name: summary}`` of a load run's data: rows, bytes, and per column
+        type, nulls, min, max, mean, std, approximate quantiles and distinct count.
+
+        Empty for runs that took no snapshot. A load that failed its checks keeps its summary.
+
+        Example:
+            >>> s = relay.get("load/transactions@latest").data_summary["fraud"]  # doctest: +SKIP
+            >>> s["rows"], s["columns"]["Amount"]["mean"]  # doctest: +SKIP
+            (40000, 88.1)
+        """
+        import tempfile
+
+        store = self.store
+        names = [
+            p for p, _ in store.list_artifacts(self.run_id, "snapshots")
+            if p.endswith(".summary.json")
+        ]  # fmt: skip
+        out: dict[str, dict[str, Any]] = {}
+        with tempfile.TemporaryDirectory(prefix="relay-summary-") as tmp:
+            for path in sorted(names):
+                got = store.download(self.run_id, path, Path(tmp))
+                out[Path(path).name.removesuffix(".summary.json")] = json.loads(got.read_text())
+        return out
+
+    @property
     def outputs(self) -> dict[str, str]:
         """``{name: how it is stored}`` of the run's outputs."""
         return json.loads(self._entity.data.tags.get("relay.outputs", "{}"))
@@ -259,6 +300,7 @@ class Run:
                 for s, i in self.upstream_ids.items()
             },
             "data_version": self.data_version,
+            "rows": self.rows,
         }
 
 

@@ -49,6 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from relayml.checks import Checks
 from relayml.errors import ConfigError, UnknownName, UsageError
 from relayml.keys import check_name
 
@@ -233,6 +234,8 @@ class Variant:
     wants_ctx: bool
     cached_source: str | None = field(default=None, repr=False, compare=False)
     cached_doc: str | None = field(default=None, repr=False, compare=False)
+    checks: Checks | None = None
+    key: tuple[str, ...] = ()
 
     def bind(self, given: Mapping[str, Any] | None) -> dict[str, Any]:
         """Validate and coerce user parameters, filling in defaults.
@@ -330,8 +333,18 @@ class Step:
     variants: dict[str, Variant] = field(default_factory=dict)
     doc: str = ""
 
-    def variant(self, name: str | None = None) -> Callable[[Callable[..., Any]], Variant]:
+    def variant(
+        self,
+        name: str | None = None,
+        *,
+        checks: Checks | None = None,
+        key: Sequence[str] = (),
+    ) -> Callable[[Callable[..., Any]], Variant]:
         """Decorator registering a function as the variant ``name`` (default: its name).
+
+        A variant of a step without upstream (a load) may declare ``checks`` its data must
+        pass (see :func:`relayml.checks.checks`; without them a load of 0 rows fails) and the
+        ``key`` columns identifying a row (unique, and what ``relay diff`` matches rows on).
 
         Example:
             >>> import relayml as relay
@@ -345,6 +358,13 @@ class Step:
 
         if name is not None:
             check_name("variant", name)
+        if (checks is not None or key) and self.upstream:
+            raise ConfigError(
+                f"step {self.name!r}: checks= and key= describe loaded data; declare them on "
+                "a variant of a step without upstream (a load step)"
+            )
+        if isinstance(key, str):
+            key = (key,)
 
         def register(func: Callable[..., Any]) -> Variant:
             vname = check_name("variant", name or func.__name__)
@@ -369,6 +389,7 @@ class Step:
                 else:
                     params[p.name] = _param(p, hints.get(p.name, p.annotation), where)
             v = Variant(self.name, vname, func, params, tuple(inputs), wants_ctx)
+            v.checks, v.key = checks, tuple(key)
             self.variants[vname] = v
             return v
 
@@ -604,6 +625,8 @@ def _encode(root: Path, module: str, pipeline: Pipeline) -> dict[str, Any]:
                     "doc": v.doc,
                     "source": source,
                     "source_digest": hashlib.sha256(source.encode()).hexdigest(),
+                    "checks": v.checks.to_dict() if v.checks else None,
+                    "key": list(v.key),
                 }
             )
         steps.append({"name": s.name, "upstream": list(s.upstream), "doc": s.doc,
@@ -686,6 +709,8 @@ def _read_cache(root: Path, module: str, path: Path, module_digest: str) -> Pipe
                 step_.variants[v["name"]] = Variant(
                     s["name"], v["name"], func, params, tuple(v["inputs"]),
                     bool(v["wants_ctx"]), cached_source=v["source"], cached_doc=v["doc"],
+                    checks=Checks.from_dict(v["checks"]) if v["checks"] else None,
+                    key=tuple(v["key"]),
                 )  # fmt: skip
             steps.append(step_)
         pipeline = Pipeline.from_steps(steps, module_digest)

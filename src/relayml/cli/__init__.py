@@ -93,7 +93,7 @@ def _command() -> click.Command:
 
     import typer
 
-    for module in ("core", "chains", "serving", "lifecycle", "team"):
+    for module in ("core", "chains", "serving", "lifecycle", "team", "data"):
         try:
             importlib.import_module(f"relayml.cli.{module}")
         except ModuleNotFoundError as e:

@@ -60,6 +60,9 @@ def run_command(
     executor: str = typer.Option(
         None, "--executor", help="dask://HOST:PORT: run ctx.parallel() work on a Dask cluster."
     ),
+    no_checks: bool = typer.Option(
+        False, "--no-checks", help="Emergencies: skip a load's data checks (recorded on the run)."
+    ),
 ) -> None:
     """Run one variant of a step inside an MLflow run.
 
@@ -84,6 +87,7 @@ def run_command(
         upstream=from_ or None,
         as_of=as_of,
         require_clean=require_clean,
+        checks=not no_checks,
         project=settings(),
     )
     for up_step, up in req.upstream.items():
@@ -105,6 +109,9 @@ def run_command(
     )
     if done.data_version:
         console.print(f"  data version {done.data_version}", highlight=False)
+    if done.rows is not None:
+        checks = done.tags.get("relay.checks", "")
+        console.print(f"  {done.rows:,} rows, checks {checks}", highlight=False)
     for name, value in sorted(done.metrics.items()):
         console.print(f"  {name} = {value:.6g}", highlight=False)
 
@@ -171,6 +178,9 @@ def runs_table(found: RunList, *, title: str, metrics: list[str] | None = None) 
     table.add_column("status")
     table.add_column("upstream")
     table.add_column("data")
+    with_rows = any(r.rows is not None for r in found)
+    if with_rows:
+        table.add_column("rows", justify="right")
     for m in metrics:
         table.add_column(m, justify="right")
     same = _unchanged_data(found)
@@ -183,6 +193,7 @@ def runs_table(found: RunList, *, title: str, metrics: list[str] | None = None) 
             f"[{STATUS_STYLE.get(st, 'white')}]{st}[/]",
             ups,
             data,
+            *([f"{r.rows:,}" if r.rows is not None else ""] if with_rows else []),
             *(f"{r.metrics[m]:.4g}" if m in r.metrics else "" for m in metrics),
         )
     if not found:
@@ -243,6 +254,12 @@ def show(
     for title in ("upstream", "downstream"):
         items = info[title]
         console.print(f"[bold]{title}[/bold]: " + (", ".join(items) if items else "none"))
+    for name, summary in info.get("data_summary", {}).items():
+        console.print(summary_table(name, summary))
+    if info.get("checks"):
+        console.print(f"[bold]checks[/bold]: {info['checks']}", highlight=False)
+    if info.get("checks_report") and info.get("checks") == "failed":
+        console.print(info["checks_report"], highlight=False, markup=False)
     console.print("[bold]outputs[/bold]: " + (", ".join(info["outputs"]) or "none"))
     if info["model_uri"]:
         console.print(f"[bold]model[/bold]: {info['model_uri']}")
@@ -271,7 +288,44 @@ def describe(run: Run) -> dict[str, Any]:
     info["data_keys"] = run.data_keys
     info["error"] = run.tags.get("relay.error")
     info["registered"] = registered_versions(run)
+    if not run.upstream_ids:  # a load run: what its data holds, and its checks
+        info["data_summary"] = run.data_summary
+        info["checks"] = run.tags.get("relay.checks")
+        if "checks/report.txt" in info["artifacts"]:
+            info["checks_report"] = _artifact_text(run, "checks/report.txt")
     return info
+
+
+def _artifact_text(run: Run, path: str) -> str:
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="relay-show-") as tmp:
+        return run.store.download(run.run_id, path, Path(tmp)).read_text()
+
+
+def summary_table(name: str, summary: dict[str, Any]) -> Any:
+    """A Rich table of a snapshot's summary: one row per column."""
+    from rich.table import Table
+
+    from relayml.data_summary import format_summary_rows
+
+    size = f", {summary['bytes']:,} bytes" if "bytes" in summary else ""
+    table = Table(title=f"data {name}: {summary.get('rows', 0):,} rows{size}", title_justify="left")
+    for col in ("column", "type", "nulls", "min", "max", "mean", "std", "median", "distinct"):
+        table.add_column(col, justify="left" if col in ("column", "type") else "right")
+    for row in format_summary_rows(summary):
+        table.add_row(*(_cell(v) for v in row.values()))
+    return table
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
 
 
 def registered_versions(run: Run) -> list[dict[str, Any]]:

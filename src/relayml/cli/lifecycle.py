@@ -369,21 +369,31 @@ def refresh(
     param: list[str] = typer.Option(
         None, "--param", "-P", help="name=value for the candidates (where declared)."
     ),
+    max_drift: float = typer.Option(
+        None, "--max-drift", help="Promote nothing when a feature's PSI exceeds this (e.g. 0.25)."
+    ),
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
-    """Retrain on fresh data; promote a challenger only if it beats the champion.
+    """Retrain on fresh data; the best model on the same fresh rows gets the alias.
 
-    A new load now; the champion's chain (variants and params) and every candidate trained
-    on the same new processing run; the best challenger promoted when it beats the
-    champion by more than --margin (without a champion, the best becomes it). The decision
-    is recorded as a run of <project>/refresh. Overlapping refreshes are safe: the later
-    one stops (exit 1) before doing anything.
+    A new load now (a load failing its checks stops here); the champion's chain (variants
+    and params) and every candidate trained on the same new processing run. The served
+    model, the retrained champion and the challengers are scored on the same fresh test
+    rows (those the served model's data did not hold): a challenger beating the incumbent
+    by more than --margin is promoted, else a retrained champion at least as good as the
+    served model replaces it, else the served model stays. Without a champion, the best
+    becomes it. The diff between the served model's data and the new data is reported;
+    --max-drift refuses any promotion when a feature drifted beyond it. The decision is
+    recorded as a run of <project>/refresh. Overlapping refreshes are safe: the later one
+    stops (exit 1) before doing anything.
 
     Examples:
 
       relay refresh --metric test_roc_auc
 
       relay refresh --candidates logreg,rf --metric test_roc_auc --margin 0.005 -P cv=3
+
+      relay refresh --max-drift 0.25
     """
     from relayml.lifecycle import refresh as do_refresh
 
@@ -397,6 +407,7 @@ def refresh(
         params=parse_assignments(param),
         project=settings(),
         echo=lambda line: err_console.print(line, highlight=False),
+        max_drift=max_drift,
     )
     if json_out:
         print_json(report.to_dict())
@@ -426,10 +437,36 @@ def refresh(
             f"[green]✓[/green] {report.decision}: {p.run.key} is {p.name} v{p.version} @{alias}",
             highlight=False,
         )
-    else:
+    elif report.decision == "held: drift":
+        d = report.max_drift or {}
         console.print(
-            f"kept the champion (v{report.previous}): no challenger beat it by more than "
-            f"{report.margin:g}",
+            f"[yellow]held[/yellow]: kept v{report.previous}; {d.get('column')} drifted "
+            f"(PSI {d.get('psi', 0):.3f} > --max-drift {d.get('limit')})",
             highlight=False,
         )
+    else:
+        console.print(
+            f"kept the served model (v{report.previous}): neither the retrained champion nor a "
+            f"challenger beat it (margin {report.margin:g})",
+            highlight=False,
+        )
+    s = report.served
+    if "value" in s:
+        console.print(
+            f"  served v{s['version']} on {s['rows']:,} fresh rows: {report.metric} = "
+            f"{s['value']:.6g}",
+            highlight=False,
+        )
+    elif s.get("note"):
+        console.print(f"  served model not scored: {s['note']}", highlight=False)
+    if report.data_diff and "rows" in report.data_diff:
+        d = report.data_diff
+        console.print(
+            f"  data since the served model: {d['added']:,} added, {d['removed']:,} removed, "
+            f"{d['changed'] if d['changed'] is not None else '?'} changed",
+            highlight=False,
+        )
+    if report.max_drift:
+        m = report.max_drift
+        console.print(f"  largest drift: {m['column']} PSI {m['psi']:.3f}", highlight=False)
     console.print(f"  decision recorded as run {report.record}", highlight=False)

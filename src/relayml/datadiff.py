@@ -1,0 +1,580 @@
+"""What changed between two data versions: rows, schema and per-column drift.
+
+:func:`diff_files` compares two Parquet snapshots out of core with DuckDB (memory is bounded by
+DuckDB's limit, not by the size of the data): row counts; with a key, the rows added, removed
+and changed (a change is any difference in a common column; rows are matched on the key and
+compared through one hash of their values); without a key, the rows found only in one
+version (a changed row is then one removed and one added); schema changes; and per-column
+drift: the population stability index (PSI) of numeric and time columns binned on the first
+version's deciles (nulls are a bin of their own), and for other columns the share of the
+second version's rows holding a value the first never held. On versions of more than 400,000
+rows the drift is measured on a block sample of about 200,000 rows of each (PSI's sampling
+noise there is about 10 bins / 200,000 rows: far below any threshold worth setting).
+
+:func:`diff` resolves references (load runs, or digests) to their snapshots and reads the
+key declared on the load variant (``key=[...]``). It writes nothing.
+
+Example:
+    >>> import pandas as pd, tempfile, pathlib
+    >>> from relayml.data import snapshot_frame
+    >>> d = pathlib.Path(tempfile.mkdtemp())
+    >>> a = snapshot_frame(pd.DataFrame({"id": [1, 2, 3], "v": [1.0, 2.0, 3.0]}), d / "a.pq")
+    >>> b = snapshot_frame(pd.DataFrame({"id": [2, 3, 4], "v": [2.0, 9.0, 4.0]}), d / "b.pq")
+    >>> result = diff_files(a.path, b.path, key=["id"])
+    >>> result.added, result.removed, result.changed
+    (1, 1, 1)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from relayml.errors import NotFound, UsageError
+
+if TYPE_CHECKING:
+    import duckdb
+
+    from relayml.runs import Project
+
+__all__ = ["DataDiff", "Version", "diff", "diff_files", "psi", "rows_not_in", "snapshot_of"]
+
+EXAMPLES = 5
+BINS = 10
+#: Drift is measured on about this many rows of each version (a block sample of larger ones).
+SAMPLE_ROWS = 200_000
+_EPS = 1e-4
+_NUMERIC = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UBIGINT", "FLOAT", "DOUBLE")
+
+
+@dataclass(frozen=True)
+class Version:
+    """One side of a diff.
+
+    Attributes:
+        label: what the user named (a run key or a digest).
+        digest: the snapshot's content digest.
+        path: the local Parquet file.
+        key: the key columns declared on the load variant (empty when unknown).
+    """
+
+    label: str
+    digest: str
+    path: Path
+    key: tuple[str, ...] = ()
+
+
+@dataclass
+class DataDiff:
+    """The differences between two data versions (see the module docstring).
+
+    Attributes:
+        a: the first (older) version's label; ``b`` the second's.
+        rows: ``{"a": n, "b": n}``.
+        key: the key rows were matched on (empty: rows compared as wholes).
+        added: rows in ``b`` only; ``removed``: in ``a`` only; ``changed``: same key,
+            different values (``None`` without a key).
+        examples: up to 5 rows of each kind (``changed`` shows ``{column: [old, new]}``).
+        schema: ``added``/``removed`` columns (name -> type) and ``changed`` types.
+        drift: column -> ``{"measure": "psi" | "new_categories", "value": float}``.
+
+    Example:
+        >>> DataDiff("a", "b", {"a": 1, "b": 1}).to_dict()["rows"]
+        {'a': 1, 'b': 1}
+    """
+
+    a: str
+    b: str
+    rows: dict[str, int]
+    digests: dict[str, str] = field(default_factory=dict)
+    key: list[str] = field(default_factory=list)
+    added: int = 0
+    removed: int = 0
+    changed: int | None = None
+    examples: dict[str, list[Any]] = field(default_factory=dict)
+    schema: dict[str, Any] = field(default_factory=dict)
+    drift: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def max_drift(self) -> tuple[str | None, float]:
+        """The column that drifted most by PSI, and its PSI (``(None, 0.0)`` without one).
+
+        Example:
+            >>> DataDiff("a", "b", {}, drift={"x": {"measure": "psi", "value": 0.3}}).max_drift
+            ('x', 0.3)
+        """
+        psis = [(c, d["value"]) for c, d in self.drift.items() if d["measure"] == "psi"]
+        return max(psis, key=lambda cv: cv[1]) if psis else (None, 0.0)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready form (what ``relay diff --json`` prints)."""
+        return {
+            "a": self.a,
+            "b": self.b,
+            "digests": self.digests,
+            "rows": self.rows,
+            "key": self.key,
+            "added": self.added,
+            "removed": self.removed,
+            "changed": self.changed,
+            "examples": self.examples,
+            "schema": self.schema,
+            "drift": self.drift,
+        }
+
+
+def psi(expected: Sequence[float], actual: Sequence[float]) -> float:
+    """The population stability index between two histograms over the same bins.
+
+    Empty bins count as a share of 0.0001 so that the index stays finite.
+
+    Args:
+        expected: counts (or shares) per bin in the reference version.
+        actual: counts (or shares) per bin in the new version.
+
+    Returns:
+        ``sum((a - e) * ln(a / e))`` over the bins' shares; 0 when both are alike, above
+        0.25 usually read as a large shift.
+
+    Example:
+        >>> psi([50, 50], [50, 50])
+        0.0
+        >>> round(psi([50, 50], [90, 10]), 3)
+        0.879
+    """
+    te, ta = float(sum(expected)) or 1.0, float(sum(actual)) or 1.0
+    total = 0.0
+    for e, a in zip(expected, actual, strict=True):
+        pe, pa_ = max(e / te, _EPS), max(a / ta, _EPS)
+        total += (pa_ - pe) * math.log(pa_ / pe)
+    return round(total, 6)
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _literal(path: Path) -> str:
+    return "'" + str(path).replace("'", "''") + "'"
+
+
+def _connect(memory_limit: str, threads: int | None) -> duckdb.DuckDBPyConnection:
+    import os
+    import tempfile
+
+    import duckdb
+
+    con = duckdb.connect(config={"memory_limit": memory_limit})
+    con.execute(f"SET threads = {int(threads or min(4, os.cpu_count() or 1))}")
+    con.execute(f"SET temp_directory = {_literal(Path(tempfile.gettempdir()) / 'relay-duckdb')}")
+    con.execute("SET preserve_insertion_order = false")
+    return con
+
+
+def diff_files(
+    a: Path,
+    b: Path,
+    *,
+    key: Sequence[str] = (),
+    labels: tuple[str, str] | None = None,
+    memory_limit: str = "512MB",
+    threads: int | None = None,
+) -> DataDiff:
+    """Compare two Parquet snapshots out of core (see the module docstring).
+
+    Args:
+        a: the first (reference) snapshot.
+        b: the second (new) snapshot.
+        key: columns identifying a row in both; empty compares whole rows.
+        labels: names shown for ``a`` and ``b`` (default: the file names).
+        memory_limit: DuckDB's memory limit (it spills to a temporary folder beyond it).
+        threads: DuckDB threads (default: up to 4).
+
+    Returns:
+        The :class:`DataDiff`.
+
+    Raises:
+        UsageError: a key column missing from either snapshot.
+
+    Example:
+        >>> import pandas as pd, tempfile, pathlib
+        >>> from relayml.data import snapshot_frame
+        >>> d = pathlib.Path(tempfile.mkdtemp())
+        >>> _ = snapshot_frame(pd.DataFrame({"c": ["x", "y"]}), d / "a.pq")
+        >>> _ = snapshot_frame(pd.DataFrame({"c": ["x", "z", "z", "x"]}), d / "b.pq")
+        >>> diff_files(d / "a.pq", d / "b.pq").drift["c"]
+        {'measure': 'new_categories', 'value': 0.5}
+    """
+    con = _connect(memory_limit, threads)
+    try:
+        con.execute(f"CREATE VIEW a AS SELECT * FROM read_parquet({_literal(Path(a))})")
+        con.execute(f"CREATE VIEW b AS SELECT * FROM read_parquet({_literal(Path(b))})")
+        types = {v: _types(con, v) for v in ("a", "b")}
+        la, lb = labels or (Path(a).name, Path(b).name)
+        key = list(key)
+        for side, label in (("a", la), ("b", lb)):
+            missing = [k for k in key if k not in types[side]]
+            if missing:
+                raise UsageError(
+                    f"key column(s) {missing} are not in {label} (its columns: "
+                    f"{', '.join(types[side])}); declare key=[...] on the load variant or "
+                    "pass --key"
+                )
+        rows = {v: con.execute(f"SELECT count(*) FROM {v}").fetchone()[0] for v in ("a", "b")}
+        common = [c for c in types["a"] if c in types["b"] and types["a"][c] == types["b"][c]]
+        out = DataDiff(la, lb, rows, key=key, schema=_schema_changes(types))
+        values = [c for c in common if c not in key]
+        binned = [c for c in values if _binned(types["a"][c])]
+        samples = {v: _sample(rows[v]) for v in ("a", "b")}
+        cuts = _cuts(con, binned, types["a"], samples["a"])
+        for v in ("a", "b"):  # one full scan of each version: its key and a hash of each row
+            keys = "".join(f"{_ident(k)}, " for k in key)
+            hashed = _row_hash(v, values if key else common)
+            con.execute(f"CREATE TEMP TABLE h{v} AS SELECT {keys}{hashed} AS h__ FROM {v}")
+        if key:
+            _keyed(con, out, key, values)
+        else:
+            _unkeyed(con, out)
+        others = [c for c in values if c not in binned]
+        out.drift = _drift(con, binned, cuts, others, types["a"], samples)
+        return out
+    finally:
+        con.close()
+
+
+def _types(con: duckdb.DuckDBPyConnection, view: str) -> dict[str, str]:
+    return {row[0]: row[1] for row in con.execute(f"DESCRIBE {view}").fetchall()}
+
+
+def _schema_changes(types: Mapping[str, Mapping[str, str]]) -> dict[str, Any]:
+    a, b = types["a"], types["b"]
+    return {
+        "added": {c: t for c, t in b.items() if c not in a},
+        "removed": {c: t for c, t in a.items() if c not in b},
+        "changed": {c: [a[c], b[c]] for c in a if c in b and a[c] != b[c]},
+    }
+
+
+def _row_hash(alias: str, columns: Sequence[str]) -> str:
+    if not columns:
+        return "0"
+    return "hash(" + ", ".join(f"{alias}.{_ident(c)}" for c in columns) + ")"
+
+
+def _keyed(
+    con: duckdb.DuckDBPyConnection, out: DataDiff, key: list[str], values: list[str]
+) -> None:
+    on = " AND ".join(f"ha.{_ident(k)} = hb.{_ident(k)}" for k in key)
+    added, removed, changed = con.execute(
+        f"""SELECT count(*) FILTER (WHERE ha.h__ IS NULL),
+                   count(*) FILTER (WHERE hb.h__ IS NULL),
+                   count(*) FILTER (WHERE ha.h__ <> hb.h__)
+            FROM ha FULL OUTER JOIN hb ON {on}"""
+    ).fetchone()
+    out.added, out.removed, out.changed = int(added), int(removed), int(changed)
+    sel = ", ".join(f"x.{_ident(k)}" for k in key)
+    anti = " AND ".join(f"x.{_ident(k)} = y.{_ident(k)}" for k in key)
+    examples: dict[str, list[Any]] = {}
+    for kind, x, y, view in (("added", "hb", "ha", "b"), ("removed", "ha", "hb", "a")):
+        picked = con.execute(
+            f"SELECT {sel} FROM {x} x ANTI JOIN {y} y ON {anti} ORDER BY {sel} LIMIT {EXAMPLES}"
+        ).fetchall()
+        examples[kind] = _rows_by_key(con, view, key, picked)
+    picked = con.execute(
+        f"SELECT {', '.join(f'ha.{_ident(k)}' for k in key)} FROM ha JOIN hb ON {on} "
+        f"WHERE ha.h__ <> hb.h__ ORDER BY {', '.join(f'ha.{_ident(k)}' for k in key)} "
+        f"LIMIT {EXAMPLES}"
+    ).fetchall()
+    old = {_k(r, key): r for r in _rows_by_key(con, "a", key, picked)}
+    new = {_k(r, key): r for r in _rows_by_key(con, "b", key, picked)}
+    examples["changed"] = [
+        {
+            "key": {k: old[k_][k] for k in key},
+            "changes": {c: [old[k_][c], new[k_][c]] for c in values if old[k_][c] != new[k_][c]},
+        }
+        for k_ in sorted(old, key=str)
+        if k_ in new
+    ]
+    out.examples = examples
+
+
+def _k(row: Mapping[str, Any], key: list[str]) -> tuple[Any, ...]:
+    return tuple(row[k] for k in key)
+
+
+def _rows_by_key(
+    con: duckdb.DuckDBPyConnection, view: str, key: list[str], keys: list[tuple[Any, ...]]
+) -> list[dict[str, Any]]:
+    """The rows holding a few key values (bound parameters: Parquet row groups are pruned)."""
+    if not keys:
+        return []
+    ors, params = [], []
+    for row in keys:  # "=" (not IS NOT DISTINCT FROM) lets Parquet row-group statistics prune
+        parts = [
+            f"{_ident(k)} IS NULL" if v is None else f"{_ident(k)} = ?"
+            for k, v in zip(key, row, strict=True)
+        ]
+        ors.append("(" + " AND ".join(parts) + ")")
+        params += [v for v in row if v is not None]
+    where = " OR ".join(ors)
+    order = ", ".join(_ident(k) for k in key)
+    return _rows(con, f"SELECT * FROM {view} WHERE {where} ORDER BY {order}", params)
+
+
+def _unkeyed(con: duckdb.DuckDBPyConnection, out: DataDiff) -> None:
+    only_b = "SELECT h__ FROM hb EXCEPT ALL SELECT h__ FROM ha"
+    only_a = "SELECT h__ FROM ha EXCEPT ALL SELECT h__ FROM hb"
+    out.added = int(con.execute(f"SELECT count(*) FROM ({only_b})").fetchone()[0])
+    out.removed = int(con.execute(f"SELECT count(*) FROM ({only_a})").fetchone()[0])
+    out.changed = None
+
+
+def _rows(
+    con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = None
+) -> list[dict[str, Any]]:
+    cur = con.execute(sql, params or [])
+    names = [d[0] for d in cur.description]
+    return [{n: _plain(v) for n, v in zip(names, row, strict=True)} for row in cur.fetchall()]
+
+
+def _plain(value: Any) -> Any:
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        return None if math.isnan(value) else value
+    return str(value)
+
+
+def _sample(rows: int) -> str:
+    """A block sample of about SAMPLE_ROWS rows of a large version ("" reads all)."""
+    if rows <= 2 * SAMPLE_ROWS:
+        return ""
+    return f" USING SAMPLE {100 * SAMPLE_ROWS / rows:.4f} PERCENT (system, 42)"
+
+
+def _cuts(
+    con: duckdb.DuckDBPyConnection, binned: list[str], types: Mapping[str, str], sample: str
+) -> dict[str, list[float]]:
+    """A's deciles of each binned column (from a block sample of a large version)."""
+    if not binned:
+        return {}
+    qs = [i / BINS for i in range(1, BINS)]
+    exprs = ", ".join(f"quantile_cont({_num(c, types[c])}, {qs})" for c in binned)
+    edges = con.execute(f"SELECT {exprs} FROM a{sample}").fetchone()
+    return {
+        c: sorted({e for e in (es or []) if e is not None and not math.isnan(e)})
+        for c, es in zip(binned, edges, strict=True)
+    }
+
+
+def _bin(x: str, edges: list[float]) -> str:
+    cases = " ".join(f"WHEN {x} < {e!r} THEN {i}" for i, e in enumerate(edges))
+    return f"CAST(CASE WHEN {x} IS NULL THEN -1 {cases} ELSE {len(edges)} END AS TINYINT)"
+
+
+def _drift(
+    con: duckdb.DuckDBPyConnection,
+    binned: list[str],
+    cuts: Mapping[str, list[float]],
+    others: list[str],
+    types: Mapping[str, str],
+    samples: Mapping[str, str],
+) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    if binned:
+        hists = {}
+        for v in ("a", "b"):
+            exprs = ", ".join(f"histogram({_bin(_num(c, types[c]), cuts[c])})" for c in binned)
+            row = con.execute(f"SELECT {exprs} FROM {v}{samples[v]}").fetchone()
+            hists[v] = [dict(h or {}) for h in row]
+        for i, c in enumerate(binned):
+            bins = range(-1, len(cuts[c]) + 1)
+            ha, hb = hists["a"][i], hists["b"][i]
+            out[c] = {
+                "measure": "psi",
+                "value": psi([ha.get(j, 0) for j in bins], [hb.get(j, 0) for j in bins]),
+            }
+    for c in others:
+        if types[c].endswith("[]"):
+            continue
+        new, total = con.execute(
+            f"""SELECT count(*) FILTER (WHERE b.{_ident(c)} IS NOT NULL AND s.v IS NULL), count(*)
+                FROM b LEFT JOIN (SELECT DISTINCT {_ident(c)} AS v FROM a) s
+                ON b.{_ident(c)} = s.v"""
+        ).fetchone()
+        out[c] = {"measure": "new_categories", "value": round(new / total, 6) if total else 0.0}
+    return dict(sorted(out.items(), key=lambda cv: list(types).index(cv[0])))
+
+
+def _binned(t: str) -> bool:
+    return t in _NUMERIC or t.startswith(("DECIMAL", "TIMESTAMP", "DATE")) or t == "BOOLEAN"
+
+
+def _num(c: str, t: str) -> str:
+    """A column as a double: times as microseconds since the epoch, NaN as NULL."""
+    x = _ident(c)
+    if t.startswith(("TIMESTAMP", "DATE")):
+        return f"epoch_us(CAST({x} AS TIMESTAMP))"
+    if t in ("FLOAT", "DOUBLE"):
+        return f"(CASE WHEN isnan({x}) THEN NULL ELSE CAST({x} AS DOUBLE) END)"
+    return f"CAST({x} AS DOUBLE)"
+
+
+def rows_not_in(frame: Any, path: Path, key: Sequence[str]) -> Any:
+    """The rows of a DataFrame whose key is absent from a Parquet snapshot (DuckDB anti-join).
+
+    Args:
+        frame: a pandas DataFrame holding the key columns.
+        path: the snapshot.
+        key: the key columns.
+
+    Returns:
+        The matching rows of ``frame``, in their order, index reset.
+
+    Example:
+        >>> import pandas as pd, tempfile, pathlib
+        >>> from relayml.data import snapshot_frame
+        >>> p = pathlib.Path(tempfile.mkdtemp()) / "a.pq"
+        >>> _ = snapshot_frame(pd.DataFrame({"id": [1, 2]}), p)
+        >>> rows_not_in(pd.DataFrame({"id": [2, 3], "v": [0.1, 0.2]}), p, ["id"])["id"].tolist()
+        [3]
+    """
+    con = _connect("512MB", None)
+    try:
+        con.register("fresh", frame.reset_index(drop=True))
+        keys = ", ".join(_ident(k) for k in key)
+        on = " AND ".join(f"f.{_ident(k)} = s.{_ident(k)}" for k in key)
+        return (
+            con.execute(
+                f"SELECT f.* FROM (SELECT *, row_number() OVER () AS rn__ FROM fresh) f ANTI JOIN "
+                f"(SELECT {keys} FROM read_parquet({_literal(Path(path))})) s ON {on} ORDER BY rn__"
+            )
+            .df()
+            .drop(columns="rn__")
+        )
+    finally:
+        con.close()
+
+
+# -- references -------------------------------------------------------------------------------
+
+
+def diff(
+    a: str,
+    b: str | None = None,
+    *,
+    key: Sequence[str] | None = None,
+    snapshot: str | None = None,
+    project: Project = None,
+) -> DataDiff:
+    """Compare two data versions, each a load run's reference or a data version digest.
+
+    Args:
+        a: the reference version: a run key or reference (``load/transactions@latest``), a
+            run id, or a digest (or a prefix of 8+ hex digits).
+        b: the new version, likewise. Without it, ``a`` is the new version and the reference
+            is the load run of the same variant just before it.
+        key: the columns matching rows (default: ``key=[...]`` declared on the load variant).
+        snapshot: which snapshot of a load run that took several (default: the first).
+        project: the project (default: around the working folder).
+
+    Returns:
+        The :class:`DataDiff`.
+
+    Raises:
+        NotFound: no load run or snapshot matches a reference or digest, or no load before
+            ``a`` when ``b`` is not given.
+        UsageError: a run that is not a load run, or a key column missing.
+
+    Example:
+        >>> d = relay.diff("load/transactions@2019-02-10",  # doctest: +SKIP
+        ...                "load/transactions@latest")
+        >>> d.added, d.removed, d.changed  # doctest: +SKIP
+        (8000, 0, 0)
+        >>> relay.diff("load/transactions@latest").b  # against the load before it  # doctest: +SKIP
+        'load/transactions@20190211080000'
+    """
+    from relayml.runs import open_project
+
+    settings = open_project(project)
+    if b is None:
+        a, b = _previous_load(a, settings), a
+    va, vb = snapshot_of(a, settings, snapshot), snapshot_of(b, settings, snapshot)
+    chosen = list(key) if key else list(va.key or vb.key)
+    out = diff_files(va.path, vb.path, key=chosen, labels=(va.label, vb.label))
+    out.digests = {"a": va.digest, "b": vb.digest}
+    return out
+
+
+def _previous_load(ref: str, settings: Any) -> str:
+    """The key of the FINISHED load run of the same variant just before ``ref``."""
+    from relayml.runs import get, runs
+
+    run = get(ref, project=settings)
+    before = [
+        r
+        for r in runs(run.step, variant=run.variant, status="FINISHED", project=settings)
+        if r.key.time < run.key.time and r.data_version
+    ]
+    if not before:
+        raise NotFound(
+            f"no finished load of {run.step}/{run.variant} before {run.key}; name both "
+            "versions: relay diff A B"
+        )
+    return str(before[0].key)
+
+
+def snapshot_of(ref: str, settings: Any, snapshot: str | None = None) -> Version:
+    """The snapshot behind a load run reference or a digest, as a :class:`Version`.
+
+    Raises:
+        NotFound: no load run or snapshot matches.
+        UsageError: the run took no snapshot.
+
+    Example:
+        >>> snapshot_of("load/transactions@latest", settings).key  # doctest: +SKIP
+        ('id',)
+    """
+    from relayml.outputs import snapshot_path
+    from relayml.runs import get
+    from relayml.store import get_store, quote
+
+    is_digest = "@" not in ref and "/" not in ref and all(ch in "0123456789abcdef" for ch in ref)
+    run = None
+    if (is_digest and len(ref) == 32) or not is_digest:
+        try:
+            run = get(ref, project=settings)
+        except NotFound:
+            if not is_digest:
+                raise
+    store = get_store(settings)
+    if run is None and is_digest:
+        if len(ref) < 8:
+            raise UsageError(f"data version {ref!r} is too short; give at least 8 hex digits")
+        flt = f"tags.`relay.data` LIKE {quote(ref + '%')} AND attributes.status = 'FINISHED'"
+        found = [e for e in store.search(None, flt) if "relay.key" in e.data.tags]
+        loads = [e for e in found if not any(k.startswith("relay.upstream.") for k in e.data.tags)]
+        if not loads:
+            raise NotFound(
+                f"no load run has data version {ref!r}; list them with 'relay runs load'"
+            )
+        run = get(loads[0].info.run_id, project=settings)
+    assert run is not None
+    snaps = {
+        k.removeprefix("relay.snapshot."): v
+        for k, v in run.tags.items()
+        if k.startswith("relay.snapshot.") and k.count(".") == 2
+    }
+    if not snaps:
+        raise UsageError(
+            f"run {run.key} holds no snapshot: relay diff compares load runs (or digests)"
+        )
+    name = snapshot or next(iter(sorted(snaps)))
+    if name not in snaps:
+        raise NotFound(f"run {run.key} has no snapshot {name!r} (it has: {', '.join(snaps)})")
+    digest = run.tags.get(f"relay.snapshot.{name}.digest", "")
+    key = tuple(k for k in run.tags.get("relay.data.key", "").split(",") if k)
+    return Version(str(run.key), digest, snapshot_path(run, snaps[name]), key)

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from mlflow.entities import Run as MlflowRun
     from mlflow.tracking import MlflowClient
 
-__all__ = ["PAGE", "Store", "ensure_indexes", "get_store", "quote"]
+__all__ = ["PAGE", "Store", "ensure_indexes", "experiment_description", "get_store", "quote"]
 
 PAGE = 1000
 _STORES: dict[tuple[str, str, str], Store] = {}
@@ -137,7 +137,11 @@ class Store:
                 exp_id = self.client.create_experiment(
                     name,
                     artifact_location=location,
-                    tags={"relay.project": self.settings.project, "relay.step": step},
+                    tags={
+                        "relay.project": self.settings.project,
+                        "relay.step": step,
+                        **experiment_description(self.settings.project, step),
+                    },
                 )
             except MlflowException as e:  # another process created it meanwhile
                 exp = self.client.get_experiment_by_name(name)
@@ -335,6 +339,56 @@ class Store:
     def delete_run(self, run_id: str) -> None:
         """Mark a run deleted (MLflow's soft delete)."""
         self.client.delete_run(run_id)
+
+    def model_versions(self, name: str) -> tuple[dict[str, int], list[dict[str, Any]]]:
+        """The aliases and versions of a registered model (empty when it does not exist).
+
+        Returns:
+            ``({alias: version}, [{"version", "run_id", "tags"}, ...])``, newest version first.
+
+        Example:
+            >>> store.model_versions("fraud")[0]  # doctest: +SKIP
+            {'champion': 3}
+        """
+        from mlflow.exceptions import MlflowException
+
+        try:
+            model = self.client.get_registered_model(name)
+            found = self.client.search_model_versions(f"name = {quote(name)}", max_results=200)
+        except MlflowException:
+            return {}, []
+        aliases = {a: int(v) for a, v in (model.aliases or {}).items()}
+        versions = [
+            {"version": int(v.version), "run_id": v.run_id, "tags": dict(v.tags or {})}
+            for v in found
+        ]
+        return aliases, sorted(versions, key=lambda v: -v["version"])
+
+
+EXPERIMENT_KIND = "custom_model_development"
+
+
+def experiment_description(project: str, step: str) -> dict[str, str]:
+    """The tags that make MLflow's UI treat a step's experiment as model development.
+
+    MLflow opens an experiment without ``mlflow.experimentKind`` on its GenAI pages (traces,
+    token usage); relay's steps are classic model development, and the description says what
+    the experiment holds.
+
+    Example:
+        >>> experiment_description("fraud", "training")["mlflow.experimentKind"]
+        'custom_model_development'
+    """
+    what = {
+        "chains": "one record run per `relay chain`: the runs of each step it used",
+        "snapshots": "the bytes of load snapshots, one run per data digest",
+        "refresh": "one decision run per `relay refresh`: champion, challengers, the vote",
+    }.get(step, f"the runs of step `{step}`, one per variant run, keyed `{step}/VARIANT@TIME`")
+    note = (
+        f"relayml project **{project}**: {what}. Lineage, chains and comparisons: `relay ui`, "
+        "then the relay pages at [/relay/](/relay/)."
+    )
+    return {"mlflow.experimentKind": EXPERIMENT_KIND, "mlflow.note.content": note}
 
 
 _INDEXES = {

@@ -13,7 +13,8 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
@@ -87,14 +88,22 @@ def create_app(
         ),
         Mount("/relay/static", StaticFiles(packages=[("relayml.ui", "static")]), name="static"),
     ]
+    client = None
     if mlflow_upstream:
-        routes.append(Mount("/", _proxy(mlflow_upstream)))
-    return Starlette(routes=routes)
+        client = httpx.AsyncClient(base_url=mlflow_upstream.rstrip("/"), timeout=120.0)
+        routes.append(Mount("/", _proxy(client, mlflow_upstream)))
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        if client is not None:  # MLflow's server waits for kept-alive connections to close
+            await client.aclose()
+
+    return Starlette(routes=routes, lifespan=lifespan)
 
 
-def _proxy(upstream: str) -> Callable[..., Any]:
-    """A streaming reverse proxy of every request to ``upstream`` (MLflow's UI and API)."""
-    client = httpx.AsyncClient(base_url=upstream.rstrip("/"), timeout=120.0)
+def _proxy(client: httpx.AsyncClient, upstream: str) -> Callable[..., Any]:
+    """A streaming reverse proxy of every request to MLflow's UI and API at ``upstream``."""
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":

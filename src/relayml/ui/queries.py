@@ -194,4 +194,3 @@ class Queries:
         except (OSError, subprocess.TimeoutExpired):
             return None
         return done.stdout if done.returncode == 0 else None
-

@@ -340,14 +340,15 @@ class Store:
         """Mark a run deleted (MLflow's soft delete)."""
         self.client.delete_run(run_id)
 
-    def model_versions(self, name: str) -> tuple[dict[str, int], list[dict[str, Any]]]:
-        """The aliases and versions of a registered model (empty when it does not exist).
+    def model_versions(self, name: str) -> dict[str, Any]:
+        """A registered model's aliases, tags and versions (all empty when it does not exist).
 
         Returns:
-            ``({alias: version}, [{"version", "run_id", "tags"}, ...])``, newest version first.
+            ``{"aliases": {alias: version}, "tags": {...}, "versions": [{"version",
+            "run_id", "tags"}, ...]}``, newest version first (at most 200).
 
         Example:
-            >>> store.model_versions("fraud")[0]  # doctest: +SKIP
+            >>> store.model_versions("fraud")["aliases"]  # doctest: +SKIP
             {'champion': 3}
         """
         from mlflow.exceptions import MlflowException
@@ -356,13 +357,16 @@ class Store:
             model = self.client.get_registered_model(name)
             found = self.client.search_model_versions(f"name = {quote(name)}", max_results=200)
         except MlflowException:
-            return {}, []
-        aliases = {a: int(v) for a, v in (model.aliases or {}).items()}
+            return {"aliases": {}, "tags": {}, "versions": []}
         versions = [
             {"version": int(v.version), "run_id": v.run_id, "tags": dict(v.tags or {})}
             for v in found
         ]
-        return aliases, sorted(versions, key=lambda v: -v["version"])
+        return {
+            "aliases": {a: int(v) for a, v in (model.aliases or {}).items()},
+            "tags": dict(model.tags or {}),
+            "versions": sorted(versions, key=lambda v: -v["version"]),
+        }
 
 
 EXPERIMENT_KIND = "custom_model_development"

@@ -95,7 +95,8 @@ def headline(metrics: dict[str, float], preferred: str | None = None) -> tuple[s
 class _Builder:
     def __init__(self, q: Queries, metric: str | None) -> None:
         self.q = q
-        self.metric = metric
+        self.registry = q.registry()
+        self.metric = metric or self.registry[2]
         self.steps = q.steps()
         self.column = {s: i + 1 for i, s in enumerate(self.steps)}
         self.nodes: dict[str, GNode] = {}
@@ -191,7 +192,7 @@ class _Builder:
             edges.add((nid, rid))
 
     def _model_nodes(self, edges: set[tuple[str, str]]) -> None:
-        aliases, versions = self.q.registry()
+        aliases, versions, _ = self.registry
         by_version: dict[int, list[str]] = {}
         for alias, v in aliases.items():
             by_version.setdefault(v, []).append(alias)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 __all__ = ["Box", "Edge", "LNode", "Layout", "layout"]
 
-NODE_W = 220
+NODE_W = 260
 NODE_H = 64
 COL_GAP = 90
 ROW_GAP = 16

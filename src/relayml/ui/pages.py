@@ -73,14 +73,15 @@ class Pages:
 
     def project(self) -> str:
         """The project page: steps, variants and their newest runs, aliases, recent chains."""
+        aliases, versions, metric = self.q.registry()
         steps = []
         for step in self.q.steps():
             rows = []
             for variant in self.q.variants(step):
                 run = self.q.newest(step, variant)
-                rows.append({"variant": variant, "run": run, "top": self._top(run)})
+                top = headline(run.metrics, metric) if run is not None else None
+                rows.append({"variant": variant, "run": run, "top": top})
             steps.append({"name": step, "rows": rows})
-        aliases, versions = self.q.registry()
         by_version = {v["version"]: v for v in versions}
         alias_rows = []
         for alias, version in sorted(aliases.items()):
@@ -99,16 +100,13 @@ class Pages:
             chains=chains,
         )
 
-    def _top(self, run: Run | None) -> tuple[str, float] | None:
-        return headline(run.metrics) if run is not None else None
-
     def run(self, ref: str) -> str:
         """The run page: what ``relay show`` prints, with links."""
         run = self.q.resolve(ref)
         artifacts = self.q.artifacts(run)
         paths = [p for p, _ in artifacts]
         consumers, more = self.q.consumers(run, 50)
-        aliases, versions = self.q.registry()
+        aliases, versions, _ = self.q.registry()
         registered = [
             {
                 "version": v["version"],
@@ -191,8 +189,8 @@ class Pages:
     def history(self, step: str, variant: str, metric: str | None = None) -> str:
         """A variant's metric across data versions over time, promotions and refreshes marked."""
         runs = self.q.history(step, variant)
-        metric = metric or next((h[0] for r in runs if (h := headline(r.metrics))), None)
-        _, versions = self.q.registry()
+        _, versions, preferred = self.q.registry()
+        metric = metric or next((h[0] for r in runs if (h := headline(r.metrics, preferred))), None)
         promoted = {v["run_id"]: v["version"] for v in versions}
         decisions = [
             d for d in self.q.refresh_decisions() if d.get("relay.refresh.metric", metric) == metric

@@ -87,9 +87,12 @@ class Queries:
         found = self._wrap(self.store.search([step], flt, limit=1))
         return found[0] if found else None
 
-    def registry(self) -> tuple[dict[str, int], list[dict[str, Any]]]:
-        """``({alias: version}, versions newest first)`` of the project's registered model."""
-        return self.store.model_versions(self.settings.project)
+    def registry(self) -> tuple[dict[str, int], list[dict[str, Any]], str | None]:
+        """The project's registered model: ``{alias: version}``, its versions newest first,
+        and the metric ``relay refresh`` last compared by (the team's headline metric)."""
+        found = self.store.model_versions(self.settings.project)
+        used = sorted(v for k, v in found["tags"].items() if k.startswith("relay.refresh.metric."))
+        return found["aliases"], found["versions"], (used[0] if used else None)
 
     def chains(self, limit: int = 10) -> list[dict[str, Any]]:
         """The newest chain records: ``{"id", "status", "data", "steps": [(step, key, how)]}``."""

@@ -115,9 +115,7 @@ class Pages:
             for v in versions
             if v["run_id"] == run.run_id
         ]
-        rows = None
-        if not run.upstream_ids and run.data_version:
-            rows = self.q.snapshot_rows(run.data_version)
+        rows = self.q.snapshot_rows(run.data_version) if run.data_version else None
         return self._render(
             "run.html",
             title=str(run.key),

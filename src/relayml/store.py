@@ -340,6 +340,67 @@ class Store:
         """Mark a run deleted (MLflow's soft delete)."""
         self.client.delete_run(run_id)
 
+    def tagged(
+        self, steps: Sequence[str], key: str, values: Sequence[str], *, limit: int, cap: int = 500
+    ) -> dict[str, tuple[list[str], int]]:
+        """For each value, the newest active runs of the steps tagged ``key = value``.
+
+        Returns:
+            ``{value: (run ids newest first, at most limit; how many there are, up to cap)}``.
+            On SQLite and PostgreSQL two small indexed queries per value in the tracking
+            database (no run is loaded); through a tracking server, one capped search.
+
+        Example:
+            >>> store.tagged(["training"], "relay.variant", ["rf"], limit=5)  # doctest: +SKIP
+            {'9f2c...': (['a1b2...', ...], 37)}
+        """
+        ids = [int(i) for s in steps if (i := self.experiment_id(s, create=False))]
+        out: dict[str, tuple[list[str], int]] = {v: ([], 0) for v in values}
+        if not ids or not values:
+            return out
+        if not self.settings.tracking_uri.startswith(("sqlite:", "postgresql")):
+            for v in values:
+                found = self.search(steps, f"tags.`{key}` = {quote(v)}", limit=cap)
+                out[v] = ([e.info.run_id for e in found[:limit]], len(found))
+            return out
+        import sqlalchemy as sa
+
+        if getattr(self, "_engine", None) is None:
+            self._engine = sa.create_engine(self.settings.tracking_uri)
+        match = (
+            " FROM tags t JOIN runs r ON r.run_uuid = t.run_uuid WHERE t.key = :key"
+            " AND t.value = :value AND r.lifecycle_stage = 'active' AND r.experiment_id IN :ids"
+        )
+        newest = sa.text(
+            f"SELECT t.run_uuid{match} ORDER BY r.start_time DESC LIMIT :n"
+        ).bindparams(sa.bindparam("ids", expanding=True))
+        count = sa.text(f"SELECT COUNT(*) FROM (SELECT 1{match} LIMIT :n) AS found").bindparams(
+            sa.bindparam("ids", expanding=True)
+        )
+        with self._engine.connect() as con:
+            for v in values:
+                bound = {"key": key, "value": v, "ids": ids}
+                run_ids = [row[0] for row in con.execute(newest, {**bound, "n": limit})]
+                total = len(run_ids)
+                if total == limit:
+                    total = int(con.execute(count, {**bound, "n": cap}).scalar_one())
+                out[v] = (run_ids, total)
+        return out
+
+    def runs_by_id(self, steps: Sequence[str] | None, run_ids: Sequence[str]) -> list[MlflowRun]:
+        """The active runs with these ids (one search), newest first.
+
+        Example:
+            >>> [e.info.run_id for e in store.runs_by_id(None, [run_id])]  # doctest: +SKIP
+            ['9f2c...']
+        """
+        out: list[MlflowRun] = []
+        unique = list(dict.fromkeys(run_ids))
+        for i in range(0, len(unique), 100):
+            chunk = ", ".join(quote(r) for r in unique[i : i + 100])
+            out += self.search(steps, f"attributes.run_id IN ({chunk})")
+        return sorted(out, key=lambda e: -e.info.start_time)
+
     def model_versions(self, name: str) -> dict[str, Any]:
         """A registered model's aliases, tags and versions (all empty when it does not exist).
 

@@ -138,18 +138,16 @@ class _Builder:
     def _column_of(self, nid: str) -> int:
         return self.nodes[nid].column
 
-    def consumers(self, run: Run, shown: int) -> list[Run]:
-        found, more = self.q.consumers(run, COUNT_UP_TO)
+    def consumers(self, runs: list[Run], shown: int) -> list[Run]:
+        """Add up to ``shown`` consumers of each run, the rest as a count; the added ones."""
         added = []
-        for r in found[:shown]:
-            if self.add_run(r):
-                added.append(r)
-        left = len(found) - len(added)
-        if left > 0 and not self.full():
-            column = min((self.column.get(r.step, 0) for r in found), default=0)
-            self.add_more(
-                run.run_id, column or self._column_of(run.run_id) + 1, left, more, "consumers"
-            )
+        for rid, (found, total) in self.q.consumers(runs, shown, count_up_to=COUNT_UP_TO).items():
+            new = [r for r in found if self.add_run(r)]
+            added += new
+            if total > len(new) and not self.full():
+                column = min((self.column.get(r.step, 0) for r in found), default=0)
+                column = column or self._column_of(rid) + 1
+                self.add_more(rid, column, total - len(new), total >= COUNT_UP_TO, "consumers")
         return added
 
     def finish(self, extra_edges: set[tuple[str, str]]) -> Graph:
@@ -234,12 +232,9 @@ def run_graph(q: Queries, run: Run, *, metric: str | None = None) -> Graph:
         frontier = nxt
     frontier = [run]
     for _ in b.steps:
-        nxt = []
-        for r in frontier:
-            nxt.extend(b.consumers(r, FAN_OUT))
-        frontier = nxt
-    for up in ancestors:
-        b.consumers(up, SIBLINGS)
+        frontier = b.consumers(frontier, FAN_OUT) if frontier else []
+    if ancestors:
+        b.consumers(ancestors, SIBLINGS)
     return b.finish(set())
 
 
@@ -263,10 +258,11 @@ def data_graph(q: Queries, digest: str, *, metric: str | None = None) -> Graph:
     )
     per_step = max(4, (MAX_NODES - 20) // max(len(b.steps), 1) // 2)
     for step in b.steps:
-        found, more = q.on_data(digest, step, COUNT_UP_TO)
-        shown = [r for r in found[:per_step] if b.add_run(r)]
-        if len(found) > len(shown):
-            b.add_more(nid, b.column[step], len(found) - len(shown), more, f"{step} runs")
+        found, total = q.on_data(digest, step, per_step, count_up_to=COUNT_UP_TO)
+        shown = [r for r in found if b.add_run(r)]
+        if total > len(shown):
+            capped = total >= COUNT_UP_TO
+            b.add_more(nid, b.column[step], total - len(shown), capped, f"{step} runs")
     return b.finish(set())
 
 

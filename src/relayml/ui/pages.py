@@ -77,8 +77,7 @@ class Pages:
         steps = []
         for step in self.q.steps():
             rows = []
-            for variant in self.q.variants(step):
-                run = self.q.newest(step, variant)
+            for variant, run in self.q.newest(step, self.q.variants(step)).items():
                 top = headline(run.metrics, metric) if run is not None else None
                 rows.append({"variant": variant, "run": run, "top": top})
             steps.append({"name": step, "rows": rows})
@@ -105,7 +104,7 @@ class Pages:
         run = self.q.resolve(ref)
         artifacts = self.q.artifacts(run)
         paths = [p for p, _ in artifacts]
-        consumers, more = self.q.consumers(run, 50)
+        consumers, total = self.q.consumers([run], 50)[run.run_id]
         aliases, versions, _ = self.q.registry()
         registered = [
             {
@@ -124,7 +123,7 @@ class Pages:
             upstream=run.upstream,
             missing=sorted(set(run.upstream_ids) - set(run.upstream)),
             downstream=consumers,
-            more=more,
+            more=total - len(consumers),
             artifacts=artifacts,
             diff=self.q.uncommitted_diff(run, paths),
             registered=registered,

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import subprocess
 import tempfile
+import time
+from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -36,8 +38,18 @@ class Queries:
         settings: the project's settings.
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, structure_ttl: float = 30.0) -> None:
         self.settings = settings
+        self.structure_ttl = structure_ttl
+        self._structure: dict[str, tuple[float, Any]] = {}
+
+    def _remembered(self, name: str, compute: Callable[[], Any]) -> Any:
+        """The project's structure (steps, variants) changes rarely: kept ``structure_ttl`` s."""
+        now = time.monotonic()
+        hit = self._structure.get(name)
+        if hit is None or now - hit[0] > self.structure_ttl:
+            hit = self._structure[name] = (now, compute())
+        return hit[1]
 
     @property
     def store(self) -> Store:
@@ -61,6 +73,9 @@ class Queries:
 
     def steps(self) -> list[str]:
         """The user steps in pipeline order (declared, else inferred from recorded upstream)."""
+        return self._remembered("steps", self._steps)
+
+    def _steps(self) -> list[str]:
         if self.pipeline is not None:
             return list(self.pipeline.order)
         found = [s for s in self.store.step_experiments() if s not in INTERNAL_STEPS]
@@ -76,16 +91,24 @@ class Queries:
 
     def variants(self, step: str) -> list[str]:
         """The variants of a step: declared ones, else those among its 200 newest runs."""
+        return self._remembered(f"variants:{step}", lambda: self._variants(step))
+
+    def _variants(self, step: str) -> list[str]:
         if self.pipeline is not None and step in self.pipeline.steps:
             return list(self.pipeline.steps[step].variants)
         seen = {r.variant: None for r in self._wrap(self.store.search([step], "", limit=200))}
         return sorted(seen)
 
-    def newest(self, step: str, variant: str) -> Run | None:
-        """The newest run of a variant, whatever its status."""
-        flt = f"tags.`relay.variant` = {quote(variant)}"
-        found = self._wrap(self.store.search([step], flt, limit=1))
-        return found[0] if found else None
+    def newest(self, step: str, variants: list[str]) -> dict[str, Run | None]:
+        """The newest run of each variant of a step, whatever its status."""
+        found = self.store.tagged([step], "relay.variant", variants, limit=1, cap=1)
+        runs = self._by_id([step], [ids[0] for ids, _ in found.values() if ids])
+        return {v: runs.get(ids[0]) if ids else None for v, (ids, _) in found.items()}
+
+    def _by_id(self, steps: list[str] | None, run_ids: list[str]) -> dict[str, Run]:
+        if not run_ids:
+            return {}
+        return {r.run_id: r for r in self._wrap(self.store.runs_by_id(steps, run_ids))}
 
     def registry(self) -> tuple[dict[str, int], list[dict[str, Any]], str | None]:
         """The project's registered model: ``{alias: version}``, its versions newest first,
@@ -132,18 +155,32 @@ class Queries:
             return None
         return Run(self.settings, entity) if "relay.key" in entity.data.tags else None
 
-    def consumers(self, run: Run, limit: int) -> tuple[list[Run], bool]:
-        """The runs that consumed ``run``, newest first, at most ``limit``; and whether more do."""
-        flt = f"tags.`relay.upstream.{run.step}` = {quote(run.run_id)}"
-        steps = [s for s in self.steps() if s != run.step]
-        found = self._wrap(self.store.search(steps, flt, limit=limit + 1))
-        return found[:limit], len(found) > limit
+    def consumers(
+        self, runs: list[Run], limit: int, *, count_up_to: int = 500
+    ) -> dict[str, tuple[list[Run], int]]:
+        """For each run, the runs that consumed it (newest first, at most ``limit``) and how
+        many did (counted up to ``count_up_to``), in a few requests for all of them."""
+        out: dict[str, tuple[list[Run], int]] = {}
+        for step in dict.fromkeys(r.step for r in runs):
+            steps = [s for s in self.steps() if s != step]
+            ids = [r.run_id for r in runs if r.step == step]
+            found = self.store.tagged(
+                steps, f"relay.upstream.{step}", ids, limit=limit, cap=count_up_to
+            )
+            by_id = self._by_id(steps, [i for got, _ in found.values() for i in got])
+            for rid, (got, total) in found.items():
+                out[rid] = ([by_id[i] for i in got if i in by_id], total)
+        return out
 
-    def on_data(self, digest: str, step: str, limit: int) -> tuple[list[Run], bool]:
-        """Runs of a step on a data version, newest first, at most ``limit``; and if more are."""
-        flt = f"tags.`relay.data` = {quote(digest)}"
-        found = self._wrap(self.store.search([step], flt, limit=limit + 1))
-        return found[:limit], len(found) > limit
+    def on_data(
+        self, digest: str, step: str, limit: int, *, count_up_to: int = 500
+    ) -> tuple[list[Run], int]:
+        """Runs of a step on a data version, newest first, at most ``limit``; and how many
+        there are (counted up to ``count_up_to``)."""
+        found = self.store.tagged([step], "relay.data", [digest], limit=limit, cap=count_up_to)
+        ids, total = found[digest]
+        by_id = self._by_id([step], ids)
+        return [by_id[i] for i in ids if i in by_id], total
 
     def history(self, step: str, variant: str, limit: int = 500) -> list[Run]:
         """The newest FINISHED runs of a variant (at most ``limit``), newest first."""

@@ -121,7 +121,8 @@ def test_run_page_shows_what_relay_show_shows(built, server):
     assert re.search(r'<span id="rows">\d+ rows</span>', html)
     assert run.tags["relay.git.commit"] in html
     assert f"relay reproduce {run.key}" in html
-    assert "model/MLmodel" in html or "MLmodel" in html  # the bundle's artifacts
+    assert "<code>best_params.txt</code>" in html  # artifacts
+    assert f"<code>{run.model_uri}</code>" in html  # the bundle
     exp = run.mlflow.info.experiment_id
     assert f'href="/#/experiments/{exp}/runs/{run.run_id}"' in html
     for name, value in run.params.items():

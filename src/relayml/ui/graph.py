@@ -179,12 +179,13 @@ class _Builder:
                 continue
             nid = f"data:{run.data_version}"
             if nid not in self.nodes:
+                rows = self.q.snapshot_rows(run.data_version)
                 self.nodes[nid] = GNode(
                     nid,
                     "data",
                     0,
                     f"data {run.data_version[:12]}",
-                    ["data version"],
+                    ["data version" + (f", {rows:,} rows" if rows is not None else "")],
                     href=f"/relay/data/{run.data_version}",
                 )
             edges.add((nid, rid))

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 
 __all__ = ["Box", "Edge", "LNode", "Layout", "layout"]
 
-NODE_W = 260
+NODE_W = 250
 NODE_H = 64
-COL_GAP = 90
+COL_GAP = 60
 ROW_GAP = 16
 MARGIN = 20
 

@@ -74,10 +74,13 @@ class Pages:
     def project(self) -> str:
         """The project page: steps, variants and their newest runs, aliases, recent chains."""
         aliases, versions, metric = self.q.registry()
+        variants = {step: self.q.variants(step) for step in self.q.steps()}
+        newest = self.q.newest(variants)
         steps = []
-        for step in self.q.steps():
+        for step, names in variants.items():
             rows = []
-            for variant, run in self.q.newest(step, self.q.variants(step)).items():
+            for variant in names:
+                run = newest[step, variant]
                 top = headline(run.metrics, metric) if run is not None else None
                 rows.append({"variant": variant, "run": run, "top": top})
             steps.append({"name": step, "rows": rows})

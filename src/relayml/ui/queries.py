@@ -99,11 +99,17 @@ class Queries:
         seen = {r.variant: None for r in self._wrap(self.store.search([step], "", limit=200))}
         return sorted(seen)
 
-    def newest(self, step: str, variants: list[str]) -> dict[str, Run | None]:
-        """The newest run of each variant of a step, whatever its status."""
-        found = self.store.tagged([step], "relay.variant", variants, limit=1, cap=1)
-        runs = self._by_id([step], [ids[0] for ids, _ in found.values() if ids])
-        return {v: runs.get(ids[0]) if ids else None for v, (ids, _) in found.items()}
+    def newest(self, variants: dict[str, list[str]]) -> dict[tuple[str, str], Run | None]:
+        """The newest run of each ``{step: [variant, ...]}``, whatever its status."""
+        found = {
+            (step, v): ids[0] if ids else None
+            for step, names in variants.items()
+            for v, (ids, _) in self.store.tagged(
+                [step], "relay.variant", names, limit=1, cap=1
+            ).items()
+        }
+        runs = self._by_id(list(variants), [i for i in found.values() if i])
+        return {sv: runs.get(i) if i else None for sv, i in found.items()}
 
     def _by_id(self, steps: list[str] | None, run_ids: list[str]) -> dict[str, Run]:
         if not run_ids:

@@ -251,6 +251,78 @@ def test_the_graph_stays_small_on_a_big_store(tmp_path, monkeypatch):
     assert len(graph.nodes) <= MAX_NODES
 
 
+def _hub_store(uri: str, runs: int, monkeypatch: pytest.MonkeyPatch) -> storefill.Filled:
+    monkeypatch.setattr(  # few loads, each consumed by many processing runs
+        storefill,
+        "STEPS",
+        {
+            "load": ([], ["transactions"], 0.01),
+            "processing": (["load"], ["plain"], 0.3),
+            "training": (["processing"], ["logreg", "rf"], 0.69),
+        },
+    )
+    return storefill.fill(uri, runs)
+
+
+def _render_all(settings, filled: storefill.Filled) -> dict[str, str]:
+    from relayml.ui.pages import Pages
+    from relayml.ui.queries import Queries
+
+    q = Queries(settings)
+    pages = Pages(q)
+    load = q.by_id(filled.runs["load"][0])
+    a, b = (q.by_id(i) for i in filled.runs["training"][-2:])
+    return {
+        "project": pages.project(),
+        "lineage": pages.lineage(str(load.key)),
+        "data": pages.data(load.data_version),
+        "compare": pages.compare(str(a.key), str(b.key)),
+        "history": pages.history("training", "rf"),
+        "load": str(load.key),
+        "a": str(a.key),
+    }
+
+
+@pytest.mark.postgres
+def test_pages_on_a_postgresql_store(pg_database, tmp_path, monkeypatch):
+    from relayml.config import Settings
+    from relayml.store import get_store
+
+    settings = Settings.from_dict(
+        {"project": {"name": "bench"}, "tracking": {"uri": pg_database}}, root=tmp_path
+    )
+    get_store(settings)
+    filled = _hub_store(pg_database, 600, monkeypatch)
+    html = _render_all(settings, filled)
+    assert html["load"] in html["project"] or "training" in html["project"]
+    assert re.search(r'<g class="node k-more', html["lineage"])  # counted, not drawn
+    assert html["a"] in html["compare"]
+    assert '<circle class="dot' in html["history"]
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_pages_against_a_team_server_read_only(mlflow_server, pg_database, tmp_path, monkeypatch):
+    from relayml.config import Settings
+
+    filled = _hub_store(pg_database, 400, monkeypatch)  # written beside the server's tables
+    settings = Settings.from_dict(
+        {"project": {"name": "bench"}, "tracking": {"uri": mlflow_server}}, root=tmp_path
+    )
+    html = _render_all(settings, filled)  # through the server's REST API only
+    assert re.search(r'<g class="node k-more', html["lineage"])
+    assert html["a"] in html["compare"]
+    from starlette.testclient import TestClient
+
+    from relayml.ui.app import create_app
+
+    with TestClient(create_app(settings, mlflow_upstream=mlflow_server)) as client:
+        assert "<title>MLflow</title>" in client.get("/").text  # the server's UI, proxied
+        assert client.get("/relay/").status_code == 200
+        gone = client.get(f"/relay/run/{filled.runs['load'][0]}x")
+        assert gone.status_code == 404
+
+
 # -- a real browser -------------------------------------------------------------------------
 
 CHROMIUM_ARGS = [

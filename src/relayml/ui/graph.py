@@ -178,7 +178,7 @@ class _Builder:
             if run.upstream_ids or not run.data_version:
                 continue
             nid = f"data:{run.data_version}"
-            if nid not in self.nodes:
+            if nid not in self.nodes and len(self.nodes) < MAX_NODES:
                 rows = self.q.snapshot_rows(run.data_version)
                 self.nodes[nid] = GNode(
                     nid,
@@ -188,7 +188,8 @@ class _Builder:
                     ["data version" + (f", {rows:,} rows" if rows is not None else "")],
                     href=f"/relay/data/{run.data_version}",
                 )
-            edges.add((nid, rid))
+            if nid in self.nodes:
+                edges.add((nid, rid))
 
     def _model_nodes(self, edges: set[tuple[str, str]]) -> None:
         aliases, versions, _ = self.registry

@@ -55,6 +55,27 @@ def _tree_size(node: dict) -> int:
     return 1 + sum(_tree_size(c) for c in node["children"])
 
 
+def _inherit_data_versions(uri: str) -> None:
+    """storefill gives every run a random data version; relay's later steps carry their load
+    run's. Copy it down the chain, so a data version's page has the runs it would have."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(uri)
+    with engine.begin() as con:
+        for step in ("load", "processing"):
+            con.execute(
+                sa.text(
+                    "UPDATE tags SET value = (SELECT d.value FROM tags up JOIN tags d"
+                    " ON d.run_uuid = up.value AND d.key = 'relay.data'"
+                    " WHERE up.run_uuid = tags.run_uuid AND up.key = :up)"
+                    " WHERE key = 'relay.data' AND run_uuid IN"
+                    " (SELECT run_uuid FROM tags WHERE key = :up)"
+                ),
+                {"up": f"relay.upstream.{step}"},
+            )
+    engine.dispose()
+
+
 def measure(size: int, repeat: int, folder: Path) -> list[tuple]:
     from relayml.chain import lineage
     from relayml.config import Settings
@@ -70,6 +91,7 @@ def measure(size: int, repeat: int, folder: Path) -> list[tuple]:
     storefill.STEPS = HUB
     t = time.perf_counter()
     filled = storefill.fill(uri, size)
+    _inherit_data_versions(uri)
     built = time.perf_counter() - t
     q = Queries(settings)
     pages = Pages(q)

@@ -258,7 +258,7 @@ def data_graph(q: Queries, digest: str, *, metric: str | None = None) -> Graph:
         href=f"/relay/data/{digest}",
         selected=True,
     )
-    per_step = max(4, (MAX_NODES - 20) // max(len(b.steps), 1) // 2)
+    per_step = max(4, min(2 * FAN_OUT, (MAX_NODES - 20) // max(len(b.steps), 1) // 2))
     for step in b.steps:
         found, total = q.on_data(digest, step, per_step, count_up_to=COUNT_UP_TO)
         shown = [r for r in found if b.add_run(r)]

@@ -159,6 +159,9 @@ def test_data_version_page_lists_the_runs_on_it(built, server):
     drawn = set(re.findall(r'data-title="([^"]+)"', html))
     assert {str(built["second"][s].key) for s in ("load", "processing", "training")} <= drawn
     assert str(built["third"]["training"].key) in drawn
+    load = built["second"]["load"]
+    exp = load.mlflow.info.experiment_id
+    assert f'href="/#/experiments/{exp}/runs/{load.run_id}">its dataset in MLflow' in html
 
 
 def test_compare_two_chains_shows_the_differences_first(built, server):

@@ -57,11 +57,12 @@ class GNode:
 
 @dataclass
 class Graph:
-    """Nodes, edges (``(src, dst, reused)``) and their layout."""
+    """Nodes, edges (``(src, dst, reused)``), the runs drawn by id, and their layout."""
 
     nodes: dict[str, GNode]
     edges: list[tuple[str, str, bool]]
     steps: list[str]
+    runs: dict[str, Run] = field(default_factory=dict)
     placed: Layout | None = None
 
     def lay_out(self) -> Graph:
@@ -167,7 +168,7 @@ class _Builder:
             (s, d, s in self.runs and d in self.runs and self._start(d) > first[s])
             for s, d in sorted(edges)
         ]
-        return Graph(self.nodes, marked, self.steps).lay_out()
+        return Graph(self.nodes, marked, self.steps, self.runs).lay_out()
 
     def _start(self, nid: str) -> float:
         run = self.runs.get(nid)

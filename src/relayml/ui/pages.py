@@ -144,7 +144,11 @@ class Pages:
     def data(self, digest: str) -> str:
         """The lineage page of a data version: the runs on it, step by step."""
         graph = data_graph(self.q, digest)
-        loads = [n for n in graph.nodes.values() if n.column == 1 and n.kind == "run"]
+        loads = [
+            {"run": r, "mlflow": self._mlflow_run(r)}
+            for r in graph.runs.values()
+            if not r.upstream_ids and r.data_version == digest
+        ]
         rows = self.q.snapshot_rows(digest)
         return self._graph_page(
             graph, f"data version {digest[:16]}", digest=digest, loads=loads, rows=rows

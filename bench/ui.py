@@ -96,10 +96,10 @@ def measure(size: int, repeat: int, folder: Path, anchor_up_to: int) -> list[tup
     q = Queries(settings)
     pages = Pages(q)
     store = get_store(settings)
-    consumers = {}
-    for load_id in filled.runs["load"][:50]:
-        flt = f"tags.`relay.upstream.load` = '{load_id}'"
-        consumers[load_id] = len(store.search(["processing"], flt, limit=2000))
+    found = store.tagged(
+        ["processing"], "relay.upstream.load", filled.runs["load"][:50], limit=1, cap=100_000
+    )
+    consumers = {load_id: total for load_id, (_, total) in found.items()}
     hub = q.by_id(max(consumers, key=consumers.get))
     trains = [q.by_id(i) for i in filled.runs["training"][-2:]]
     rows = []

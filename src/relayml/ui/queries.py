@@ -22,6 +22,7 @@ from typing import Any
 
 from relayml.config import Settings
 from relayml.errors import ConfigError, UsageError
+from relayml.keys import parse_reference
 from relayml.runs import INTERNAL_STEPS, Run, get
 from relayml.store import Store, get_store, quote
 
@@ -152,7 +153,15 @@ class Queries:
             NotFound: no such run.
             UsageError: a malformed reference.
         """
-        return get(ref, project=self.settings)
+        parsed = parse_reference(ref)
+        if parsed.key is not None and parsed.time:  # a full key: one indexed look-up
+            ids, _ = self.store.tagged(
+                [parsed.key.step], "relay.key", [str(parsed.key)], limit=1, cap=1
+            )[str(parsed.key)]
+            run = self.by_id(ids[0]) if ids else None
+            if run is not None:
+                return run
+        return get(ref, project=self.settings)  # dates, @latest, run ids; and the errors
 
     def by_id(self, run_id: str) -> Run | None:
         """The active run with this id, or None."""

@@ -300,7 +300,10 @@ def ui(
         upstream = s.tracking_uri
     app_ = create_app(s, mlflow_upstream=upstream)
     where = f"http://{host}:{port}"
-    mlflow_note = f"; MLflow's UI: {where}/" if upstream else ""
+    mlflow_note = ""
+    if upstream:
+        of = "" if child is not None else f" (the tracking server {upstream})"
+        mlflow_note = f"; MLflow's UI{of}: {where}/"
     err_console.print(f"relay ui of {s.project} on {where}/relay/{mlflow_note} (Ctrl-C stops it)")
 
     def stop(signum: int, frame: object) -> None:

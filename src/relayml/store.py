@@ -372,7 +372,9 @@ class Store:
             " AND t.value = :value AND r.lifecycle_stage = 'active' AND r.experiment_id IN :ids"
         )
         newest = sa.text(
-            f"SELECT t.run_uuid{match} ORDER BY r.start_time DESC LIMIT :n"
+            # "+ 0": order the few matching rows, rather than let SQLite walk the experiment's
+            # runs in start-time order (its index) probing each one's tags: 2 s at 10,000 runs
+            f"SELECT t.run_uuid{match} ORDER BY r.start_time + 0 DESC LIMIT :n"
         ).bindparams(sa.bindparam("ids", expanding=True))
         count = sa.text(f"SELECT COUNT(*) FROM (SELECT 1{match} LIMIT :n) AS found").bindparams(
             sa.bindparam("ids", expanding=True)

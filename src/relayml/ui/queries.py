@@ -106,7 +106,7 @@ class Queries:
             (step, v): ids[0] if ids else None
             for step, names in variants.items()
             for v, (ids, _) in self.store.tagged(
-                [step], "relay.variant", names, limit=1, cap=1
+                [step], "relay.variant", names, limit=1, cap=1, common=True
             ).items()
         }
         runs = self._by_id(list(variants), [i for i in found.values() if i])

@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 EXAMPLE := examples/fraud
 export RELAY_TEST_POSTGRES_URL ?= postgresql+psycopg://postgres@127.0.0.1:5432/test
 
-.PHONY: install demo test lint format bench clean
+.PHONY: install demo test lint format bench clean browser
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,7 +34,10 @@ format: install
 	$(BIN)/ruff format src tests bench examples
 	$(BIN)/ruff check --fix src tests bench examples
 
-test: lint  ## the whole suite (PostgreSQL tests use RELAY_TEST_POSTGRES_URL)
+browser:  ## Debian's chromium for the relay ui tests (Playwright drives it; nothing downloaded)
+	@command -v chromium >/dev/null || (apt-get update -q && apt-get install -y -q chromium)
+
+test: lint browser  ## the whole suite (PostgreSQL tests use RELAY_TEST_POSTGRES_URL)
 	$(BIN)/python -m pytest -q
 
 bench: install  ## every benchmark of bench/ (several minutes)

@@ -12,6 +12,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import bisect
 import random
 import time
 import uuid
@@ -63,6 +64,7 @@ def fill(uri: str, runs: int, *, project: str = "bench", seed: int = 0, days: in
         "metrics": [],
     }
     made: dict[str, list[tuple[str, str, int]]] = {s: [] for s in STEPS}  # (id, key, start)
+    starts: dict[str, list[int]] = {s: [] for s in STEPS}
     for step, (ups, variants, share) in STEPS.items():
         count = max(1, int(runs * share))
         times = sorted(rng.sample(range(start, start + days * DAY_MS, 1000), count))
@@ -91,7 +93,9 @@ def fill(uri: str, runs: int, *, project: str = "bench", seed: int = 0, days: in
                 "relay.data": uuid.uuid4().hex,
             }
             for up in ups:
-                earlier = [r for r in made[up] if r[2] < t] or made[up]
+                # made[up] is in time order: the runs before t are a prefix (bisect, not a scan)
+                cut = bisect.bisect_left(starts[up], t)
+                earlier = made[up][:cut] or made[up]
                 up_id, up_key, _ = rng.choice(earlier[-50:])  # recent upstream: realistic fan-out
                 tags[f"relay.upstream.{up}"] = up_id
                 tags[f"relay.upstream.{up}.key"] = up_key
@@ -131,6 +135,7 @@ def fill(uri: str, runs: int, *, project: str = "bench", seed: int = 0, days: in
                     rows["metrics"].append(row)
                     rows["latest_metrics"].append(dict(row))
             made[step].append((run_id, key, t))
+            starts[step].append(t)
             if status == "FINISHED":
                 best = filled.newest.get((step, variant))
                 if best is None or t > best[0]:

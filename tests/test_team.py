@@ -156,10 +156,20 @@ def test_relay_server_on_postgres_with_auth(
         con.commit()
 
 
-def test_ui_points_at_the_server_of_a_team_project(relay, project, monkeypatch) -> None:
-    monkeypatch.setenv("RELAY_TRACKING_URI", "http://127.0.0.1:59999")
-    result = relay("ui")
-    assert result.code == 0 and "http://127.0.0.1:59999" in result.out
+def test_ui_points_at_the_server_of_a_team_project(project: Path) -> None:
+    import httpx
+
+    port, server = free_port(), "http://127.0.0.1:59999"
+    env = {"RELAY_TRACKING_URI": server}
+    proc = relay_process("ui", "--port", str(port), cwd=project, env=env, start_new_session=True)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/relay/static/relay.css", timeout=60, proc=proc)
+        answer = httpx.get(f"http://127.0.0.1:{port}/", timeout=30)  # MLflow's UI: the server's
+        assert answer.status_code == 502 and server in answer.text  # (nothing listens there)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    assert server in err
 
 
 def test_ui_starts_mlflow_ui_on_the_project_store(project: Path) -> None:

@@ -586,7 +586,25 @@ def _base_tags(req: Request, key: RunKey) -> dict[str, str]:
         tags.update(_data_tags(parts))
     if req.as_of:
         tags["relay.as_of"] = req.as_of.isoformat()
+    tags["mlflow.note.content"] = run_description(key, req.upstream, tags.get("relay.data"))
     return tags
+
+
+def run_description(key: RunKey, upstream: Mapping[str, Run], data: str | None) -> str:
+    """The run's description in MLflow's UI: its key, upstream keys and data version, with
+    links to relay's pages (origin-relative: they work behind ``relay ui``).
+
+    Example:
+        >>> run_description(parse_key("load/t@20190209000000"), {}, None).splitlines()[0]
+        'relay run **load/t@20190209000000**: [relay page](/relay/run/load/t@20190209000000)'
+    """
+    lines = [f"relay run **{key}**: [relay page](/relay/run/{key})"]
+    for step, r in sorted(upstream.items()):
+        lines.append(f"- upstream {step}: [{r.key}](/relay/run/{r.key})")
+    if data:
+        lines.append(f"- data version [{data[:16]}](/relay/data/{data})")
+    lines.append(f"- lineage: [/relay/lineage/{key}](/relay/lineage/{key})")
+    return "\n".join(lines)
 
 
 def _data_tags(parts: Mapping[str, str]) -> dict[str, str]:

@@ -7,6 +7,7 @@ read from ``MLFLOW_AUTH_ADMIN_PASSWORD`` by MLflow itself and never written by r
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from relayml.cli.app import app, console, err_console, settings
+from relayml.cli.app import app, err_console, settings
 
 if TYPE_CHECKING:
     from relayml.config import Settings
@@ -328,21 +329,63 @@ def _start_purging(backend: str, age: float, address: str) -> None:
 def ui(
     port: int = typer.Option(5000, "--port", "-p", help="Port to listen on."),
     host: str = typer.Option("127.0.0.1", "--host", help="Interface to bind."),
+    mlflow: bool = typer.Option(
+        True, "--mlflow/--no-mlflow", help="Also serve MLflow's UI behind the same URL."
+    ),
 ) -> None:
-    """Open MLflow's UI on the project's store (Ctrl-C stops it).
+    """Serve relay's pages (lineage, runs, compare, history) and MLflow's UI on one URL.
 
-    With a project that points at a tracking server, the UI is that server: its URL is
-    printed.
+    relay's pages are under /relay/; every other path is MLflow's UI: of the project's
+    embedded store (started beside relay's pages), or of the team's tracking server (the
+    server checks the browser's credentials). relay's pages only read. Ctrl-C stops it.
 
-    Example: relay ui --port 5001
+    Examples:
+
+      relay ui
+
+      relay ui --port 5001 --no-mlflow
     """
+    import uvicorn
+
+    from relayml.ui.app import create_app
+
     s = settings()
-    if not s.is_local_store:
-        console.print(f"the project's tracking server serves the UI: {s.tracking_uri}")
-        return
-    argv, env = server_command(s, host=host, port=port)
-    argv[3] = "ui"
-    err_console.print(f"MLflow UI of {s.project} on http://{host}:{port} (Ctrl-C stops it)")
-    code = _run_child(argv, env)
-    if code:
-        raise typer.Exit(code)
+    child = None
+    upstream = None
+    if mlflow and s.is_local_store:
+        import socket
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            private = sock.getsockname()[1]
+        argv, env = server_command(s, host="127.0.0.1", port=private, workers=1)
+        argv[3] = "ui"
+        child = subprocess.Popen(argv, env=env, start_new_session=True)
+        upstream = f"http://127.0.0.1:{private}"
+    elif mlflow:
+        upstream = s.tracking_uri
+    app_ = create_app(s, mlflow_upstream=upstream)
+    where = f"http://{host}:{port}"
+    mlflow_note = ""
+    if upstream:
+        of = "" if child is not None else f" (the tracking server {upstream})"
+        mlflow_note = f"; MLflow's UI{of}: {where}/"
+    err_console.print(f"relay ui of {s.project} on {where}/relay/{mlflow_note} (Ctrl-C stops it)")
+
+    def stop(signum: int, frame: object) -> None:
+        raise SystemExit(0)
+
+    # uvicorn re-raises the signal that stopped it once it is done: exit through Python, so
+    # the MLflow child below is stopped too
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        uvicorn.run(app_, host=host, port=port, log_level="warning")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if child is not None:
+            try:
+                os.killpg(child.pid, signal.SIGTERM)
+                child.wait(timeout=10)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(child.pid, signal.SIGKILL)

@@ -522,6 +522,7 @@ class Store:
             self.client.delete_tag(run_id, "relay.key")
         self.finish(run_id, "KILLED")
         self.delete_run(run_id)
+
     def tagged(
         self,
         steps: Sequence[str],

@@ -323,8 +323,15 @@ def test_predict_file_row_numbers_and_errors(served, tmp_path):
 # -- safety: pickle setting, request limits, numbers, HTTP semantics, timeouts, fuzz ----------
 
 
-def test_explicit_pickle_false_loads_skops_bundles_and_refuses_pickled_ones(served, monkeypatch):
-    from test_bundle import scale_features
+def test_explicit_pickle_false_loads_skops_bundles_and_refuses_pickled_ones(
+    served, monkeypatch, tmp_path
+):
+    # a function processor of a module that does not import relayml (a pyfunc bundle)
+    (tmp_path / "plain_functions.py").write_text(
+        "def scale_features(df):\n    return (df[['V1', 'V2', 'Amount']] - 0.5) * 2.0\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from plain_functions import scale_features
 
     monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
     rows = served["test"].head(50)

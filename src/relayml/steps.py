@@ -519,8 +519,10 @@ def load_pipeline(root: Path, module: str, *, cached: bool = True) -> Pipeline:
         found = _read_cache(root, module, path, before)
         if found is not None:
             return found
-    if str(root) not in sys.path:
-        sys.path.insert(0, str(root))
+    if str(root) in sys.path:
+        sys.path.remove(str(root))
+    sys.path.insert(0, str(root))  # the project's own helper modules come first
+    _forget_foreign_modules(root)
     spec = importlib.util.spec_from_file_location(module, path)
     assert spec and spec.loader
     mod = importlib.util.module_from_spec(spec)
@@ -534,6 +536,22 @@ def load_pipeline(root: Path, module: str, *, cached: bool = True) -> Pipeline:
     if use_cache and pipeline.module_digest == before:  # unchanged while it was imported
         _write_cache(root, module, pipeline)
     return pipeline
+
+
+def _forget_foreign_modules(root: Path) -> None:
+    """Drop imported modules named like a module of ``root`` but loaded from elsewhere.
+
+    Two projects used in one process (``relay.run(..., project=...)``) may both have a
+    ``features.py``; the steps module of each must import its own, not the one cached in
+    ``sys.modules`` by the other.
+    """
+    here = root.resolve()
+    names = {p.stem for p in root.glob("*.py")}
+    names |= {p.parent.name for p in root.glob("*/__init__.py")}
+    for name in [n for n in sys.modules if n.partition(".")[0] in names]:
+        file = getattr(sys.modules[name], "__file__", None)
+        if file and not Path(file).resolve().is_relative_to(here):
+            del sys.modules[name]
 
 
 def _module_path(root: Path, module: str) -> Path:

@@ -47,6 +47,10 @@ bench: install  ## every benchmark of bench/ (several minutes)
 	$(BIN)/python bench/serve.py
 	$(BIN)/python bench/team.py
 	$(BIN)/python bench/scale.py
+	$(BIN)/python bench/bundle.py
+	$(BIN)/python bench/cli.py
+	$(BIN)/python bench/quality.py
+	$(BIN)/python bench/ui.py
 
 clean:
 	rm -rf $(EXAMPLE)/.relay $(EXAMPLE)/data .pytest_cache

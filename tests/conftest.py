@@ -94,7 +94,7 @@ def _build_project(root: Path, *, days: int, rows_per_day: int, commit: bool) ->
             sys.executable,
             "-c",
             "from relayml.config import load_settings; from relayml.store import get_store; "
-            "get_store(load_settings())",
+            "get_store(load_settings()).client",
         ],
         cwd=root,
         check=True,

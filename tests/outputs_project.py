@@ -14,6 +14,8 @@ STEPS = '''
 
 from __future__ import annotations
 
+import operator
+
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -88,8 +90,14 @@ def double(x):
 
 @processing.variant("shady")
 def shady(load):
-    """An estimator holding a function of the project: skops could store it, others could
-    not load it safely."""
+    """An estimator holding a function of the standard library: skops could store it, others
+    could not load it safely (a skops file may name any function)."""
+    return {"processor": FunctionTransformer(operator.neg).fit(load[["x"]])}
+
+
+@processing.variant("own")
+def own(load):
+    """An estimator holding a function of the project's own code: the reader's code."""
     return {"processor": FunctionTransformer(double).fit(load[["x"]])}
 
 

@@ -93,8 +93,16 @@ def test_an_estimator_with_untrusted_types_is_refused(here: Path, relay) -> None
     result = relay("run", "processing", "shady")
     assert result.code == 1, result
     assert "output 'processor'" in result.err
-    assert "holds types others could not load safely (steps.double)" in result.err
+    assert "holds types others could not load safely (_operator.neg)" in result.err
     assert relayml.runs("processing", variant="shady", limit=1)[0].status == "FAILED"
+
+
+def test_an_estimator_holding_a_project_function_round_trips(here: Path, relay) -> None:
+    result = relay("run", "processing", "own")
+    assert result.code == 0, result
+    run = relayml.get("processing/own@latest")
+    assert run.outputs == {"processor": "skops"}
+    assert run.load("processor").func.__name__ == "double"
 
 
 @pytest.mark.parametrize("name", ["../../x", "a/b", "", "1x", "x..y"])

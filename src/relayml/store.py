@@ -584,7 +584,8 @@ class Store:
         return out
 
     def runs_by_id(self, steps: Sequence[str] | None, run_ids: Sequence[str]) -> list[MlflowRun]:
-        """The active runs with these ids (one search), newest first.
+        """The active runs with these ids, newest first: one read each through the read path
+        (primary-key look-ups), else one MLflow search per 100 ids.
 
         Example:
             >>> [e.info.run_id for e in store.runs_by_id(None, [run_id])]  # doctest: +SKIP
@@ -592,6 +593,17 @@ class Store:
         """
         out: list[MlflowRun] = []
         unique = list(dict.fromkeys(run_ids))
+        if self.reader is not None:
+            wanted = None if steps is None else {self.experiment_id(s, create=False) for s in steps}
+            found = (self.get_run(i) for i in unique)
+            out = [
+                e
+                for e in found
+                if e is not None
+                and e.info.lifecycle_stage == "active"
+                and (wanted is None or str(e.info.experiment_id) in wanted)
+            ]
+            return sorted(out, key=lambda e: -e.info.start_time)
         for i in range(0, len(unique), 100):
             chunk = ", ".join(quote(r) for r in unique[i : i + 100])
             out += self.search(steps, f"attributes.run_id IN ({chunk})")

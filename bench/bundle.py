@@ -45,6 +45,7 @@ import pandas as pd
 import relayml
 from relayml import bundle
 from relayml.bundle_proof import LoadProof
+from relayml.trust import skops_types
 
 FEATURES = ["Time", *[f"V{i}" for i in range(1, 29)], "Amount"]
 TRAINING = ["run", "training", "logreg"]
@@ -80,7 +81,7 @@ def inferred_log_bundle(
             signature=bundle._signature(example, stored.predict(example)),
             input_example=example,
             code_paths=code,
-            skops_trusted_types=bundle._untrusted_types(stored),
+            skops_trusted_types=skops_types(stored) or None,
             run_id=run_id,
             model_id=model_id,
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import sysconfig
@@ -55,12 +56,18 @@ def tracking(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("mlflow")
     uri = f"sqlite:///{root}/mlflow.db"
     old, old_registry = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    exported = {v: os.environ.get(v) for v in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)  # relay's stores set it globally: don't inherit another test's
     mlflow.set_experiment("training")
     yield uri
     mlflow.set_tracking_uri(old)
     mlflow.set_registry_uri(old_registry)
+    for var, value in exported.items():  # MLflow exports the URIs: later tests must not see them
+        if value is None:
+            os.environ.pop(var, None)
+        else:
+            os.environ[var] = value
 
 
 @pytest.fixture(scope="module")

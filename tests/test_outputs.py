@@ -33,7 +33,10 @@ FORMATS = {
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny project with its load run (shared by the module's tests)."""
     root = write(tmp_path_factory.mktemp("outputs") / "tiny")
-    relayml.run("load", "rows", project=root, show_progress=False)
+    with pytest.MonkeyPatch.context() as mp:  # before the per-test isolation: do it here
+        for var in ("RELAY_TRACKING_URI", "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+            mp.delenv(var, raising=False)
+        relayml.run("load", "rows", project=root, show_progress=False)
     return root
 
 

@@ -218,7 +218,7 @@ def test_a_collision_jumps_past_every_taken_second(project: Path, monkeypatch) -
     monkeypatch.setattr(runner.time, "time", lambda: frozen)
     made = [relayml.run("processing", "plain", params={"seed": n}) for n in range(4)]
     last = relayml.run("processing", "plain", params={"seed": 9})
-    assert int(last.key.time) - int(made[0].key.time) == 4
+    assert (last.key.moment - made[0].key.moment).total_seconds() == 4
     withdrawn = last.store.search(
         ["processing"], "tags.`relay.withdrawn` = 'key collision'", deleted=True
     )

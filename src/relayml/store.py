@@ -48,6 +48,7 @@ __all__ = [
 ]
 
 PAGE = 1000
+_DUPLICATE_KEY = ("UNIQUE constraint failed", "duplicate key value", "IntegrityError")
 _STORES: dict[tuple[str, str, str], Store] = {}
 _LOCK = threading.Lock()
 
@@ -480,9 +481,18 @@ class Store:
             schema=schema,
             profile=profile,
         )
-        self.client.log_inputs(
-            run_id, [DatasetInput(ds, tags=[InputTag("mlflow.data.context", context)])]
-        )
+        from mlflow.exceptions import MlflowException
+
+        inputs = [DatasetInput(ds, tags=[InputTag("mlflow.data.context", context)])]
+        for attempt in range(3):
+            try:
+                self.client.log_inputs(run_id, inputs)
+                return
+            except MlflowException as e:
+                # two runs logging the same new dataset at once: MLflow checks, then inserts,
+                # and the later insert breaks the unique key; the retry finds the dataset
+                if attempt == 2 or not any(m in str(e) for m in _DUPLICATE_KEY):
+                    raise
 
     def delete_run(self, run_id: str) -> None:
         """Mark a run deleted (MLflow's soft delete)."""

@@ -545,15 +545,19 @@ CLI_CHAIN = ["load=transactions@latest", "processing=plain", "training=logreg", 
              "training.cv=2"]  # fmt: skip
 
 
-def make_fraud(root: Path, env: dict[str, str], relay: list[str]) -> None:
-    """The fraud example in a git repository, its chain made once (by the relay of ``env``)."""
-    example = Path(__file__).resolve().parents[1] / "examples" / "fraud"
+def make_fraud(
+    root: Path, env: dict[str, str], relay: list[str], example: Path | None = None
+) -> None:
+    """The fraud example in a git repository, its chain made once (by the relay of ``env``);
+    ``example``: the example folder of that relayml's own tree (its steps use its API)."""
+    example = example or Path(__file__).resolve().parents[1] / "examples" / "fraud"
     sys.path.insert(0, str(example))
     import generate
 
     root.mkdir(parents=True)
-    for name in ("relay.toml", "steps.py", "generate.py"):
-        shutil.copy(example / name, root / name)
+    for name in ("relay.toml", "steps.py", "generate.py", "features.py"):
+        if (example / name).exists():  # features.py: the example's helper module (issue 12)
+            shutil.copy(example / name, root / name)
     (root / ".gitignore").write_text(".relay/\ndata/\nmlruns/\n__pycache__/\n")
     (root / "data").mkdir()
     generate.generate(f"sqlite:///{root / 'data' / 'fraud.db'}", days=3, rows_per_day=1500)
@@ -589,7 +593,8 @@ def bench_cli(args: argparse.Namespace, base: Path) -> list[dict]:
              ("no cache", base / "fraud", {**now, "RELAY_NO_PIPELINE_CACHE": "1"})]  # fmt: skip
     if args.before:
         before = with_src(args.before)
-        make_fraud(base / "fraud-before", before, relay)
+        own = Path(args.before).resolve().parent / "examples" / "fraud"
+        make_fraud(base / "fraud-before", before, relay, own if own.exists() else None)
         modes.insert(0, ("before (cache)", base / "fraud-before", before))
     import resource
 

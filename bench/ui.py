@@ -87,7 +87,7 @@ def measure(size: int, repeat: int, folder: Path, anchor_up_to: int) -> list[tup
     settings = Settings.from_dict(
         {"project": {"name": "bench"}, "tracking": {"uri": uri}}, root=folder
     )
-    get_store(settings).client  # MLflow's schema and relay's indexes (the client is lazy)
+    _ = get_store(settings).client  # MLflow's schema and relay's indexes (the client is lazy)
     storefill.STEPS = HUB
     t = time.perf_counter()
     filled = storefill.fill(uri, size)

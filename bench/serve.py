@@ -65,7 +65,7 @@ SERVER_CPU, LOAD_CPU = 0, 1
 
 def fraud_project(where: Path) -> Path:
     """A fresh copy of the fraud example with its pipeline run (load, processing, training)."""
-    for name in ("relay.toml", "steps.py", "generate.py"):
+    for name in ("relay.toml", "steps.py", "generate.py", "features.py"):
         shutil.copy(EXAMPLE / name, where / name)
     (where / ".gitignore").write_text(".relay/\ndata/\n__pycache__/\n")
     (where / "data").mkdir(exist_ok=True)

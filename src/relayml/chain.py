@@ -46,6 +46,7 @@ from relayml.codeinfo import CodeState, canonical, code_state, digest
 from relayml.config import Settings
 from relayml.errors import StepFailed, UsageError
 from relayml.keys import parse_reference
+from relayml.lineage import CHAINS, Lineage, run_lineage
 from relayml.runs import Project, Run, get, open_project
 from relayml.store import Store, get_store, quote
 
@@ -68,7 +69,6 @@ __all__ = [
     "records",
 ]
 
-CHAINS = "chains"
 RECORD_TAG = "relay.chain.record"  # on a chain's final run: the id of the chain's record
 CANDIDATES = 5  # FINISHED runs with the same fingerprint tried per step (newest first)
 EXPLAINED = 5  # newest runs of a step/variant compared in --explain
@@ -793,58 +793,8 @@ def records(project: Project = None, *, limit: int = 100) -> list[MlflowRun]:
     return get_store(settings).search([CHAINS], "", limit=limit)
 
 
-# -- lineage ---------------------------------------------------------------------------------
-
-
-@dataclass
-class Lineage:
-    """The upstream tree and the downstream tree of a run.
-
-    Each tree node is a dict ``{"key", "run_id", "status", "children": [...]}``; upstream
-    children are the runs a run consumed, downstream children the runs that consumed it.
-
-    Example:
-        >>> lin = relay.get("training/logreg@latest").lineage()  # doctest: +SKIP
-        >>> [n["key"] for n in lin.upstream["children"]]  # doctest: +SKIP
-        ['processing/plain@20190209101500']
-    """
-
-    run: Run
-    upstream: dict[str, Any]
-    downstream: dict[str, Any]
-    chains: list[str]
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready view (what ``relay lineage --json`` prints)."""
-        return {"upstream": self.upstream, "downstream": self.downstream, "chains": self.chains}
-
-    def keys(self, direction: str = "upstream") -> list[str]:
-        """Every key of one tree, depth first (the run itself first)."""
-        out: list[str] = []
-
-        def walk(node: dict[str, Any]) -> None:
-            out.append(node["key"])
-            for child in node["children"]:
-                walk(child)
-
-        walk(self.upstream if direction == "upstream" else self.downstream)
-        return out
-
-
-def _node(run: Run, **extra: Any) -> dict[str, Any]:
-    return {
-        "key": str(run.key),
-        "run_id": run.run_id,
-        "step": run.step,
-        "status": run.status,
-        "data_version": run.data_version,
-        **extra,
-        "children": [],
-    }
-
-
 def lineage(run: Run | str, *, project: Project = None, depth: int = 20) -> Lineage:
-    """The upstream and downstream trees of a run.
+    """The upstream and downstream trees of a run (``relay lineage``).
 
     Args:
         run: a Run or a reference.
@@ -855,34 +805,4 @@ def lineage(run: Run | str, *, project: Project = None, depth: int = 20) -> Line
         >>> lineage("processing/plain@latest").keys("downstream")  # doctest: +SKIP
         ['processing/plain@20190209101500', 'training/logreg@20190210094501']
     """
-    if not isinstance(run, Run):
-        run = get(run, project=project)
-
-    def up(r: Run, d: int) -> dict[str, Any]:
-        node = _node(r)
-        if d < depth:
-            recorded = r.upstream_ids
-            present = r.upstream
-            for step in sorted(recorded):
-                if step in present:
-                    node["children"].append(up(present[step], d + 1))
-                else:
-                    key = r.tags.get(f"relay.upstream.{step}.key", recorded[step])
-                    node["children"].append(
-                        {"key": key, "run_id": recorded[step], "step": step,
-                         "status": "DELETED", "children": []}
-                    )  # fmt: skip
-        return node
-
-    def down(r: Run, d: int, seen: frozenset[str]) -> dict[str, Any]:
-        node = _node(r)
-        if d < depth:
-            for child in sorted(r.downstream, key=lambda x: (x.step, x.started)):
-                if child.run_id not in seen:
-                    node["children"].append(down(child, d + 1, seen | {child.run_id}))
-        return node
-
-    store = run.store
-    found = store.search([CHAINS], f"tags.`relay.chain.{run.step}` = {quote(run.run_id)}", limit=20)
-    chains = [e.info.run_id for e in found]
-    return Lineage(run, up(run, 0), down(run, 0, frozenset({run.run_id})), chains)
+    return run_lineage(run if isinstance(run, Run) else get(run, project=project), depth=depth)

@@ -37,13 +37,12 @@ import shutil
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from relayml.errors import NotFound, OutputError, UntrustedOutput
 from relayml.trust import check_pickle, skops_types, unsafe_types
 
-if TYPE_CHECKING:
-    from relayml.runs import Run
+Run = Any  # a relayml.runs.Run; not imported: the runs module imports this one
 
 __all__ = ["Outputs", "cache_dir", "check_name", "is_frame", "load_output", "stage_outputs"]
 

@@ -26,13 +26,14 @@ from typing import TYPE_CHECKING, Any
 from relayml.config import Settings, load_settings
 from relayml.errors import NotFound, UsageError
 from relayml.keys import Reference, RunKey, day_bounds_ms, parse_reference
+from relayml.lineage import Lineage, run_lineage
+from relayml.outputs import load_output
 from relayml.store import Store, get_store, quote
 
 if TYPE_CHECKING:
     import pandas as pd
     from mlflow.entities import Run as MlflowRun
 
-    from relayml.chain import Lineage
     from relayml.readstore import RunRecord
 
 __all__ = ["Project", "Run", "RunList", "get", "open_project", "runs"]
@@ -262,8 +263,6 @@ class Run:
             >>> relay.get("processing/plain@latest").load("processor")  # doctest: +SKIP
             ColumnTransformer(...)
         """
-        from relayml.outputs import load_output
-
         return load_output(self, name)
 
     def lineage(self) -> Lineage:
@@ -273,9 +272,7 @@ class Run:
             >>> relay.get("training/logreg@latest").lineage().keys("upstream")  # doctest: +SKIP
             ['training/logreg@20190210094501', 'processing/plain@20190209101500', ...]
         """
-        from relayml.chain import lineage
-
-        return lineage(self)
+        return run_lineage(self)
 
     def refresh(self) -> Run:
         """A fresh copy of the run read again from the tracking store."""

@@ -561,15 +561,14 @@ class Store:
         out: dict[str, tuple[list[str], int]] = {v: ([], 0) for v in values}
         if not ids or not values:
             return out
-        if not self.settings.tracking_uri.startswith(("sqlite:", "postgresql")):
+        engine = getattr(self.reader, "engine", None)  # the SQL read path's read-only engine
+        if engine is None:  # a tracking server, or a schema the read path does not know
             for v in values:
                 found = self.search(steps, f"tags.`{key}` = {quote(v)}", limit=cap)
                 out[v] = ([e.info.run_id for e in found[:limit]], len(found))
             return out
         import sqlalchemy as sa
 
-        if getattr(self, "_engine", None) is None:
-            self._engine = sa.create_engine(self.settings.tracking_uri)
         match = (
             " FROM tags t JOIN runs r ON r.run_uuid = t.run_uuid WHERE t.key = :key"
             " AND t.value = :value AND r.lifecycle_stage = 'active' AND r.experiment_id IN :ids"
@@ -583,7 +582,7 @@ class Store:
         count = sa.text(f"SELECT COUNT(*) FROM (SELECT 1{match} LIMIT :n) AS found").bindparams(
             sa.bindparam("ids", expanding=True)
         )
-        with self._engine.connect() as con:
+        with engine.connect() as con:
             for v in values:
                 bound = {"key": key, "value": v, "ids": ids}
                 run_ids = [row[0] for row in con.execute(newest, {**bound, "n": limit})]

@@ -20,8 +20,8 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import LinearSVC
 
 import relayml
-from relayml.bundle import BundleInputError, load_bundle, log_bundle, register
-from relayml.errors import BundleError, NotFound, UsageError
+from relayml.bundle import load_bundle, log_bundle, register
+from relayml.errors import BundleError, BundleInputError, NotFound, UsageError
 
 FEATURES = ["Time", *[f"V{i}" for i in range(1, 29)], "Amount"]
 

@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from relayml.bundle import Bundle, BundleInputError, load_bundle
-from relayml.errors import UsageError
+from relayml.bundle import Bundle, load_bundle
+from relayml.errors import BundleInputError, UsageError
 
 __all__ = ["PARQUET_SUFFIXES", "open_input", "predict_file", "prediction_table", "scoring_input"]
 

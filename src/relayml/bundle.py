@@ -47,13 +47,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from relayml import tags as tag
 from relayml.bundle_child import prediction_arrays
 from relayml.bundle_proof import LoadProof
 from relayml.bundle_requirements import BundleNeeds, bundle_needs
-from relayml.errors import NotFound, RelayError, UsageError
+from relayml.errors import BundleInputError, NotFound, RelayError, UsageError
 from relayml.trust import skops_types
 
-__all__ = ["Bundle", "BundleInputError", "load_bundle", "log_bundle", "register"]
+__all__ = ["Bundle", "load_bundle", "log_bundle", "register"]
 
 _RUNTIME_MODULE = "relay_bundle_runtime"
 
@@ -126,19 +127,6 @@ try:
 except ImportError:  # pragma: no cover - mlflow is always there where bundles are logged
     pass
 '''
-
-
-class BundleInputError(UsageError):
-    """Raw input that does not match the bundle's schema.
-
-    Args:
-        message: what is wrong and how to fix it.
-        field: the offending column (or request field), if any.
-    """
-
-    def __init__(self, message: str, field: str | None = None) -> None:
-        super().__init__(message)
-        self.field = field
 
 
 # --------------------------------------------------------------------------------------------
@@ -817,7 +805,7 @@ def _provenance(run_id: str | None) -> dict[str, str]:
         run = mlflow.get_run(run_id)
     except mlflow.exceptions.MlflowException:
         return {}
-    return {k: v for k, v in sorted(run.data.tags.items()) if k.startswith("relay.")}
+    return {k: v for k, v in sorted(run.data.tags.items()) if k.startswith(tag.PREFIX)}
 
 
 @contextlib.contextmanager

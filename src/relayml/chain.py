@@ -42,11 +42,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from relayml import tags as tag
 from relayml.codeinfo import CodeState, canonical, code_state, digest
 from relayml.config import Settings
-from relayml.errors import StepFailed, UsageError
+from relayml.errors import ChainFailed, StepFailed, UsageError
 from relayml.keys import parse_reference
-from relayml.lineage import CHAINS, Lineage, run_lineage
+from relayml.lineage import Lineage, run_lineage
 from relayml.runs import Project, Run, get, open_project
 from relayml.store import Store, get_store, quote
 
@@ -57,7 +58,6 @@ if TYPE_CHECKING:
     from relayml.steps import Pipeline
 
 __all__ = [
-    "CHAINS",
     "Chain",
     "ChainFailed",
     "Lineage",
@@ -69,7 +69,7 @@ __all__ = [
     "records",
 ]
 
-RECORD_TAG = "relay.chain.record"  # on a chain's final run: the id of the chain's record
+RECORD_TAG = tag.CHAIN_RECORD  # on a chain's final run: the id of the chain's record
 CANDIDATES = 5  # FINISHED runs with the same fingerprint tried per step (newest first)
 EXPLAINED = 5  # newest runs of a step/variant compared in --explain
 
@@ -79,14 +79,6 @@ OLD_SCHEME_NOTE = (
     "runs recorded before relay keyed code by what runs (variant, modules, versions; not the "
     "git commit) are not reused: each step reruns once"
 )
-
-
-class ChainFailed(StepFailed):
-    """A step of the chain failed (exit 1); ``.chain`` holds what was resolved and run."""
-
-    def __init__(self, message: str, chain: Chain) -> None:
-        super().__init__(message)
-        self.chain = chain
 
 
 # -- the request -----------------------------------------------------------------------------
@@ -415,7 +407,7 @@ class _Resolver:
             f"tags.`relay.params` = {quote(req.params_digest)} AND attributes.status = 'FINISHED'"
         )
         found = self.store.search([req.step], flt, limit=1)
-        if found and "relay.code.scheme" not in found[0].data.tags:
+        if found and tag.CODE_SCHEME not in found[0].data.tags:
             self.notes.add(OLD_SCHEME_NOTE)
 
     def git_state(self) -> CodeState:
@@ -435,7 +427,7 @@ class _Resolver:
             recent = [
                 Run(self.settings, e)
                 for e in self.store.search([link.step], flt, limit=EXPLAINED)
-                if "relay.key" in e.data.tags
+                if tag.KEY in e.data.tags
             ]
             unknown = [u for u in ups if u not in chosen]
             req = None if unknown else self.request(link, chosen)
@@ -470,7 +462,7 @@ def _difference(run: Run, req: Request | None, forced: bool, unknown: list[str])
         return [f"upstream {step} is new" for step in unknown]
     reasons = []
     tags = run.tags
-    if tags.get("relay.params") != req.params_digest:
+    if tags.get(tag.PARAMS) != req.params_digest:
         from relayml.runner import _logged_params
 
         wanted = {k: _as_param(v) for k, v in _logged_params(req).items()}
@@ -481,13 +473,13 @@ def _difference(run: Run, req: Request | None, forced: bool, unknown: list[str])
             if wanted.get(k) != have.get(k)
         ] or ["params differ (encoding)"]
     for step, up in sorted(req.upstream.items()):
-        had = tags.get(f"relay.upstream.{step}")
+        had = tags.get(tag.upstream(step))
         if had != up.run_id:
-            had_key = tags.get(f"relay.upstream.{step}.key", had or "none")
+            had_key = tags.get(tag.upstream_key(step), had or "none")
             reasons.append(f"upstream {step} is {had_key}, not {up.key}")
-    if tags.get("relay.code") != req.code_fingerprint:
+    if tags.get(tag.CODE) != req.code_fingerprint:
         reasons += _code_changes(run, req)
-    if not reasons and tags.get("relay.fingerprint") != req.fingerprint:
+    if not reasons and tags.get(tag.FINGERPRINT) != req.fingerprint:
         reasons.append("fingerprint differs (as_of)")
     return reasons or ["same fingerprint; a newer identical run was chosen"]
 
@@ -497,9 +489,9 @@ def _code_changes(run: Run, req: Request) -> list[str]:
     from relayml.fingerprint import changes
     from relayml.runner import CODE_PARTS
 
-    if "relay.code.scheme" not in run.tags:
+    if tag.CODE_SCHEME not in run.tags:
         return [OLD_SCHEME]
-    text = run.tags.get("relay.code.parts")
+    text = run.tags.get(tag.CODE_PARTS)
     if text is None:  # too long for a tag
         with contextlib.suppress(Exception), tempfile.TemporaryDirectory() as tmp:
             text = run.store.download(run.run_id, CODE_PARTS, Path(tmp)).read_text()
@@ -721,7 +713,7 @@ def _record(
         if known:
             return known
         found = store.search(  # recorded before the tag existed
-            [CHAINS],
+            [tag.CHAINS_EXPERIMENT],
             f"tags.`relay.chain.id` = {quote(ident)} AND attributes.status = 'FINISHED'",
             limit=1,
         )
@@ -729,23 +721,23 @@ def _record(
             _remember_record(store, final.run.run_id, found[0].info.run_id)
             return found[0].info.run_id
     tags = {
-        "relay.project": settings.project,
-        "relay.chain.id": ident,
-        "relay.chain.steps": ",".join(p.step for p in result.steps),
-        "relay.chain.request": " ".join(str(x) for x in links),
+        tag.PROJECT: settings.project,
+        tag.CHAIN_ID: ident,
+        tag.CHAIN_STEPS: ",".join(p.step for p in result.steps),
+        tag.CHAIN_REQUEST: " ".join(str(x) for x in links),
         "mlflow.note.content": _note(result),
     }
     for p in result.steps:
         if p.run is not None:
-            tags[f"relay.chain.{p.step}"] = p.run.run_id
-            tags[f"relay.chain.{p.step}.key"] = str(p.run.key)
-            tags[f"relay.chain.{p.step}.status"] = p.status
+            tags[tag.chain_step(p.step)] = p.run.run_id
+            tags[tag.chain_step(p.step, "key")] = str(p.run.key)
+            tags[tag.chain_step(p.step, "status")] = p.status
     if result.data_version:
-        tags["relay.data"] = result.data_version
+        tags[tag.DATA] = result.data_version
     if result.model_uri:
-        tags["relay.model"] = result.model_uri
+        tags[tag.MODEL] = result.model_uri
     if error:
-        tags["relay.error"] = error[:4000]
+        tags[tag.ERROR] = error[:4000]
     params: dict[str, Any] = {}
     for p in result.steps:
         params[f"{p.step}.variant"] = p.variant
@@ -753,7 +745,7 @@ def _record(
             params.update({f"{p.step}.{k}": v for k, v in p.run.params.items()})
     now = int(time.time() * 1000)
     name = f"chain {final.run.key}" if final.run else f"chain {final.step}/{final.variant}"
-    entity = store.create_run(CHAINS, start_ms=now, run_name=name, tags=tags)
+    entity = store.create_run(tag.CHAINS_EXPERIMENT, start_ms=now, run_name=name, tags=tags)
     run_id = entity.info.run_id
     metrics = result.metrics if error is None else {}
     store.log(run_id, params=params, metrics=metrics)
@@ -790,7 +782,7 @@ def records(project: Project = None, *, limit: int = 100) -> list[MlflowRun]:
         'training/logreg@20190210094501'
     """
     settings = open_project(project)
-    return get_store(settings).search([CHAINS], "", limit=limit)
+    return get_store(settings).search([tag.CHAINS_EXPERIMENT], "", limit=limit)
 
 
 def lineage(run: Run | str, *, project: Project = None, depth: int = 20) -> Lineage:

@@ -32,6 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from relayml import tags as tag
 from relayml.keys import RunKey
 from relayml.runs import Run, visible
 from relayml.store import Store, quote
@@ -150,8 +151,8 @@ def _expire(store: Store, stale: list[Run]) -> None:
         store.log(
             r.run_id,
             tags={
-                "relay.stale": "true",
-                "relay.error": f"stale: no heartbeat for {age:.0f}s; the process died",
+                tag.STALE: "true",
+                tag.ERROR: f"stale: no heartbeat for {age:.0f}s; the process died",
             },
         )
         store.finish(r.run_id, "FAILED")

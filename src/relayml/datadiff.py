@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from relayml import tags as tag
 from relayml.errors import NotFound, UsageError
 
 if TYPE_CHECKING:
@@ -555,8 +556,8 @@ def snapshot_of(ref: str, settings: Any, snapshot: str | None = None) -> Version
         if len(ref) < 8:
             raise UsageError(f"data version {ref!r} is too short; give at least 8 hex digits")
         flt = f"tags.`relay.data` LIKE {quote(ref + '%')} AND attributes.status = 'FINISHED'"
-        found = [e for e in store.search(None, flt) if "relay.key" in e.data.tags]
-        loads = [e for e in found if not any(k.startswith("relay.upstream.") for k in e.data.tags)]
+        found = [e for e in store.search(None, flt) if tag.KEY in e.data.tags]
+        loads = [e for e in found if not any(k.startswith(tag.UPSTREAM) for k in e.data.tags)]
         if not loads:
             raise NotFound(
                 f"no load run has data version {ref!r}; list them with 'relay runs load'"
@@ -564,9 +565,9 @@ def snapshot_of(ref: str, settings: Any, snapshot: str | None = None) -> Version
         run = get(loads[0].info.run_id, project=settings)
     assert run is not None
     snaps = {
-        k.removeprefix("relay.snapshot."): v
+        k.removeprefix(tag.SNAPSHOT): v
         for k, v in run.tags.items()
-        if k.startswith("relay.snapshot.") and k.count(".") == 2
+        if k.startswith(tag.SNAPSHOT) and k.count(".") == 2
     }
     if not snaps:
         raise UsageError(
@@ -575,6 +576,6 @@ def snapshot_of(ref: str, settings: Any, snapshot: str | None = None) -> Version
     name = snapshot or next(iter(sorted(snaps)))
     if name not in snaps:
         raise NotFound(f"run {run.key} has no snapshot {name!r} (it has: {', '.join(snaps)})")
-    digest = run.tags.get(f"relay.snapshot.{name}.digest", "")
-    key = tuple(k for k in run.tags.get("relay.data.key", "").split(",") if k)
+    digest = run.tags.get(tag.snapshot(name, "digest"), "")
+    key = tuple(k for k in run.tags.get(tag.DATA_KEY, "").split(",") if k)
     return Version(str(run.key), digest, snapshot_path(run, snaps[name]), key)

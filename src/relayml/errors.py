@@ -16,12 +16,18 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable
+from typing import Any
 
 __all__ = [
     "BundleError",
+    "BundleInputError",
+    "ChainFailed",
+    "ChecksFailed",
     "ConfigError",
+    "MixedData",
     "NotFound",
     "OutputError",
+    "RefreshBusy",
     "RelayError",
     "SourceError",
     "StepFailed",
@@ -123,3 +129,35 @@ class ChecksFailed(StepFailed):
     def __init__(self, message: str, reports: list | None = None) -> None:
         super().__init__(message)
         self.reports = list(reports or [])
+
+
+class ChainFailed(StepFailed):
+    """A step of the chain failed (exit 1).
+
+    ``.chain`` (a :class:`relayml.Chain`) holds what was resolved and run.
+    """
+
+    def __init__(self, message: str, chain: Any) -> None:
+        super().__init__(message)
+        self.chain = chain
+
+
+class MixedData(UsageError):
+    """Runs from different data versions were asked to be ranked together (exit code 2)."""
+
+
+class RefreshBusy(RelayError):
+    """Another refresh of the same alias is running (exit code 1; nothing was done)."""
+
+
+class BundleInputError(UsageError):
+    """Raw input that does not match the bundle's schema.
+
+    Args:
+        message: what is wrong and how to fix it.
+        field: the offending column (or request field), if any.
+    """
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field

@@ -343,7 +343,7 @@ def _score_partition(payload: bytes, token: str, part: Any, key_column: str | No
     """Score one partition on a worker; returns an Arrow table (key column + predictions)."""
 
     from relayml.batch import prediction_table
-    from relayml.bundle import BundleInputError
+    from relayml.errors import BundleInputError
 
     bundle = _bundle_on_worker(token, payload)
     try:

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
+from relayml import tags as tag
 from relayml.errors import UsageError
 
 __all__ = [
@@ -45,7 +46,6 @@ NAME_PATTERN = r"[A-Za-z_][A-Za-z0-9_\-]*"
 _NAME = re.compile(rf"^{NAME_PATTERN}$")
 _TIME = re.compile(r"^\d{14}$")
 _DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
-_RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 _REF = re.compile(rf"^(?P<step>{NAME_PATTERN})(?:/(?P<variant>{NAME_PATTERN}))?@(?P<when>.+)$")
 
 _FORMS = (
@@ -196,7 +196,7 @@ def parse_reference(text: str) -> Reference:
     if not isinstance(text, str) or not text.strip():
         raise UsageError(f"empty reference: {_FORMS}")
     text = text.strip()
-    if _RUN_ID.match(text):
+    if tag.is_run_id(text):
         return Reference(run_id=text)
     m = _REF.match(text)
     if not m:

@@ -46,10 +46,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from relayml.errors import NotFound, RelayError, StepFailed, UsageError
+from relayml import tags as tag
+from relayml.errors import MixedData, NotFound, RefreshBusy, RelayError, StepFailed, UsageError
 from relayml.keys import parse_reference
 from relayml.outputs import cache_dir
-from relayml.runs import INTERNAL_STEPS, Project, Run, RunList, get, open_project, runs, visible
+from relayml.runs import Project, Run, RunList, get, open_project, runs, visible
 from relayml.store import Store, get_store, local_path, quote
 
 if TYPE_CHECKING:
@@ -76,9 +77,6 @@ __all__ = [
     "reproduce",
 ]
 
-SNAPSHOTS = "snapshots"
-REFRESH = "refresh"
-_HEX32 = re.compile(r"^[0-9a-f]{32}$")
 _SNAPSHOT_SUFFIXES = (".digest", ".rows", ".bytes", ".source")
 _LOWER_HINTS = ("loss", "error", "rmse", "mse", "mae", "mape", "logloss")
 
@@ -86,10 +84,6 @@ _LOWER_HINTS = ("loss", "error", "rmse", "mse", "mae", "mape", "logloss")
 # =============================================================================================
 # compare
 # =============================================================================================
-
-
-class MixedData(UsageError):
-    """Runs from different data versions were asked to be ranked together (exit code 2)."""
 
 
 @dataclass
@@ -249,7 +243,7 @@ def _mixed_message(groups: Mapping[str | None, RunList], what: str, step: str | 
 
 def _resolve_data(value: str, settings: Settings, step: str | None) -> str:
     """A full data version from a digest, a unique digest prefix, or a run reference."""
-    if "@" in value or _HEX32.match(value):
+    if "@" in value or tag.is_run_id(value):
         if "@" in value:
             run = get(value, project=settings)
             if not run.data_version:
@@ -346,9 +340,9 @@ def promote(ref: str | Run, alias: str = "champion", *, project: Project = None)
     version = _register(store, run.model_uri, name, alias)
     client = store.client
     for k, v in {
-        "relay.key": str(run.key),
-        "relay.run_id": run.run_id,
-        "relay.data": run.data_version or "",
+        tag.KEY: str(run.key),
+        tag.RUN_ID: run.run_id,
+        tag.DATA: run.data_version or "",
     }.items():
         client.set_model_version_tag(name, str(version), k, v)
     return Promotion(name, version, alias, run, run.model_uri, previous)
@@ -387,7 +381,7 @@ def _champion(settings: Settings, alias: str) -> tuple[int, Run] | None:
     except MlflowException:
         return None
     entity = store.get_run(mv.run_id) if mv.run_id else None
-    if entity is None or "relay.key" not in entity.data.tags:
+    if entity is None or tag.KEY not in entity.data.tags:
         raise RelayError(
             f"alias {alias!r} of {settings.project!r} points at version {mv.version}, whose run "
             f"{mv.run_id} is gone; set it again with 'relay promote REF --alias {alias}'"
@@ -737,11 +731,11 @@ def _holders(tags: Mapping[str, str]) -> dict[str, set[str]]:
     """``{holder run id: {snapshot names}}`` a run refers to (tags and outputs manifest)."""
     out: dict[str, set[str]] = {}
     for k, v in tags.items():
-        base = k.startswith("relay.snapshot.") and not k.endswith(_SNAPSHOT_SUFFIXES)
-        if base and _HEX32.match(v):
-            out.setdefault(v, set()).add(k.removeprefix("relay.snapshot."))
+        base = k.startswith(tag.SNAPSHOT) and not k.endswith(_SNAPSHOT_SUFFIXES)
+        if base and tag.is_run_id(v):
+            out.setdefault(v, set()).add(k.removeprefix(tag.SNAPSHOT))
     try:
-        manifest = json.loads(tags.get("relay.outputs", "{}"))
+        manifest = json.loads(tags.get(tag.OUTPUTS, "{}"))
     except ValueError:
         manifest = {}
     for how in manifest.values():
@@ -751,7 +745,7 @@ def _holders(tags: Mapping[str, str]) -> dict[str, set[str]]:
 
 
 def _user_steps(store: Store) -> list[str]:
-    return [s for s in store.step_experiments() if s not in INTERNAL_STEPS]
+    return [s for s in store.step_experiments() if s not in tag.INTERNAL_STEPS]
 
 
 def _snapshot_users(store: Store, holder: str, names: Iterable[str]) -> list[Run]:
@@ -997,23 +991,23 @@ def gc(
     targeted = {e.info.run_id for e, _ in targets}
     live = store.search(None, "attributes.status = 'RUNNING'")
     busy = any(
-        time.time() - float(e.data.tags.get("relay.heartbeat", e.info.start_time / 1000))
+        time.time() - float(e.data.tags.get(tag.HEARTBEAT, e.info.start_time / 1000))
         < settings.stale_after
         for e in live
-        if "relay.key" in e.data.tags
+        if tag.KEY in e.data.tags
     )
-    if not busy and SNAPSHOTS in exps:
+    if not busy and tag.SNAPSHOTS_EXPERIMENT in exps:
         used: set[str] = set()
         for e in store.search(_user_steps(store)):
             if e.info.run_id not in targeted:
                 used.update(_holders(e.data.tags))
-        for e in store.search([SNAPSHOTS]):
+        for e in store.search([tag.SNAPSHOTS_EXPERIMENT]):
             if e.info.run_id not in used and e.info.start_time <= cutoff_ms:
                 targets.append((e, "orphan snapshot"))
     for e, why in targets:
         run_id = e.info.run_id
-        key = e.data.tags.get("relay.key", e.info.run_name or run_id)
-        if "relay.key" in e.data.tags:
+        key = e.data.tags.get(tag.KEY, e.info.run_name or run_id)
+        if tag.KEY in e.data.tags:
             versions = _versions_of(store, [Run(settings, e)])
             if versions:
                 listing = ", ".join(f"{v['name']} v{v['version']}" for v in versions)
@@ -1183,7 +1177,7 @@ def reproduce(
             ups = {s: mapping.get(i, i) for s, i in r.upstream_ids.items()}
             say(f"re-running {r.key} ...")
             new = _relay_run(settings, place(r), r, ups, as_of=None)
-            store.set_tag(new.run_id, "relay.reproduces", r.run_id)
+            store.set_tag(new.run_id, tag.REPRODUCES, r.run_id)
             mapping[r.run_id] = new.run_id
             result.reproduced[r.step] = new.refresh()
             result.checks += _checks(r, new, tolerance)
@@ -1222,8 +1216,8 @@ def _git(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProc
 
 
 def _code_of(r: Run, settings: Settings, allow_head: bool, notes: list[str]) -> _Code:
-    commit = r.tags.get("relay.git.commit")
-    dirty = r.tags.get("relay.git.dirty") == "true"
+    commit = r.tags.get(tag.GIT_COMMIT)
+    dirty = r.tags.get(tag.GIT_DIRTY) == "true"
     if not commit:
         if not allow_head:
             raise UsageError(
@@ -1327,12 +1321,12 @@ def _checks(old: Run, new: Run, tolerance: float) -> list[MetricCheck]:
 def _refetch(
     store: Store, settings: Settings, load: Run, cwd: Path, say: Callable[[str], None]
 ) -> dict[str, Any]:
-    when = load.tags.get("relay.retrieval_time") or load.tags.get("relay.as_of")
+    when = load.tags.get(tag.RETRIEVAL_TIME) or load.tags.get(tag.AS_OF)
     if not when:
         raise UsageError(f"{load.key} recorded no retrieval time; it cannot be fetched again")
     say(f"repeating {load.key} as of {when} ...")
     new = _relay_run(settings, cwd, load, {}, as_of=when)
-    store.set_tag(new.run_id, "relay.reproduces", load.run_id)
+    store.set_tag(new.run_id, tag.REPRODUCES, load.run_id)
     return {
         "load": str(load.key),
         "run": str(new.key),
@@ -1396,10 +1390,6 @@ class RefreshReport:
             "previous": self.previous,
             "promoted": self.promoted.to_dict() if self.promoted else None,
         }
-
-
-class RefreshBusy(RelayError):
-    """Another refresh of the same alias is running (exit code 1; nothing was done)."""
 
 
 def refresh(
@@ -1512,7 +1502,7 @@ def refresh(
     except BaseException as e:
         status = "KILLED" if isinstance(e, KeyboardInterrupt | RefreshBusy) else "FAILED"
         message = str(e)[:4000] or type(e).__name__
-        _quiet(lambda: store.set_tag(record, "relay.error", message))
+        _quiet(lambda: store.set_tag(record, tag.ERROR, message))
         _quiet(lambda: store.finish(record, status))
         raise
     store.finish(record, "FINISHED")
@@ -1630,30 +1620,30 @@ def _refresh_body(
             }
         )
     tags = {
-        "relay.refresh.decision": decision,
-        "relay.refresh.metric": metric,
-        "relay.refresh.margin": repr(margin),
-        "relay.refresh.lower_is_better": str(lower).lower(),
-        "relay.data": ranking.data_version or "",
-        "relay.refresh.champion": str(champ[1].key) if champ else "",
-        "relay.refresh.champion.version": str(previous or ""),
-        "relay.refresh.winner": str(winner.key) if winner else "",
-        "relay.refresh.version": str(promoted.version) if promoted else "",
+        tag.REFRESH_DECISION: decision,
+        tag.REFRESH_METRIC: metric,
+        tag.REFRESH_MARGIN: repr(margin),
+        tag.REFRESH_LOWER_IS_BETTER: str(lower).lower(),
+        tag.DATA: ranking.data_version or "",
+        tag.REFRESH_CHAMPION: str(champ[1].key) if champ else "",
+        tag.REFRESH_CHAMPION_VERSION: str(previous or ""),
+        tag.REFRESH_WINNER: str(winner.key) if winner else "",
+        tag.REFRESH_VERSION: str(promoted.version) if promoted else "",
     }
     if served:
-        tags["relay.refresh.served"] = canonical_json(served)[:5000]
+        tags[tag.REFRESH_SERVED] = canonical_json(served)[:5000]
     if data_diff is not None:
-        tags["relay.refresh.diff"] = canonical_json(
+        tags[tag.REFRESH_DIFF] = canonical_json(
             {k: data_diff[k] for k in ("a", "b", "rows", "added", "removed", "changed")}
         )
         store.log_text(record, json.dumps(data_diff, indent=1, default=str), "refresh/diff.json")
     if drift is not None:
-        tags["relay.refresh.drift"] = canonical_json(drift)
+        tags[tag.REFRESH_DRIFT] = canonical_json(drift)
     for step, r in new.items():
-        tags[f"relay.upstream.{step}"] = r.run_id
-        tags[f"relay.upstream.{step}.key"] = str(r.key)
+        tags[tag.upstream(step)] = r.run_id
+        tags[tag.upstream_key(step)] = str(r.key)
     for i, (who, r) in enumerate(trained):
-        tags[f"relay.refresh.run.{i}"] = f"{who}:{r.key}:{r.run_id}"
+        tags[tag.refresh_run(i)] = f"{who}:{r.key}:{r.run_id}"
     metrics = {
         f"{who}_{i}_{metric}": value[r.run_id]
         for i, (who, r) in enumerate(trained)
@@ -1671,7 +1661,7 @@ def _refresh_body(
     store.log(record, tags=tags, metrics=metrics)
     _quiet(
         lambda: store.client.set_registered_model_tag(
-            settings.project, f"relay.refresh.metric.{alias}", metric
+            settings.project, tag.refresh_metric(alias), metric
         )
     )
     return RefreshReport(
@@ -1907,7 +1897,7 @@ def _last_metric(store: Store, settings: Settings, alias: str) -> str | None:
         model = store.client.get_registered_model(settings.project)
     except Exception:
         return None
-    return (model.tags or {}).get(f"relay.refresh.metric.{alias}")
+    return (model.tags or {}).get(tag.refresh_metric(alias))
 
 
 def _claim(store: Store, settings: Settings, alias: str) -> str:
@@ -1918,13 +1908,13 @@ def _claim(store: Store, settings: Settings, alias: str) -> str:
     """
     now = time.time()
     entity = store.create_run(
-        REFRESH,
+        tag.REFRESH_EXPERIMENT,
         start_ms=int(now * 1000),
         run_name=f"refresh {time.strftime('%Y%m%d%H%M%S', time.gmtime(now))}",
         tags={
-            "relay.project": settings.project,
-            "relay.refresh.alias": alias,
-            "relay.heartbeat": f"{now:.3f}",
+            tag.PROJECT: settings.project,
+            tag.REFRESH_ALIAS: alias,
+            tag.HEARTBEAT: f"{now:.3f}",
         },
     )
     run_id = entity.info.run_id
@@ -1932,7 +1922,7 @@ def _claim(store: Store, settings: Settings, alias: str) -> str:
         _check_claim(store, settings, alias, run_id)
     except RefreshBusy as e:
         message = str(e)
-        _quiet(lambda: store.set_tag(run_id, "relay.error", message))
+        _quiet(lambda: store.set_tag(run_id, tag.ERROR, message))
         store.finish(run_id, "KILLED")
         raise
     return run_id
@@ -1943,14 +1933,14 @@ def _check_claim(store: Store, settings: Settings, alias: str, run_id: str) -> N
     assert me is not None
     mine = (me.info.start_time, run_id)
     flt = f"attributes.status = 'RUNNING' AND tags.`relay.refresh.alias` = {quote(alias)}"
-    for e in store.search([REFRESH], flt):
+    for e in store.search([tag.REFRESH_EXPERIMENT], flt):
         if e.info.run_id == run_id:
             continue
-        beat = float(e.data.tags.get("relay.heartbeat", e.info.start_time / 1000))
+        beat = float(e.data.tags.get(tag.HEARTBEAT, e.info.start_time / 1000))
         if time.time() - beat > settings.stale_after:
             continue  # a crashed refresh
         if (e.info.start_time, e.info.run_id) < mine:
-            store.set_tag(run_id, "relay.refresh.decision", "skipped")
+            store.set_tag(run_id, tag.REFRESH_DECISION, "skipped")
             raise RefreshBusy(
                 f"another refresh of alias {alias!r} is running (run {e.info.run_id}, "
                 "started earlier); this one stopped before changing anything"

@@ -15,13 +15,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from relayml import tags as tag
 from relayml.store import quote
 
 Run = Any  # a relayml.runs.Run; not imported: the runs module imports this one
 
-__all__ = ["CHAINS", "Lineage", "run_lineage"]
-
-CHAINS = "chains"  # the step (experiment) holding one record run per `relay chain`
+__all__ = ["Lineage", "run_lineage"]
 
 
 @dataclass
@@ -92,7 +91,7 @@ def run_lineage(run: Run, *, depth: int = 20) -> Lineage:
                 if step in present:
                     node["children"].append(up(present[step], d + 1))
                 else:
-                    key = r.tags.get(f"relay.upstream.{step}.key", recorded[step])
+                    key = r.tags.get(tag.upstream_key(step), recorded[step])
                     node["children"].append(
                         {"key": key, "run_id": recorded[step], "step": step,
                          "status": "DELETED", "children": []}
@@ -108,6 +107,10 @@ def run_lineage(run: Run, *, depth: int = 20) -> Lineage:
         return node
 
     store = run.store
-    found = store.search([CHAINS], f"tags.`relay.chain.{run.step}` = {quote(run.run_id)}", limit=20)
+    found = store.search(
+        [tag.CHAINS_EXPERIMENT],
+        f"tags.`{tag.chain_step(run.step)}` = {quote(run.run_id)}",
+        limit=20,
+    )
     chains = [e.info.run_id for e in found]
     return Lineage(run, up(run, 0), down(run, 0, frozenset({run.run_id})), chains)

@@ -37,6 +37,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from relayml import tags as tag
 from relayml.checks import Checks
 from relayml.codeinfo import CodeState, canonical, code_state, digest
 from relayml.config import Settings
@@ -66,7 +67,6 @@ if TYPE_CHECKING:
 
 __all__ = ["Context", "Request", "execute", "pipeline_of", "prepare", "run"]
 
-SNAPSHOTS = "snapshots"
 CODE_PARTS = "code/fingerprint.json"  # the parts of relay.code, also in the tag relay.code.parts
 CODE_PARTS_TAG_MAX = 8000  # MLflow's limit on a tag value; longer parts are in the artifact only
 
@@ -142,7 +142,7 @@ class Request:
         """``{load key: digest}`` of every load run behind the upstream runs."""
         parts: dict[str, str] = {}
         for r in self.upstream.values():
-            parts.update(json.loads(r.tags.get("relay.data.parts", "{}")))
+            parts.update(json.loads(r.tags.get(tag.DATA_PARTS, "{}")))
         return parts
 
 
@@ -496,7 +496,7 @@ def execute(
         with _quiet():
             store.log_text(run_id, tb, "error/traceback.txt")
             if isinstance(e, SystemExit):
-                store.set_tag(run_id, "relay.exit_code", str(e.code))
+                store.set_tag(run_id, tag.EXIT_CODE, str(e.code))
         with _quiet():
             _log_checks(store, ctx)
         msg = redact(_short(e))
@@ -557,36 +557,36 @@ def run(
 
 def _base_tags(req: Request, key: RunKey) -> dict[str, str]:
     tags = {
-        "relay.project": req.settings.project,
-        "relay.step": req.step,
-        "relay.variant": req.variant.name,
-        "relay.key": str(key),
-        "relay.time": key.time,
-        "relay.heartbeat": f"{time.time():.3f}",
-        "relay.code": req.code_fingerprint,
-        "relay.code.scheme": SCHEME,
-        "relay.params": req.params_digest,
-        "relay.fingerprint": req.fingerprint,
+        tag.PROJECT: req.settings.project,
+        tag.STEP: req.step,
+        tag.VARIANT: req.variant.name,
+        tag.KEY: str(key),
+        tag.TIME: key.time,
+        tag.HEARTBEAT: f"{time.time():.3f}",
+        tag.CODE: req.code_fingerprint,
+        tag.CODE_SCHEME: SCHEME,
+        tag.PARAMS: req.params_digest,
+        tag.FINGERPRINT: req.fingerprint,
         "mlflow.user": current_user(),
         "mlflow.source.type": "LOCAL",
         "mlflow.source.name": str(req.pipeline.module_file or req.settings.module),
     }
     recorded = canonical(req.code_parts)
     if len(recorded) <= CODE_PARTS_TAG_MAX:
-        tags["relay.code.parts"] = recorded
+        tags[tag.CODE_PARTS] = recorded
     if req.code is not None and req.code.commit:
-        tags["relay.git.commit"] = req.code.commit
+        tags[tag.GIT_COMMIT] = req.code.commit
         tags["mlflow.source.git.commit"] = req.code.commit
-        tags["relay.git.dirty"] = str(req.code.dirty).lower()
+        tags[tag.GIT_DIRTY] = str(req.code.dirty).lower()
     for s, r in req.upstream.items():
-        tags[f"relay.upstream.{s}"] = r.run_id
-        tags[f"relay.upstream.{s}.key"] = str(r.key)
+        tags[tag.upstream(s)] = r.run_id
+        tags[tag.upstream_key(s)] = str(r.key)
     parts = req.data_parts
     if parts:
         tags.update(_data_tags(parts))
     if req.as_of:
-        tags["relay.as_of"] = req.as_of.isoformat()
-    tags["mlflow.note.content"] = run_description(key, req.upstream, tags.get("relay.data"))
+        tags[tag.AS_OF] = req.as_of.isoformat()
+    tags["mlflow.note.content"] = run_description(key, req.upstream, tags.get(tag.DATA))
     return tags
 
 
@@ -612,9 +612,9 @@ def _data_tags(parts: Mapping[str, str]) -> dict[str, str]:
 
     version = next(iter(parts.values())) if len(parts) == 1 else combine_digests(parts)
     return {
-        "relay.data": version,
-        "relay.data.keys": ",".join(sorted(parts)),
-        "relay.data.parts": canonical(dict(sorted(parts.items()))),
+        tag.DATA: version,
+        tag.DATA_KEYS: ",".join(sorted(parts)),
+        tag.DATA_PARTS: canonical(dict(sorted(parts.items()))),
     }
 
 
@@ -647,7 +647,7 @@ def _after_newest(store: Store, key: RunKey) -> RunKey:
     past the newest one costs one search instead of a collision per taken second.
     """
     found = store.search([key.step], f"tags.`relay.variant` = {quote(key.variant)}", limit=1)
-    newest = found[0].data.tags.get("relay.key") if found else None
+    newest = found[0].data.tags.get(tag.KEY) if found else None
     later = parse_key(newest) if newest else key
     return max(key, later, key=lambda k: k.time).next_second()
 
@@ -715,14 +715,14 @@ def _finish(
     _log_checks(store, ctx)
     tags: dict[str, str] = {}
     if snaps and not req.pipeline.get(req.step).upstream:
-        tags["relay.checks"] = "skipped" if not req.checks else "passed"
+        tags[tag.CHECKS] = "skipped" if not req.checks else "passed"
         if req.variant.key:
-            tags["relay.data.key"] = ",".join(req.variant.key)
+            tags[tag.DATA_KEY] = ",".join(req.variant.key)
     if snaps:
         digests = {name: snap.digest for name, snap, _ in snaps}
         own = next(iter(digests.values())) if len(digests) == 1 else data.combine_digests(digests)
         tags.update(_data_tags({str(ctx.key): own}))
-        tags["relay.retrieval_time"] = ctx.retrieval_time.isoformat()
+        tags[tag.RETRIEVAL_TIME] = ctx.retrieval_time.isoformat()
     else:
         _log_upstream_datasets(store, ctx.run_id, req)
     for out, v in outputs.items():
@@ -730,33 +730,33 @@ def _finish(
             manifest[out] = f"snapshot:{holders[by_frame[id(v)]]}"
     if any(staged.iterdir()):
         store.upload(ctx.run_id, staged, "outputs")
-    tags["relay.outputs"] = canonical(manifest)
+    tags[tag.OUTPUTS] = canonical(manifest)
     store.log(ctx.run_id, tags=tags)
     if "model" in outputs:
         uri = _bundle(store, req, ctx, outputs, proof)
         if uri:
-            store.set_tag(ctx.run_id, "relay.model", uri)
+            store.set_tag(ctx.run_id, tag.MODEL, uri)
     store.finish(ctx.run_id, "FINISHED")
 
 
 def _store_snapshot(store: Store, settings: Settings, snap: Snapshot) -> str:
     """The holder run of a snapshot's bytes: an existing one with the same digest, or new."""
     found = store.search(
-        [SNAPSHOTS],
+        [tag.SNAPSHOTS_EXPERIMENT],
         f"tags.`relay.digest` = {quote(snap.digest)} AND attributes.status = 'FINISHED'",
         limit=1,
     )
     if found:
         return found[0].info.run_id
     entity = store.create_run(
-        SNAPSHOTS,
+        tag.SNAPSHOTS_EXPERIMENT,
         start_ms=int(time.time() * 1000),
         run_name=f"snapshot {snap.digest[:12]}",
         tags={
-            "relay.project": settings.project,
-            "relay.digest": snap.digest,
-            "relay.rows": str(snap.rows),
-            "relay.bytes": str(snap.bytes),
+            tag.PROJECT: settings.project,
+            tag.DIGEST: snap.digest,
+            tag.ROWS: str(snap.rows),
+            tag.BYTES: str(snap.bytes),
         },
     )
     holder = entity.info.run_id
@@ -806,11 +806,11 @@ def _log_snapshot(
     store.log(
         run_id,
         tags={
-            f"relay.snapshot.{name}": holder,
-            f"relay.snapshot.{name}.digest": snap.digest,
-            f"relay.snapshot.{name}.rows": str(snap.rows),
-            f"relay.snapshot.{name}.bytes": str(snap.bytes),
-            f"relay.snapshot.{name}.source": snap.source,
+            tag.snapshot(name): holder,
+            tag.snapshot(name, "digest"): snap.digest,
+            tag.snapshot(name, "rows"): str(snap.rows),
+            tag.snapshot(name, "bytes"): str(snap.bytes),
+            tag.snapshot(name, "source"): snap.source,
         },
     )
     store.log_dataset(
@@ -833,7 +833,7 @@ def _log_checks(store: Store, ctx: Context) -> None:
                        f"checks/{report.snapshot}.json")  # fmt: skip
     store.log_text(ctx.run_id, "\n\n".join(r.text() for r in ctx._reports), "checks/report.txt")
     if any(not r.ok for r in ctx._reports):
-        store.set_tag(ctx.run_id, "relay.checks", "failed")
+        store.set_tag(ctx.run_id, tag.CHECKS, "failed")
         for name, summary in ctx._summaries.items():  # kept to see what the data held
             store.log_text(ctx.run_id, json.dumps(summary, indent=1),
                            f"snapshots/{name}.summary.json")  # fmt: skip
@@ -917,9 +917,9 @@ def _bundle(
             frames = [n for n, how in r.outputs.items() if is_frame(how)]
             if frames:
                 raw_example = load_output(r, frames[0]).head(5)
-    tags = {f"relay.provenance.{k}": v for k, v in provenance.items()}
-    if "relay.data" in (d := _data_tags(req.data_parts) if req.data_parts else {}):
-        tags["relay.data"] = d["relay.data"]
+    tags = {tag.provenance(k): v for k, v in provenance.items()}
+    if tag.DATA in (d := _data_tags(req.data_parts) if req.data_parts else {}):
+        tags[tag.DATA] = d[tag.DATA]
     return log_bundle(
         processor,
         outputs["model"],
@@ -933,7 +933,7 @@ def _bundle(
 
 def _end(store: Store, run_id: str, status: str, message: str) -> None:
     with _quiet():
-        store.set_tag(run_id, "relay.error", message[:4000])
+        store.set_tag(run_id, tag.ERROR, message[:4000])
     store.finish(run_id, status)
 
 
@@ -988,7 +988,7 @@ class _Heartbeat:
     def _loop(self) -> None:
         while not self._stop.wait(self.every):
             with _quiet():
-                self.store.set_tag(self.run_id, "relay.heartbeat", f"{time.time():.3f}")
+                self.store.set_tag(self.run_id, tag.HEARTBEAT, f"{time.time():.3f}")
 
     def __enter__(self) -> _Heartbeat:
         self._thread.start()

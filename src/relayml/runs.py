@@ -23,6 +23,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from relayml import tags as tag
 from relayml.config import Settings, load_settings
 from relayml.errors import NotFound, UsageError
 from relayml.keys import Reference, RunKey, day_bounds_ms, parse_reference
@@ -38,9 +39,8 @@ if TYPE_CHECKING:
 
 __all__ = ["Project", "Run", "RunList", "get", "open_project", "runs"]
 
-TAG = "relay."
+TAG = tag.PREFIX
 STATUSES = ("RUNNING", "FINISHED", "FAILED", "KILLED", "STALE")
-INTERNAL_STEPS = ("chains", "snapshots", "refresh")
 
 Project = Settings | str | Path | None
 
@@ -76,7 +76,7 @@ class Run:
         self._entity = entity
         self.run_id: str = entity.info.run_id
         tags = entity.data.tags
-        self.key = RunKey(tags["relay.step"], tags["relay.variant"], tags["relay.time"])
+        self.key = RunKey(tags[tag.STEP], tags[tag.VARIANT], tags[tag.TIME])
 
     def __repr__(self) -> str:
         return f"<Run {self.key} {self.status} {self.run_id}>"
@@ -128,7 +128,7 @@ class Run:
     @property
     def heartbeat_age(self) -> float:
         """Seconds since the run last said it was alive."""
-        beat = self._entity.data.tags.get("relay.heartbeat")
+        beat = self._entity.data.tags.get(tag.HEARTBEAT)
         last = float(beat) if beat else self._entity.info.start_time / 1000
         return time.time() - last
 
@@ -147,7 +147,7 @@ class Run:
     def upstream_ids(self) -> dict[str, str]:
         """``{step: run_id}`` of the runs this run consumed, as recorded."""
         tags = self._entity.data.tags
-        prefix = "relay.upstream."
+        prefix = tag.UPSTREAM
         return {
             k.removeprefix(prefix): v
             for k, v in tags.items()
@@ -174,12 +174,12 @@ class Run:
     @property
     def data_version(self) -> str | None:
         """The digest of the load snapshot(s) this run descends from."""
-        return self._entity.data.tags.get("relay.data")
+        return self._entity.data.tags.get(tag.DATA)
 
     @property
     def data_keys(self) -> list[str]:
         """The keys of the load runs behind :attr:`data_version`."""
-        raw = self._entity.data.tags.get("relay.data.keys", "")
+        raw = self._entity.data.tags.get(tag.DATA_KEYS, "")
         return [k for k in raw.split(",") if k]
 
     @property
@@ -193,7 +193,7 @@ class Run:
         counts = [
             int(v)
             for k, v in self._entity.data.tags.items()
-            if k.startswith("relay.snapshot.") and k.endswith(".rows")
+            if k.startswith(tag.SNAPSHOT) and k.endswith(".rows")
         ]
         return sum(counts) if counts else None
 
@@ -226,12 +226,12 @@ class Run:
     @property
     def outputs(self) -> dict[str, str]:
         """``{name: how it is stored}`` of the run's outputs."""
-        return json.loads(self._entity.data.tags.get("relay.outputs", "{}"))
+        return json.loads(self._entity.data.tags.get(tag.OUTPUTS, "{}"))
 
     @property
     def model_uri(self) -> str | None:
         """The URI of the bundle logged by this run, if any."""
-        return self._entity.data.tags.get("relay.model")
+        return self._entity.data.tags.get(tag.MODEL)
 
     @property
     def active(self) -> bool:
@@ -293,7 +293,7 @@ class Run:
             "params": self.params,
             "metrics": self.metrics,
             "upstream": {
-                s: self._entity.data.tags.get(f"relay.upstream.{s}.key", i)
+                s: self._entity.data.tags.get(tag.upstream_key(s), i)
                 for s, i in self.upstream_ids.items()
             },
             "data_version": self.data_version,
@@ -334,7 +334,7 @@ def visible(entity: MlflowRun | RunRecord) -> bool:
         True
     """
     tags = entity.data.tags
-    return "relay.key" in tags and "relay.withdrawn" not in tags
+    return tag.KEY in tags and tag.WITHDRAWN not in tags
 
 
 def _wrap(settings: Settings, entities: Iterable[MlflowRun | RunRecord]) -> RunList:
@@ -360,9 +360,9 @@ def get(ref: str, *, project: Project = None, status: str | None = None) -> Run:
     store = get_store(settings)
     if parsed.run_id:
         entity = store.get_run(parsed.run_id)
-        if entity is None or "relay.key" not in entity.data.tags:
+        if entity is None or tag.KEY not in entity.data.tags:
             raise NotFound(f"no relay run with id {parsed.run_id}")
-        if entity.data.tags.get("relay.project", settings.project) != settings.project:
+        if entity.data.tags.get(tag.PROJECT, settings.project) != settings.project:
             raise NotFound(f"run {parsed.run_id} belongs to another project")
         return Run(settings, entity)
     flt = _reference_filter(parsed, settings, status)
@@ -389,14 +389,14 @@ def _reference_filter(ref: Reference, settings: Settings, status: str | None) ->
 def _not_found(ref: Reference, settings: Settings, store: Store) -> str:
     steps = store.step_experiments()
     if ref.step not in steps:
-        valid = sorted(s for s in steps if s not in INTERNAL_STEPS)
+        valid = sorted(s for s in steps if s not in tag.INTERNAL_STEPS)
         close = difflib.get_close_matches(ref.step or "", valid, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         return f"no runs of step {ref.step!r}{hint} (steps with runs: {', '.join(valid) or 'none'})"
     what = "finished run" if not ref.time else "run"
     msg = f"no {what} matches {str(ref)!r}"
     recent = store.search([ref.step], "", limit=200)  # type: ignore[list-item]
-    keys = [e.data.tags["relay.key"] for e in recent if visible(e)]
+    keys = [e.data.tags[tag.KEY] for e in recent if visible(e)]
     near = difflib.get_close_matches(str(ref), keys, n=3, cutoff=0.6)
     if near:
         msg += f"; nearest: {', '.join(near)}"
@@ -466,7 +466,7 @@ def runs(
         parts.append(f"attributes.status = {quote('RUNNING' if stale_only else status)}")
     if data:
         parts.append(f"tags.`relay.data` = {quote(_data_version(data, settings))}")
-    steps = [step] if step else [s for s in store.step_experiments() if s not in INTERNAL_STEPS]
+    steps = [step] if step else [s for s in store.step_experiments() if s not in tag.INTERNAL_STEPS]
     found = _wrap(settings, store.search(steps, " AND ".join(parts), limit=limit))
     if status == "RUNNING":
         return RunList(r for r in found if r.status == "RUNNING")

@@ -52,11 +52,12 @@ import orjson
 import pandas as pd
 
 from relayml import __version__
+from relayml import tags as tag
 from relayml.batch import (
     predict_file,
 )
-from relayml.bundle import Bundle, BundleInputError, load_bundle
-from relayml.errors import UsageError
+from relayml.bundle import Bundle, load_bundle
+from relayml.errors import BundleInputError, UsageError
 from relayml.serving_limits import HTTPError as _HTTPError
 from relayml.serving_limits import RequestLimits, check_finite, csv_frame, parquet_frame
 
@@ -926,8 +927,8 @@ def provenance(run: Any) -> dict[str, Any]:
             out.setdefault(r.step, key)
         queue.extend(r.upstream.values())
     out["data_version"] = run.data_version
-    out["commit"] = run.tags.get("relay.git.commit")
-    out["dirty"] = run.tags.get("relay.git.dirty") == "true"
+    out["commit"] = run.tags.get(tag.GIT_COMMIT)
+    out["dirty"] = run.tags.get(tag.GIT_DIRTY) == "true"
     out["model_uri"] = run.model_uri
     out["run_id"] = run.run_id
     return out

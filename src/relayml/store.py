@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from relayml import tags as tag
 from relayml.config import Settings
 from relayml.errors import ConfigError, RelayError
 from relayml.readstore import Reader, RunRecord, Unsupported, open_reader
@@ -191,8 +192,8 @@ class Store:
                     name,
                     artifact_location=location,
                     tags={
-                        "relay.project": self.settings.project,
-                        "relay.step": step,
+                        tag.PROJECT: self.settings.project,
+                        tag.STEP: step,
                         **experiment_description(self.settings.project, step),
                     },
                 )
@@ -526,10 +527,10 @@ class Store:
             >>> store.withdraw(run_id, "reusing processing/plain@20190209101500")  # doctest: +SKIP
         """
         entity = self.client.get_run(run_id)
-        key = entity.data.tags.get("relay.key")
-        self.log(run_id, tags={"relay.withdrawn": why, "relay.withdrawn.key": key or ""})
+        key = entity.data.tags.get(tag.KEY)
+        self.log(run_id, tags={tag.WITHDRAWN: why, tag.WITHDRAWN_KEY: key or ""})
         if key is not None:
-            self.client.delete_tag(run_id, "relay.key")
+            self.client.delete_tag(run_id, tag.KEY)
         self.finish(run_id, "KILLED")
         self.delete_run(run_id)
 
@@ -740,15 +741,15 @@ def _client(uri: str) -> MlflowClient:
 # would break lookups. Every other tag (errors, sources, notes, MLflow's and the user's) is
 # redacted.
 _IDENTITY_TAGS = (
-    "relay.project", "relay.step", "relay.variant", "relay.key", "relay.time",
-    "relay.heartbeat", "relay.code", "relay.params", "relay.fingerprint", "relay.git.",
-    "relay.upstream.", "relay.data", "relay.as_of", "relay.provenance.", "relay.digest",
-    "relay.rows", "relay.bytes", "relay.outputs", "relay.model", "relay.run_id",
-    "relay.retrieval_time", "relay.reproduces", "relay.stale", "relay.withdrawn",
-    "relay.snapshot.", "relay.chain.", "relay.refresh.", "mlflow.user",
+    tag.PROJECT, tag.STEP, tag.VARIANT, tag.KEY, tag.TIME,
+    tag.HEARTBEAT, tag.CODE, tag.PARAMS, tag.FINGERPRINT, tag.GIT,
+    tag.UPSTREAM, tag.DATA, tag.AS_OF, tag.PROVENANCE, tag.DIGEST,
+    tag.ROWS, tag.BYTES, tag.OUTPUTS, tag.MODEL, tag.RUN_ID,
+    tag.RETRIEVAL_TIME, tag.REPRODUCES, tag.STALE, tag.WITHDRAWN,
+    tag.SNAPSHOT, tag.CHAIN, tag.REFRESH, "mlflow.user",
     "mlflow.source.git.commit",
 )  # fmt: skip
-_FREE_TEXT_TAGS = ("relay.chain.request", "relay.refresh.decision")
+_FREE_TEXT_TAGS = (tag.CHAIN_REQUEST, tag.REFRESH_DECISION)
 
 
 def _tag_value(key: str, value: Any) -> str:

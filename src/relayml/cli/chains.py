@@ -44,7 +44,8 @@ def chain_command(
 
       relay chain load=transactions processing=plain training=logreg --force processing
     """
-    from relayml.chain import ChainFailed, chain
+    from relayml.chain import chain
+    from relayml.errors import ChainFailed
 
     def say(line: str) -> None:
         err_console.print(line, highlight=False)

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
+from relayml import tags as tag
 from relayml.cli.app import app, console, err_console, parse_assignments, print_json, settings
 
 if TYPE_CHECKING:
@@ -110,7 +111,7 @@ def run_command(
     if done.data_version:
         console.print(f"  data version {done.data_version}", highlight=False)
     if done.rows is not None:
-        checks = done.tags.get("relay.checks", "")
+        checks = done.tags.get(tag.CHECKS, "")
         console.print(f"  {done.rows:,} rows, checks {checks}", highlight=False)
     for name, value in sorted(done.metrics.items()):
         console.print(f"  {name} = {value:.6g}", highlight=False)
@@ -269,7 +270,7 @@ def show(
     console.print("[bold]artifacts[/bold]:")
     for path in info["artifacts"]:
         console.print(f"  {path}", highlight=False)
-    relay_tags = {k: v for k, v in info["tags"].items() if k.startswith("relay.")}
+    relay_tags = {k: v for k, v in info["tags"].items() if k.startswith(tag.PREFIX)}
     table = Table(title="tags", title_justify="left", show_header=False)
     for k, v in sorted(relay_tags.items()):
         table.add_row(k, v if len(v) < 120 else v[:117] + "...")
@@ -286,11 +287,11 @@ def describe(run: Run) -> dict[str, Any]:
     info["artifacts"] = run.artifacts
     info["model_uri"] = run.model_uri
     info["data_keys"] = run.data_keys
-    info["error"] = run.tags.get("relay.error")
+    info["error"] = run.tags.get(tag.ERROR)
     info["registered"] = registered_versions(run)
     if not run.upstream_ids:  # a load run: what its data holds, and its checks
         info["data_summary"] = run.data_summary
-        info["checks"] = run.tags.get("relay.checks")
+        info["checks"] = run.tags.get(tag.CHECKS)
         if "checks/report.txt" in info["artifacts"]:
             info["checks_report"] = _artifact_text(run, "checks/report.txt")
     return info

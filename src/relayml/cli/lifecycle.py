@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
+from relayml import tags as tag
 from relayml.cli.app import app, console, err_console, parse_assignments, print_json, settings
 
 if TYPE_CHECKING:
@@ -89,9 +90,8 @@ def compare(
 
 
 def _is_run_id(text: str) -> bool:
-    import re
 
-    return bool(re.match(r"^[0-9a-f]{32}$", text))
+    return tag.is_run_id(text)
 
 
 def _ranking_table(ranking: Ranking) -> Any:

@@ -18,6 +18,7 @@ from typing import Any
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 
+from relayml import tags as tag
 from relayml.runs import Run
 from relayml.ui.graph import Graph, data_graph, headline, run_graph
 from relayml.ui.queries import Queries
@@ -132,7 +133,7 @@ class Pages:
             registered=registered,
             rows=rows,
             reproduce=f"relay reproduce {run.key}",
-            error=run.tags.get("relay.error"),
+            error=run.tags.get(tag.ERROR),
         )
 
     def lineage(self, ref: str) -> str:
@@ -172,8 +173,8 @@ class Pages:
         chain_a, chain_b = _chain(run_a), _chain(run_b)
         steps = [s for s in self.q.steps() if s in chain_a or s in chain_b]
         sections = [_step_section(self.q, s, chain_a.get(s), chain_b.get(s)) for s in steps]
-        commit_a = run_a.tags.get("relay.git.commit")
-        commit_b = run_b.tags.get("relay.git.commit")
+        commit_a = run_a.tags.get(tag.GIT_COMMIT)
+        commit_b = run_b.tags.get(tag.GIT_COMMIT)
         code = None
         if commit_a and commit_b and commit_a != commit_b:
             code = self.q.code_diff(commit_a, commit_b)
@@ -197,7 +198,7 @@ class Pages:
         metric = metric or next((h[0] for r in runs if (h := headline(r.metrics, preferred))), None)
         promoted = {v["run_id"]: v["version"] for v in versions}
         decisions = [
-            d for d in self.q.refresh_decisions() if d.get("relay.refresh.metric", metric) == metric
+            d for d in self.q.refresh_decisions() if d.get(tag.REFRESH_METRIC, metric) == metric
         ]
         plot = _plot(runs, metric, promoted, decisions) if metric else None
         names = sorted({m for r in runs for m in r.metrics})
@@ -255,10 +256,10 @@ def _step_section(q: Queries, step: str, a: Run | None, b: Run | None) -> dict[s
             "key": str(r.key),
             "variant": r.variant,
             "status": r.status,
-            "commit": t.get("relay.git.commit"),
-            "uncommitted changes": t.get("relay.git.dirty"),
-            "code fingerprint": t.get("relay.code"),
-            "run fingerprint": t.get("relay.fingerprint"),
+            "commit": t.get(tag.GIT_COMMIT),
+            "uncommitted changes": t.get(tag.GIT_DIRTY),
+            "code fingerprint": t.get(tag.CODE),
+            "run fingerprint": t.get(tag.FINGERPRINT),
             "data version": r.data_version,
         }
         if not r.upstream_ids and r.data_version:
@@ -334,8 +335,8 @@ def _plot(
             marks.append(
                 {
                     "x": x(ts),
-                    "decision": d.get("relay.refresh.decision", ""),
-                    "winner": d.get("relay.refresh.winner", ""),
+                    "decision": d.get(tag.REFRESH_DECISION, ""),
+                    "winner": d.get(tag.REFRESH_WINNER, ""),
                 }
             )
     ticks = [

@@ -20,15 +20,15 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from relayml import tags as tag
 from relayml.config import Settings
 from relayml.errors import ConfigError, UsageError
 from relayml.keys import parse_reference
-from relayml.runs import INTERNAL_STEPS, Run, get
+from relayml.runs import Run, get
 from relayml.store import Store, get_store, quote
 
 __all__ = ["Queries"]
 
-CHAINS, SNAPSHOTS, REFRESH = INTERNAL_STEPS
 DIFF_FILE = "code/uncommitted.diff"
 
 
@@ -58,7 +58,7 @@ class Queries:
         return get_store(self.settings)
 
     def _wrap(self, entities: list[Any]) -> list[Run]:
-        return [Run(self.settings, e) for e in entities if "relay.key" in e.data.tags]
+        return [Run(self.settings, e) for e in entities if tag.KEY in e.data.tags]
 
     # -- the project ----------------------------------------------------------------------
 
@@ -79,7 +79,7 @@ class Queries:
     def _steps(self) -> list[str]:
         if self.pipeline is not None:
             return list(self.pipeline.order)
-        found = [s for s in self.store.step_experiments() if s not in INTERNAL_STEPS]
+        found = [s for s in self.store.step_experiments() if s not in tag.INTERNAL_STEPS]
         ups: dict[str, set[str]] = {}
         for step in found:
             newest = self.store.search([step], "", limit=1)
@@ -106,7 +106,7 @@ class Queries:
             (step, v): ids[0] if ids else None
             for step, names in variants.items()
             for v, (ids, _) in self.store.tagged(
-                [step], "relay.variant", names, limit=1, cap=1, common=True
+                [step], tag.VARIANT, names, limit=1, cap=1, common=True
             ).items()
         }
         runs = self._by_id(list(variants), [i for i in found.values() if i])
@@ -121,23 +121,27 @@ class Queries:
         """The project's registered model: ``{alias: version}``, its versions newest first,
         and the metric ``relay refresh`` last compared by (the team's headline metric)."""
         found = self.store.registered_model(self.settings.project)
-        used = sorted(v for k, v in found["tags"].items() if k.startswith("relay.refresh.metric."))
+        used = sorted(v for k, v in found["tags"].items() if k.startswith(tag.refresh_metric("")))
         return found["aliases"], found["versions"], (used[0] if used else None)
 
     def chains(self, limit: int = 10) -> list[dict[str, Any]]:
         """The newest chain records: ``{"id", "status", "data", "steps": [(step, key, how)]}``."""
         out = []
-        for e in self.store.search([CHAINS], "", limit=limit):
+        for e in self.store.search([tag.CHAINS_EXPERIMENT], "", limit=limit):
             tags = e.data.tags
-            names = [s for s in tags.get("relay.chain.steps", "").split(",") if s]
+            names = [s for s in tags.get(tag.CHAIN_STEPS, "").split(",") if s]
             out.append(
                 {
                     "id": e.info.run_id,
                     "status": e.info.status,
-                    "data": tags.get("relay.data"),
+                    "data": tags.get(tag.DATA),
                     "started": e.info.start_time,
                     "steps": [
-                        (s, tags.get(f"relay.chain.{s}.key"), tags.get(f"relay.chain.{s}.status"))
+                        (
+                            s,
+                            tags.get(tag.chain_step(s, "key")),
+                            tags.get(tag.chain_step(s, "status")),
+                        )
                         for s in names
                     ],
                 }
@@ -156,7 +160,7 @@ class Queries:
         parsed = parse_reference(ref)
         if parsed.key is not None and parsed.time:  # a full key: one indexed look-up
             ids, _ = self.store.tagged(
-                [parsed.key.step], "relay.key", [str(parsed.key)], limit=1, cap=1
+                [parsed.key.step], tag.KEY, [str(parsed.key)], limit=1, cap=1
             )[str(parsed.key)]
             run = self.by_id(ids[0]) if ids else None
             if run is not None:
@@ -168,7 +172,7 @@ class Queries:
         entity = self.store.get_run(run_id)
         if entity is None or entity.info.lifecycle_stage != "active":
             return None
-        return Run(self.settings, entity) if "relay.key" in entity.data.tags else None
+        return Run(self.settings, entity) if tag.KEY in entity.data.tags else None
 
     def consumers(
         self, runs: list[Run], limit: int, *, count_up_to: int = 500
@@ -179,9 +183,7 @@ class Queries:
         for step in dict.fromkeys(r.step for r in runs):
             steps = [s for s in self.steps() if s != step]
             ids = [r.run_id for r in runs if r.step == step]
-            found = self.store.tagged(
-                steps, f"relay.upstream.{step}", ids, limit=limit, cap=count_up_to
-            )
+            found = self.store.tagged(steps, tag.upstream(step), ids, limit=limit, cap=count_up_to)
             by_id = self._by_id(steps, [i for got, _ in found.values() for i in got])
             for rid, (got, total) in found.items():
                 out[rid] = ([by_id[i] for i in got if i in by_id], total)
@@ -192,7 +194,7 @@ class Queries:
     ) -> tuple[list[Run], int]:
         """Runs of a step on a data version, newest first, at most ``limit``; and how many
         there are (counted up to ``count_up_to``)."""
-        found = self.store.tagged([step], "relay.data", [digest], limit=limit, cap=count_up_to)
+        found = self.store.tagged([step], tag.DATA, [digest], limit=limit, cap=count_up_to)
         ids, total = found[digest]
         by_id = self._by_id([step], ids)
         return [by_id[i] for i in ids if i in by_id], total
@@ -205,17 +207,17 @@ class Queries:
     def refresh_decisions(self, limit: int = 200) -> list[dict[str, str]]:
         """The newest refresh decisions: their tags and start time (ms)."""
         out = []
-        for e in self.store.search([REFRESH], "", limit=limit):
-            tags = {k: v for k, v in e.data.tags.items() if k.startswith("relay.refresh.")}
-            if tags.get("relay.refresh.decision") not in (None, "skipped"):
+        for e in self.store.search([tag.REFRESH_EXPERIMENT], "", limit=limit):
+            tags = {k: v for k, v in e.data.tags.items() if k.startswith(tag.REFRESH)}
+            if tags.get(tag.REFRESH_DECISION) not in (None, "skipped"):
                 out.append({**tags, "started": str(e.info.start_time)})
         return out
 
     def snapshot_rows(self, digest: str) -> int | None:
         """The row count of a load snapshot by its digest, where one was stored."""
         flt = f"tags.`relay.digest` = {quote(digest)}"
-        for e in self.store.search([SNAPSHOTS], flt, limit=1):
-            rows = e.data.tags.get("relay.rows")
+        for e in self.store.search([tag.SNAPSHOTS_EXPERIMENT], flt, limit=1):
+            rows = e.data.tags.get(tag.ROWS)
             return int(rows) if rows and rows.isdigit() else None
         return None
 

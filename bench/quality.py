@@ -68,8 +68,7 @@ def measure_snapshot(mode: str, url: str, table: str, out: Path) -> dict:
         summarizer, checker = Summarizer(), Checker(_checks(), key=["id"])
 
         def observe(batch):
-            summarizer.update(batch)
-            checker.update(batch)
+            checker.update(batch, summarizer.update(batch))
 
     snap = data.snapshot_query(url, _query(table), {}, out, observe=observe)
     ok = None

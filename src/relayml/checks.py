@@ -36,6 +36,8 @@ if TYPE_CHECKING:  # numpy, pandas and pyarrow load when data is checked, not wh
     import numpy as np
     import pyarrow as pa
 
+    from relayml.data_summary import ColumnStats
+
 __all__ = ["CheckReport", "CheckResult", "Checker", "Checks", "checks"]
 
 EXAMPLES = 5
@@ -282,9 +284,16 @@ class Checker:
         self._counts: dict[tuple[str, str], int] = {}
         self._examples: dict[tuple[str, str], list[Any]] = {}
         self._keys = {u: _KeySet(u) for u in uniques}
+        self._bounds: dict[str, tuple[pa.Scalar | None, pa.Scalar | None]] = {}
 
-    def update(self, batch: pa.RecordBatch) -> None:
+    def update(self, batch: pa.RecordBatch, stats: Mapping[str, ColumnStats] | None = None) -> None:
         """Check one batch (row-level checks) and remember its key hashes.
+
+        Args:
+            batch: the next canonical batch.
+            stats: what :meth:`relayml.data_summary.Summarizer.update` returned for it: a
+                column with no null (nor NaN), or whose min and max lie within its range,
+                is then decided from them without looking at its rows.
 
         Example:
             >>> import pyarrow as pa
@@ -293,36 +302,51 @@ class Checker:
             >>> c.finish({"rows": 1, "columns": {}}).ok
             False
         """
-        import numpy as np
         import pyarrow as pa
-        import pyarrow.compute as pc
 
         if self._schema is None:
-            self._schema = batch.schema
-            wanted = set(self.spec.not_null) | set(self.spec.ranges) | set(self.spec.schema)
-            wanted |= {c for u in self.uniques for c in u} | set(self.spec.max_null_ratio)
-            self._missing = wanted - set(batch.schema.names)
+            self._start(batch.schema)
+        stats = stats or {}
         for col in self.spec.not_null:
             if col in self._missing:
                 continue
+            st = stats.get(col)
+            if st is not None and st.nulls == 0 and st.nan == 0:
+                continue
             arr = batch.column(col)
-            bad = arr.is_null()
-            if pa.types.is_floating(arr.type):
-                bad = pc.or_(bad, pc.fill_null(pc.is_nan(arr), False))
-            self._count("not_null", col, batch, bad)
-        for col, (lo, hi) in self.spec.ranges.items():
+            if arr.null_count == 0 and not pa.types.is_floating(arr.type):
+                continue
+            self._count("not_null", col, batch, _null_or_nan(arr))
+        for col, (lo, hi) in self._bounds.items():
             if col in self._missing or pa.types.is_null(batch.schema.field(col).type):
                 continue  # a column of only nulls (an empty SQLite result) breaks no range
-            arr = batch.column(col)
-            bad = pa.array(np.zeros(len(arr), bool))
-            for bound, op in ((lo, pc.less), (hi, pc.greater)):
-                if bound is not None:
-                    bad = pc.or_(bad, pc.fill_null(op(arr, _scalar(bound, arr.type, col)), False))
-            self._count("ranges", col, batch, bad)
+            st = stats.get(col)
+            if st is not None and _within(st, lo, hi):
+                continue
+            self._count("ranges", col, batch, _outside(batch.column(col), lo, hi))
         for u in self.uniques:
             if not set(u) & self._missing:
                 self._keys[u].add(batch)
         self._rows += batch.num_rows
+
+    def _start(self, schema: pa.Schema) -> None:
+        """Note the first batch's columns and check the range bounds against their types."""
+        self._schema = schema
+        wanted = set(self.spec.not_null) | set(self.spec.ranges) | set(self.spec.schema)
+        wanted |= {c for u in self.uniques for c in u} | set(self.spec.max_null_ratio)
+        self._missing = wanted - set(schema.names)
+        import pyarrow as pa
+
+        for col, (lo, hi) in self.spec.ranges.items():
+            if col in self._missing:
+                continue
+            t = schema.field(col).type
+            if pa.types.is_null(t):
+                self._bounds[col] = (None, None)
+                continue
+            self._bounds[col] = tuple(  # type: ignore[assignment]
+                None if b is None else _scalar(b, t, col) for b in (lo, hi)
+            )
 
     def _count(self, check: str, col: str, batch: pa.RecordBatch, bad: pa.Array) -> None:
         import pyarrow.compute as pc
@@ -516,6 +540,42 @@ def _scalar(bound: Any, t: pa.DataType, col: str) -> pa.Scalar:
             f"checks: the range bound {bound!r} of column {col!r} does not compare with its "
             f"type {t} ({e})"
         ) from None
+
+
+def _null_or_nan(arr: pa.Array) -> pa.Array:
+    """True where a value is null or NaN."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    bad = arr.is_null()
+    if pa.types.is_floating(arr.type):
+        bad = pc.or_(bad, pc.fill_null(pc.is_nan(arr), False))
+    return bad
+
+
+def _outside(arr: pa.Array, lo: pa.Scalar | None, hi: pa.Scalar | None) -> pa.Array:
+    """True where a value lies outside ``[lo, hi]`` (nulls and NaN never do)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    bad = pa.array(np.zeros(len(arr), bool))
+    for bound, op in ((lo, pc.less), (hi, pc.greater)):
+        if bound is not None:
+            bad = pc.or_(bad, pc.fill_null(op(arr, bound), False))
+    return bad
+
+
+def _within(stats: ColumnStats, lo: pa.Scalar | None, hi: pa.Scalar | None) -> bool:
+    """True when a batch's min and max show that no value of it is outside ``[lo, hi]``."""
+    if stats.valid == 0:
+        return True  # only nulls and NaN: nothing to compare
+    if stats.min is None or stats.max is None:
+        return False  # a type the summary keeps no bounds of: look at the rows
+    try:
+        return (lo is None or stats.min >= lo.as_py()) and (hi is None or stats.max <= hi.as_py())
+    except TypeError:  # Python cannot compare them: look at the rows
+        return False
 
 
 def _range_text(bounds: tuple[Any, Any] | None) -> str:

@@ -38,6 +38,7 @@ from relayml.errors import NotFound, UsageError
 
 if TYPE_CHECKING:
     import duckdb
+    import numpy as np
 
     from relayml.runs import Project
 
@@ -229,18 +230,13 @@ def diff_files(
         out = DataDiff(la, lb, rows, key=key, schema=_schema_changes(types))
         values = [c for c in common if c not in key]
         binned = [c for c in values if _binned(types["a"][c])]
-        samples = {v: _sample(rows[v]) for v in ("a", "b")}
-        cuts = _cuts(con, binned, types["a"], samples["a"])
-        for v in ("a", "b"):  # one full scan of each version: its key and a hash of each row
-            keys = "".join(f"{_ident(k)}, " for k in key)
-            hashed = _row_hash(v, values if key else common)
-            con.execute(f"CREATE TEMP TABLE h{v} AS SELECT {keys}{hashed} AS h__ FROM {v}")
         if key:
             _keyed(con, out, key, values)
         else:
-            _unkeyed(con, out)
+            _unkeyed(con, out, common)
         others = [c for c in values if c not in binned]
-        out.drift = _drift(con, binned, cuts, others, types["a"], samples)
+        paths = {"a": Path(a), "b": Path(b)}
+        out.drift = _drift(con, paths, binned, others, types["a"], rows)
         return out
     finally:
         con.close()
@@ -268,27 +264,33 @@ def _row_hash(alias: str, columns: Sequence[str]) -> str:
 def _keyed(
     con: duckdb.DuckDBPyConnection, out: DataDiff, key: list[str], values: list[str]
 ) -> None:
-    on = " AND ".join(f"ha.{_ident(k)} = hb.{_ident(k)}" for k in key)
-    added, removed, changed = con.execute(
-        f"""SELECT count(*) FILTER (WHERE ha.h__ IS NULL),
-                   count(*) FILTER (WHERE hb.h__ IS NULL),
-                   count(*) FILTER (WHERE ha.h__ <> hb.h__)
-            FROM ha FULL OUTER JOIN hb ON {on}"""
+    """Rows added, removed and changed, and the keys of a few of each, in one pass.
+
+    One query scans each version once (its key and one hash of each row's values), joins
+    them on the key (FULL OUTER JOIN, DuckDB's hash join) and aggregates the three counts and
+    the smallest keys of each kind (``min(key, n)``) together: no temporary table, no second
+    join. Only the few example rows are read again (by key, so Parquet row groups are pruned).
+    """
+    keys = ", ".join(_ident(k) for k in key)
+    on = " AND ".join(f"x.{_ident(k)} = y.{_ident(k)}" for k in key)
+    kx = "row(" + ", ".join(f"x.{_ident(k)}" for k in key) + ")"
+    ky = "row(" + ", ".join(f"y.{_ident(k)}" for k in key) + ")"
+    side = {v: f"SELECT {keys}, {_row_hash(v, values)} AS h__ FROM {v}" for v in ("a", "b")}
+    added, removed, changed, ex_added, ex_removed, ex_changed = con.execute(
+        f"""SELECT count(*) FILTER (WHERE x.h__ IS NULL),
+                   count(*) FILTER (WHERE y.h__ IS NULL),
+                   count(*) FILTER (WHERE x.h__ <> y.h__),
+                   min({ky}, {EXAMPLES}) FILTER (WHERE x.h__ IS NULL),
+                   min({kx}, {EXAMPLES}) FILTER (WHERE y.h__ IS NULL),
+                   min({kx}, {EXAMPLES}) FILTER (WHERE x.h__ <> y.h__)
+            FROM ({side["a"]}) x FULL OUTER JOIN ({side["b"]}) y ON {on}"""
     ).fetchone()
     out.added, out.removed, out.changed = int(added), int(removed), int(changed)
-    sel = ", ".join(f"x.{_ident(k)}" for k in key)
-    anti = " AND ".join(f"x.{_ident(k)} = y.{_ident(k)}" for k in key)
-    examples: dict[str, list[Any]] = {}
-    for kind, x, y, view in (("added", "hb", "ha", "b"), ("removed", "ha", "hb", "a")):
-        picked = con.execute(
-            f"SELECT {sel} FROM {x} x ANTI JOIN {y} y ON {anti} ORDER BY {sel} LIMIT {EXAMPLES}"
-        ).fetchall()
-        examples[kind] = _rows_by_key(con, view, key, picked)
-    picked = con.execute(
-        f"SELECT {', '.join(f'ha.{_ident(k)}' for k in key)} FROM ha JOIN hb ON {on} "
-        f"WHERE ha.h__ <> hb.h__ ORDER BY {', '.join(f'ha.{_ident(k)}' for k in key)} "
-        f"LIMIT {EXAMPLES}"
-    ).fetchall()
+    examples: dict[str, list[Any]] = {
+        "added": _rows_by_key(con, "b", key, _tuples(ex_added)),
+        "removed": _rows_by_key(con, "a", key, _tuples(ex_removed)),
+    }
+    picked = _tuples(ex_changed)
     old = {_k(r, key): r for r in _rows_by_key(con, "a", key, picked)}
     new = {_k(r, key): r for r in _rows_by_key(con, "b", key, picked)}
     examples["changed"] = [
@@ -300,6 +302,11 @@ def _keyed(
         if k_ in new
     ]
     out.examples = examples
+
+
+def _tuples(keys: list[Any] | None) -> list[tuple[Any, ...]]:
+    """The keys ``min(row(...), n)`` returned, as tuples (``None``: no row of that kind)."""
+    return [tuple(k.values()) if isinstance(k, dict) else tuple(k) for k in keys or []]
 
 
 def _k(row: Mapping[str, Any], key: list[str]) -> tuple[Any, ...]:
@@ -325,12 +332,18 @@ def _rows_by_key(
     return _rows(con, f"SELECT * FROM {view} WHERE {where} ORDER BY {order}", params)
 
 
-def _unkeyed(con: duckdb.DuckDBPyConnection, out: DataDiff) -> None:
-    only_b = "SELECT h__ FROM hb EXCEPT ALL SELECT h__ FROM ha"
-    only_a = "SELECT h__ FROM ha EXCEPT ALL SELECT h__ FROM hb"
-    out.added = int(con.execute(f"SELECT count(*) FROM ({only_b})").fetchone()[0])
-    out.removed = int(con.execute(f"SELECT count(*) FROM ({only_a})").fetchone()[0])
-    out.changed = None
+def _unkeyed(con: duckdb.DuckDBPyConnection, out: DataDiff, common: list[str]) -> None:
+    """Rows found only in one version (as multisets of row hashes), in one pass of each."""
+    both = f"SELECT {_row_hash('a', common)} AS h__, 0 AS s__ FROM a UNION ALL " + (
+        f"SELECT {_row_hash('b', common)}, 1 FROM b"
+    )
+    added, removed = con.execute(
+        f"""SELECT coalesce(sum(greatest(nb - na, 0)), 0), coalesce(sum(greatest(na - nb, 0)), 0)
+            FROM (SELECT count(*) FILTER (WHERE s__ = 0) AS na,
+                         count(*) FILTER (WHERE s__ = 1) AS nb
+                  FROM ({both}) GROUP BY h__)"""
+    ).fetchone()
+    out.added, out.removed, out.changed = int(added), int(removed), None
 
 
 def _rows(
@@ -349,54 +362,26 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
-def _sample(rows: int) -> str:
-    """A block sample of about SAMPLE_ROWS rows of a large version ("" reads all)."""
-    if rows <= 2 * SAMPLE_ROWS:
-        return ""
-    return f" USING SAMPLE {100 * SAMPLE_ROWS / rows:.4f} PERCENT (system, 42)"
-
-
-def _cuts(
-    con: duckdb.DuckDBPyConnection, binned: list[str], types: Mapping[str, str], sample: str
-) -> dict[str, list[float]]:
-    """A's deciles of each binned column (from a block sample of a large version)."""
-    if not binned:
-        return {}
-    qs = [i / BINS for i in range(1, BINS)]
-    exprs = ", ".join(f"quantile_cont({_num(c, types[c])}, {qs})" for c in binned)
-    edges = con.execute(f"SELECT {exprs} FROM a{sample}").fetchone()
-    return {
-        c: sorted({e for e in (es or []) if e is not None and not math.isnan(e)})
-        for c, es in zip(binned, edges, strict=True)
-    }
-
-
-def _bin(x: str, edges: list[float]) -> str:
-    cases = " ".join(f"WHEN {x} < {e!r} THEN {i}" for i, e in enumerate(edges))
-    return f"CAST(CASE WHEN {x} IS NULL THEN -1 {cases} ELSE {len(edges)} END AS TINYINT)"
-
-
 def _drift(
     con: duckdb.DuckDBPyConnection,
+    paths: Mapping[str, Path],
     binned: list[str],
-    cuts: Mapping[str, list[float]],
     others: list[str],
     types: Mapping[str, str],
-    samples: Mapping[str, str],
+    rows: Mapping[str, int],
 ) -> dict[str, dict[str, Any]]:
+    """PSI of binned columns on A's deciles (numpy over one read of each version's sample),
+    and the share of new categories of the others."""
+    import numpy as np
+
     out: dict[str, dict[str, Any]] = {}
     if binned:
-        hists = {}
-        for v in ("a", "b"):
-            exprs = ", ".join(f"histogram({_bin(_num(c, types[c]), cuts[c])})" for c in binned)
-            row = con.execute(f"SELECT {exprs} FROM {v}{samples[v]}").fetchone()
-            hists[v] = [dict(h or {}) for h in row]
-        for i, c in enumerate(binned):
-            bins = range(-1, len(cuts[c]) + 1)
-            ha, hb = hists["a"][i], hists["b"][i]
+        xa, xb = (_numbers(paths[v], binned, rows[v]) for v in ("a", "b"))
+        for c in binned:
+            edges = _deciles(xa[c][~np.isnan(xa[c])])
             out[c] = {
                 "measure": "psi",
-                "value": psi([ha.get(j, 0) for j in bins], [hb.get(j, 0) for j in bins]),
+                "value": psi(_histogram(xa[c], edges), _histogram(xb[c], edges)),
             }
     for c in others:
         if types[c].endswith("[]"):
@@ -410,18 +395,76 @@ def _drift(
     return dict(sorted(out.items(), key=lambda cv: list(types).index(cv[0])))
 
 
+def _row_groups(sizes: Sequence[int]) -> list[int]:
+    """Row groups spread evenly over a file that together hold at least ``SAMPLE_ROWS`` rows."""
+    n = len(sizes)
+    for k in range(1, n + 1):
+        picked = sorted({round(i * (n - 1) / max(k - 1, 1)) for i in range(k)})
+        if sum(sizes[i] for i in picked) >= SAMPLE_ROWS:
+            return picked
+    return list(range(n))
+
+
+def _numbers(path: Path, columns: list[str], rows: int) -> dict[str, np.ndarray]:
+    """The binned columns of a version as float64 (NULL and NaN as NaN, times in µs).
+
+    A version of more than ``2 * SAMPLE_ROWS`` rows is sampled by whole Parquet row groups
+    spread evenly over the file (a relay snapshot holds one row group per fetched batch), so
+    only those are read and decoded.
+    """
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    pf = pq.ParquetFile(path)
+    groups = list(range(pf.num_row_groups))
+    if rows > 2 * SAMPLE_ROWS:
+        groups = _row_groups([pf.metadata.row_group(i).num_rows for i in groups])
+    table = pf.read_row_groups(groups, columns=columns)
+    out = {}
+    for c in columns:
+        arr = table.column(c).combine_chunks()
+        t = arr.type
+        if pa.types.is_timestamp(t):
+            arr = arr.cast(pa.timestamp("us", t.tz)).cast(pa.int64())
+        elif pa.types.is_date(t):
+            arr = pc.multiply(arr.cast(pa.date32()).cast(pa.int64()), 86_400_000_000)
+        if not pa.types.is_floating(arr.type):
+            arr = arr.cast(pa.float64())
+        out[c] = np.asarray(arr.to_numpy(zero_copy_only=False), dtype=np.float64)
+    return out
+
+
+def _deciles(valid: np.ndarray) -> np.ndarray:
+    """The distinct deciles of some values (linear interpolation, as ``quantile_cont``)."""
+    import numpy as np
+
+    if len(valid) == 0:
+        return np.empty(0)
+    pos = np.arange(1, BINS) / BINS * (len(valid) - 1)
+    lo = np.floor(pos).astype(np.int64)
+    hi = np.minimum(lo + 1, len(valid) - 1)
+    part = np.partition(valid, np.unique(np.concatenate([lo, hi])))
+    return np.unique(part[lo] + (part[hi] - part[lo]) * (pos - lo))
+
+
+def _histogram(x: np.ndarray, edges: np.ndarray) -> list[int]:
+    """Counts of NULL/NaN, then of each bin: below the first edge, ..., from the last on.
+
+    A value's bin is the number of edges at or below it; ``count(x < edge)`` for each edge
+    gives the cumulative counts in one comparison per edge (no sort, no search).
+    """
+    import numpy as np
+
+    valid = x[~np.isnan(x)]
+    below = [int(np.count_nonzero(valid < e)) for e in edges]
+    bins = np.diff([0, *below, len(valid)])
+    return [len(x) - len(valid), *bins.tolist()]
+
+
 def _binned(t: str) -> bool:
     return t in _NUMERIC or t.startswith(("DECIMAL", "TIMESTAMP", "DATE")) or t == "BOOLEAN"
-
-
-def _num(c: str, t: str) -> str:
-    """A column as a double: times as microseconds since the epoch, NaN as NULL."""
-    x = _ident(c)
-    if t.startswith(("TIMESTAMP", "DATE")):
-        return f"epoch_us(CAST({x} AS TIMESTAMP))"
-    if t in ("FLOAT", "DOUBLE"):
-        return f"(CASE WHEN isnan({x}) THEN NULL ELSE CAST({x} AS DOUBLE) END)"
-    return f"CAST({x} AS DOUBLE)"
 
 
 def rows_not_in(frame: Any, path: Path, key: Sequence[str]) -> Any:
@@ -491,12 +534,18 @@ def diff(
         UsageError: a run that is not a load run, or a key column missing.
 
     Example:
-        >>> d = relay.diff("load/transactions@2019-02-10",  # doctest: +SKIP
-        ...                "load/transactions@latest")
-        >>> d.added, d.removed, d.changed  # doctest: +SKIP
-        (8000, 0, 0)
-        >>> relay.diff("load/transactions@latest").b  # against the load before it  # doctest: +SKIP
-        'load/transactions@20190211080000'
+        >>> d = relay.diff("load/transactions@latest", "load/transactions@latest")
+        >>> d.key, (d.added, d.removed, d.changed), d.rows["a"] == d.rows["b"] > 0
+        (['id'], (0, 0, 0), True)
+        >>> d.max_drift[1]
+        0.0
+
+        Without ``b``, ``a`` is compared with the load of the same variant just before it:
+
+        >>> relay.diff("load/transactions@latest")  # the project's only load
+        Traceback (most recent call last):
+        ...
+        relayml.errors.NotFound: no finished load of load/transactions before ...
     """
     from relayml.runs import open_project
 
@@ -528,6 +577,20 @@ def _previous_load(ref: str, settings: Any) -> str:
     return str(before[0].key)
 
 
+def _load_by_digest(ref: str, settings: Any) -> str:
+    """The run id of a finished load run whose data version starts with ``ref``."""
+    from relayml.store import get_store, quote
+
+    if len(ref) < 8:
+        raise UsageError(f"data version {ref!r} is too short; give at least 8 hex digits")
+    flt = f"tags.`{tag.DATA}` LIKE {quote(ref + '%')} AND attributes.status = 'FINISHED'"
+    found = [e for e in get_store(settings).search(None, flt) if tag.KEY in e.data.tags]
+    loads = [e for e in found if not any(k.startswith(tag.UPSTREAM) for k in e.data.tags)]
+    if not loads:
+        raise NotFound(f"no load run has data version {ref!r}; list them with 'relay runs load'")
+    return str(loads[0].info.run_id)
+
+
 def snapshot_of(ref: str, settings: Any, snapshot: str | None = None) -> Version:
     """The snapshot behind a load run reference or a digest, as a :class:`Version`.
 
@@ -536,34 +599,23 @@ def snapshot_of(ref: str, settings: Any, snapshot: str | None = None) -> Version
         UsageError: the run took no snapshot.
 
     Example:
-        >>> snapshot_of("load/transactions@latest", settings).key  # doctest: +SKIP
-        ('id',)
+        >>> v = snapshot_of("load/transactions@latest", relay.open_project())
+        >>> v.key, v.path.suffix, len(v.digest)
+        (('id',), '.parquet', 32)
     """
     from relayml.outputs import snapshot_path
     from relayml.runs import get
-    from relayml.store import get_store, quote
 
     is_digest = "@" not in ref and "/" not in ref and all(ch in "0123456789abcdef" for ch in ref)
     run = None
-    if (is_digest and len(ref) == 32) or not is_digest:
+    if not is_digest or len(ref) == 32:
         try:
             run = get(ref, project=settings)
         except NotFound:
             if not is_digest:
                 raise
-    store = get_store(settings)
-    if run is None and is_digest:
-        if len(ref) < 8:
-            raise UsageError(f"data version {ref!r} is too short; give at least 8 hex digits")
-        flt = f"tags.`relay.data` LIKE {quote(ref + '%')} AND attributes.status = 'FINISHED'"
-        found = [e for e in store.search(None, flt) if tag.KEY in e.data.tags]
-        loads = [e for e in found if not any(k.startswith(tag.UPSTREAM) for k in e.data.tags)]
-        if not loads:
-            raise NotFound(
-                f"no load run has data version {ref!r}; list them with 'relay runs load'"
-            )
-        run = get(loads[0].info.run_id, project=settings)
-    assert run is not None
+    if run is None:
+        run = get(_load_by_digest(ref, settings), project=settings)
     snaps = {
         k.removeprefix(tag.SNAPSHOT): v
         for k, v in run.tags.items()

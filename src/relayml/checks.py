@@ -73,8 +73,14 @@ class Checks:
         max_null_ratio: column -> the largest share of nulls accepted (0..1).
 
     Example:
-        >>> Checks().min_rows
+        >>> Checks().min_rows  # the default: an empty load fails
         1
+        >>> import pyarrow as pa
+        >>> spec = Checks(not_null=("Amount",), ranges={"Amount": (0, None)})
+        >>> c = Checker(spec)
+        >>> c.update(pa.record_batch({"Amount": [12.5, -3.0, None]}))
+        >>> [(r.name, r.failed_rows) for r in c.finish({"rows": 3}).failures]
+        [('not_null', 1), ('ranges', 1)]
     """
 
     min_rows: int = 1

@@ -84,6 +84,11 @@ class DataDiff:
         drift: column -> ``{"measure": "psi" | "new_categories", "value": float}``.
 
     Example:
+        >>> d = relay.diff("load/transactions@latest", "load/transactions@latest")
+        >>> d.to_dict()["key"], d.schema["added"], d.examples["changed"]
+        (['id'], {}, [])
+        >>> d.drift["Amount"]
+        {'measure': 'psi', 'value': 0.0}
         >>> DataDiff("a", "b", {"a": 1, "b": 1}).to_dict()["rows"]
         {'a': 1, 'b': 1}
     """
@@ -540,9 +545,10 @@ def diff(
         >>> d.max_drift[1]
         0.0
 
-        Without ``b``, ``a`` is compared with the load of the same variant just before it:
+        Without ``b``, ``a`` is compared with the load of the same variant just before it
+        (here there is none):
 
-        >>> relay.diff("load/transactions@latest")  # the project's only load
+        >>> relay.diff("load/transactions@latest")  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
         relayml.errors.NotFound: no finished load of load/transactions before ...

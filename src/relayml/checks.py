@@ -4,7 +4,10 @@
 load looks like. :class:`Checker` sees every canonical batch the snapshot writes: row-level
 checks (``not_null``, ``ranges``, ``schema``) count failing rows batch by batch and keep a few
 examples; aggregate checks (``min_rows``, ``unique``, ``max_null_ratio``) are decided at the
-end from the summary and a compact set of key hashes. Without declared checks the defaults
+end from the summary and a compact set of key hashes. Given the summary's statistics of each
+batch (:class:`~relayml.data_summary.ColumnStats`: nulls, NaN, min, max), a batch that cannot
+break ``not_null`` or a range is decided from them without looking at its rows; only
+``unique`` needs a pass of its own. Without declared checks the defaults
 still apply: a load of 0 rows fails (``min_rows=1``).
 
 This module decides; it does no tracking. The runner logs the :class:`CheckReport` and ends a

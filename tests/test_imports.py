@@ -98,6 +98,8 @@ LAYERS: dict[str, tuple[int, str]] = {
             "relayml.steps",
             "relayml.checks",
             "relayml.data",
+            "relayml.data_digest",
+            "relayml.data_sources",
             "relayml.data_summary",
             "relayml.datadiff",
             "relayml.fingerprint",

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 import relayml
+from relayml.pipeline import load_pipeline, pipeline_cache_file
 from relayml.runner import prepare
-from relayml.steps import load_pipeline, pipeline_cache_file
 
 from conftest import git, relay_process
 

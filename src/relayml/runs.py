@@ -25,10 +25,11 @@ from typing import TYPE_CHECKING, Any
 
 from relayml import tags as tag
 from relayml.config import Settings, load_settings
-from relayml.errors import NotFound, UsageError
+from relayml.errors import ConfigError, NotFound, UsageError
 from relayml.keys import Reference, RunKey, day_bounds_ms, parse_reference
 from relayml.lineage import Lineage, run_lineage
 from relayml.outputs import load_output
+from relayml.pipeline import load_pipeline
 from relayml.store import Store, get_store, quote
 
 if TYPE_CHECKING:
@@ -509,9 +510,6 @@ def _coerced_params(
     out = {k: str(v) for k, v in params.items()}
     if not (step and params):
         return out
-    from relayml.errors import ConfigError
-    from relayml.steps import load_pipeline
-
     try:
         declared_step = load_pipeline(settings.root, settings.module).get(step)
     except (ConfigError, UsageError):

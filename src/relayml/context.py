@@ -38,12 +38,22 @@ __all__ = ["Context", "warn"]
 class Context:
     """What a variant's ``ctx`` parameter receives: logging, data access, the run's identity.
 
+    A variant asks for it by naming a parameter ``ctx``. Here one is added to the project's
+    steps module and run:
+
     Example:
-        >>> @load.variant("transactions")  # doctest: +SKIP
-        ... def transactions(ctx, days: int = 30):
-        ...     df = ctx.query("fraud", "SELECT * FROM tx WHERE ts <= :retrieval_time")
-        ...     ctx.log_metric("rows", len(df))
-        ...     return df
+        >>> with open("steps.py", "a") as f:
+        ...     _ = f.write('''
+        ... @load.variant("big")
+        ... def big(ctx: relay.Context, amount: float = 500.0):
+        ...     sql = "SELECT * FROM transactions WHERE Amount > :amount AND ts <= :retrieval_time"
+        ...     frame = ctx.query("fraud", sql, amount=amount)
+        ...     ctx.log_metric("max_amount", float(frame["Amount"].max()))
+        ...     return frame
+        ... ''')
+        >>> run = relay.run("load", "big", {"amount": 1000})
+        >>> run.rows > 0, run.metrics["max_amount"] > 1000
+        (True, True)
     """
 
     key: RunKey
@@ -64,7 +74,16 @@ class Context:
         """Log one metric of the run.
 
         Example:
-            >>> ctx.log_metric("test_roc_auc", 0.97)  # doctest: +SKIP
+            >>> with open("steps.py", "a") as f:
+            ...     _ = f.write('''
+            ... @training.variant("constant")
+            ... def constant(ctx: relay.Context, processing, value: float = 0.5):
+            ...     for epoch in range(3):
+            ...         ctx.log_metric("loss", value / (epoch + 1), step=epoch)
+            ...     return {}
+            ... ''')
+            >>> relay.run("training", "constant").metrics["loss"]  # the last value
+            0.1666...
         """
         self._store.log(self.run_id, metrics={name: value}, step=step)
 
@@ -72,16 +91,51 @@ class Context:
         """Log several metrics at once.
 
         Example:
-            >>> ctx.log_metrics({"precision": 0.8, "recall": 0.7})  # doctest: +SKIP
+            >>> with open("steps.py", "a") as f:
+            ...     _ = f.write('''
+            ... @training.variant("sizes")
+            ... def sizes(ctx: relay.Context, processing):
+            ...     ctx.log_metrics({"train": len(processing["train"]), "test": 0})
+            ...     return {}
+            ... ''')
+            >>> sorted(relay.run("training", "sizes").metrics)
+            ['test', 'train']
         """
         self._store.log(self.run_id, metrics=dict(metrics), step=step)
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
-        """Upload a file or folder as an artifact of the run."""
+        """Upload a file or folder as an artifact of the run.
+
+        Example:
+            >>> with open("steps.py", "a") as f:
+            ...     _ = f.write('''
+            ... @training.variant("report")
+            ... def report(ctx: relay.Context, processing):
+            ...     path = ctx.settings.root / "columns.csv"
+            ...     processing["train"].columns.to_series().to_csv(path, index=False)
+            ...     ctx.log_artifact(path, "reports")
+            ...     ctx.log_text("a short note", "notes/readme.txt")
+            ...     return {}
+            ... ''')
+            >>> [a for a in relay.run("training", "report").artifacts if "code/" not in a]
+            ['notes/readme.txt', 'reports/columns.csv']
+        """
         self._store.upload(self.run_id, Path(path), artifact_path)
 
     def log_text(self, text: str, artifact_file: str) -> None:
-        """Write a text artifact (a report, a note)."""
+        """Write a text artifact (a report, a note).
+
+        Example:
+            >>> with open("steps.py", "a") as f:
+            ...     _ = f.write('''
+            ... @training.variant("noted")
+            ... def noted(ctx: relay.Context, processing):
+            ...     ctx.log_text(f"{len(processing['test'])} test rows", "note.txt")
+            ...     return {}
+            ... ''')
+            >>> "note.txt" in relay.run("training", "noted").artifacts
+            True
+        """
         self._store.log_text(self.run_id, text, artifact_file)
 
     def query(self, source: str, sql: str, **params: Any) -> pd.DataFrame:
@@ -91,7 +145,15 @@ class Context:
         run's retrieval time unless given.
 
         Example:
-            >>> ctx.query("fraud", "SELECT * FROM tx WHERE ts <= :retrieval_time")  # doctest: +SKIP
+            >>> with open("steps.py", "a") as f:
+            ...     _ = f.write('''
+            ... @load.variant("first")
+            ... def first(ctx: relay.Context, n: int = 10):
+            ...     sql = "SELECT * FROM transactions WHERE ts <= :retrieval_time LIMIT :n"
+            ...     return ctx.query("fraud", sql, n=n)
+            ... ''')
+            >>> relay.run("load", "first", {"n": 25}).rows
+            25
         """
         from relayml import data
 
@@ -110,7 +172,16 @@ class Context:
         """Read a CSV or Parquet file (a named file source or a path) as the run's snapshot.
 
         Example:
-            >>> ctx.read("customers")  # doctest: +SKIP
+            >>> import pandas as pd
+            >>> pd.DataFrame({"id": [1, 2, 3], "segment": list("abc")}).to_csv("customers.csv")
+            >>> with open("steps.py", "a") as f:
+            ...     _ = f.write('''
+            ... @load.variant("customers")
+            ... def customers(ctx: relay.Context):
+            ...     return ctx.read("customers.csv")
+            ... ''')
+            >>> relay.run("load", "customers").rows
+            3
         """
         from relayml import data
 
@@ -207,8 +278,21 @@ class Context:
         block is distributed on the Dask cluster through joblib.
 
         Example:
-            >>> with ctx.parallel():  # doctest: +SKIP
-            ...     search.fit(X, y)
+            >>> with open("steps.py", "a") as f:
+            ...     _ = f.write('''
+            ... @training.variant("tree")
+            ... def tree(ctx: relay.Context, processing, cv: int = 2):
+            ...     from sklearn.model_selection import GridSearchCV
+            ...     from sklearn.tree import DecisionTreeClassifier
+            ...     train = processing["train"]
+            ...     search = GridSearchCV(DecisionTreeClassifier(), {"max_depth": [2, 4]}, cv=cv)
+            ...     with ctx.parallel():
+            ...         search.fit(train.drop(columns="Class"), train["Class"])
+            ...     ctx.log_metric("max_depth", search.best_params_["max_depth"])
+            ...     return {}
+            ... ''')
+            >>> relay.run("training", "tree").metrics["max_depth"] in (2, 4)
+            True
         """
         if self.settings.executor == "local":
             yield
@@ -222,8 +306,16 @@ class Context:
         """Iterate with a progress bar (hidden when progress is off).
 
         Example:
-            >>> for fold in ctx.progress(range(5), "folds"):  # doctest: +SKIP
-            ...     ...
+            >>> with open("steps.py", "a") as f:
+            ...     _ = f.write('''
+            ... @training.variant("folds")
+            ... def folds(ctx: relay.Context, processing, k: int = 3):
+            ...     for fold in ctx.progress(range(k), "folds"):
+            ...         ctx.log_metric("fold", fold, step=fold)
+            ...     return {}
+            ... ''')
+            >>> relay.run("training", "folds", {"k": 4}).metrics["fold"]
+            3.0
         """
         if not self.show_progress:
             return items

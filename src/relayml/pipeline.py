@@ -123,9 +123,9 @@ def load_pipeline(root: Path, module: str, *, cached: bool = True) -> Pipeline:
     its variants import it when they are called.
 
     Example:
-        >>> pipeline = load_pipeline(Path("examples/fraud"), "steps")  # doctest: +SKIP
-        >>> pipeline.order  # doctest: +SKIP
-        ['load', 'processing', 'training']
+        >>> pipeline = load_pipeline(Path("."), "steps")
+        >>> pipeline.order, list(pipeline.get("training").variants)
+        (['load', 'processing', 'training'], ['logreg', 'rf'])
     """
     path = _module_path(root, module)
     mod = sys.modules.get(module)
@@ -272,7 +272,8 @@ def _encode(root: Path, module: str, pipeline: Pipeline) -> dict[str, Any]:
         "module": module,
         "file": pipeline.module_file.resolve().relative_to(root.resolve()).as_posix(),
         "module_digest": pipeline.module_digest,
-        "files": files,
+        # relative to the root: a copied or moved project folder keeps its cache
+        "files": {os.path.relpath(p, root.resolve()): want for p, want in files.items()},
         "steps": steps,
     }
 
@@ -332,7 +333,7 @@ def _read_cache(root: Path, module: str, path: Path, module_digest: str) -> Pipe
         ):
             return None
         for other, want in data["files"].items():
-            if _file_digest(Path(other)) != want:
+            if _file_digest(root / other) != want:
                 return None
         steps = []
         for s in data["steps"]:

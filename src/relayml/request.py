@@ -34,7 +34,12 @@ __all__ = ["Request", "logged_params", "pipeline_of", "prepare"]
 
 
 def pipeline_of(settings: Settings) -> Pipeline:
-    """The project's steps (its steps module imported once per process)."""
+    """The project's steps (its steps module imported once per process).
+
+    Example:
+        >>> pipeline_of(relay.open_project()).get("processing").upstream
+        ('load',)
+    """
     return load_pipeline(settings.root, settings.module)
 
 
@@ -51,6 +56,11 @@ class Request:
             None: read when the run is created.
         as_of: the retrieval time to repeat (load steps), or None for now.
         checks: run the data checks declared on a load variant (``--no-checks``: False).
+
+    Example:
+        >>> req = prepare("processing", "plain")
+        >>> req.step, req.params, sorted(req.upstream)
+        ('processing', {'test_size': 0.25, 'seed': 42}, ['load'])
     """
 
     settings: Settings
@@ -106,6 +116,12 @@ class Request:
 
 
 def logged_params(req: Request) -> dict[str, Any]:
+    """The params a run of ``req`` logs to MLflow: its params, and ``as_of`` for a repeated load.
+
+    Example:
+        >>> logged_params(prepare("load", "transactions", as_of="2019-02-02"))
+        {'days': 0, 'as_of': '2019-02-02T00:00:00+00:00'}
+    """
     params = dict(req.params)
     if req.as_of:
         params["as_of"] = req.as_of.isoformat()
@@ -141,9 +157,9 @@ def prepare(
             FINISHED or of another step, a dirty tree with ``require_clean``.
 
     Example:
-        >>> req = prepare("training", "logreg", {"C": "10"})  # doctest: +SKIP
-        >>> req.params["C"], req.upstream["processing"].key  # doctest: +SKIP
-        (10.0, RunKey(step='processing', variant='plain', time='20190209101500'))
+        >>> req = prepare("training", "logreg", {"C": "10"})
+        >>> req.params["C"], req.upstream["processing"] == relay.get("processing@latest")
+        (10.0, True)
     """
     settings = open_project(project)
     pipeline = pipeline_of(settings)

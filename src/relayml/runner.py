@@ -8,8 +8,8 @@ variant returned is :mod:`relayml.runfinish`; the ``ctx`` of a variant is
 
 Example:
     >>> from relayml.runner import execute, prepare
-    >>> execute(prepare("processing", "plain", {"fill": "median"})).params["fill"]
-    'median'
+    >>> execute(prepare("processing", "plain", {"seed": "7"})).params["seed"]
+    '7'
 """
 
 from __future__ import annotations
@@ -130,10 +130,10 @@ def run(
         project: the project (default: around the working folder).
 
     Example:
-        >>> import relayml as relay
-        >>> load = relay.run("load", "transactions")  # doctest: +SKIP
-        >>> relay.run("processing", "plain", upstream=[str(load.key)]).status  # doctest: +SKIP
-        'FINISHED'
+        >>> load = relay.get("load/transactions@latest")
+        >>> run = relay.run("processing", "plain", {"test_size": "0.5"}, upstream=[str(load.key)])
+        >>> run.status, run.params["test_size"], run.upstream["load"] == load
+        ('FINISHED', '0.5', True)
     """
     req = prepare(
         step,

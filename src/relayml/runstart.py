@@ -9,7 +9,7 @@ both keep a key.
 Example:
     >>> from relayml.runstart import data_tags
     >>> sorted(data_tags({"load/t@20190209000000": "ab12"}).values())
-    ['ab12', '{"load/t@20190209000000":"ab12"}', 'load/t@20190209000000']
+    ['ab12', 'load/t@20190209000000', '{"load/t@20190209000000":"ab12"}']
 """
 
 from __future__ import annotations

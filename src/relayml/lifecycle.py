@@ -1449,7 +1449,8 @@ def refresh(
         >>> report.decision  # doctest: +SKIP
         'kept'
     """
-    from relayml.runner import _Heartbeat, execute, pipeline_of, prepare
+    from relayml.runner import execute, pipeline_of, prepare
+    from relayml.runstart import Heartbeat as _Heartbeat
 
     settings = open_project(project)
     store = get_store(settings)

@@ -346,7 +346,7 @@ class Store:
         self.client.log_batch(
             run_id,
             metrics=[Metric(k, float(v), now, step) for k, v in (metrics or {}).items()],
-            params=[Param(k, _param_value(v)) for k, v in (params or {}).items()],
+            params=[Param(k, param_value(v)) for k, v in (params or {}).items()],
             tags=[RunTag(k, _tag_value(k, v)) for k, v in (tags or {}).items()],
         )
 
@@ -756,7 +756,7 @@ def purge_deleted(backend_uri: str, older_than: float, *, tracking_uri: str) -> 
     gc.main(args=[*args, "--tracking-uri", tracking_uri], standalone_mode=False)
 
 
-def _param_value(value: Any) -> str:
+def param_value(value: Any) -> str:
     text = "None" if value is None else redact(str(value))
     return text if len(text) <= 6000 else text[:5997] + "..."
 

@@ -121,12 +121,12 @@ def plan_delete(
     doomed = list(requested) + [r for r in tree if r not in dependents]
     doomed_ids = {r.run_id for r in doomed}
     versions = versions_of(store, doomed)
-    holders: dict[str, set[str]] = {}
+    held: dict[str, set[str]] = {}
     for r in doomed:
         for holder, names in holders(r.tags).items():
-            holders.setdefault(holder, set()).update(names)
+            held.setdefault(holder, set()).update(names)
     purge, kept = [], {}
-    for holder, names in holders.items():
+    for holder, names in held.items():
         users = [u for u in snapshot_users(store, holder, names) if u.run_id not in doomed_ids]
         if users:
             kept[holder] = [str(u.key) for u in users]

@@ -41,22 +41,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from relayml import tags as tag
+from relayml.datadrift import drift, ident, is_binned, psi
 from relayml.errors import NotFound, UsageError
 
 if TYPE_CHECKING:
     import duckdb
-    import numpy as np
 
     from relayml.runs import Project
 
 __all__ = ["DataDiff", "Version", "diff", "diff_files", "psi", "rows_not_in", "snapshot_of"]
 
 EXAMPLES = 5
-BINS = 10
-#: Drift is measured on about this many rows of each version (a block sample of larger ones).
-SAMPLE_ROWS = 200_000
-_EPS = 1e-4
-_NUMERIC = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UBIGINT", "FLOAT", "DOUBLE")
 
 
 @dataclass(frozen=True)
@@ -140,37 +135,6 @@ class DataDiff:
         }
 
 
-def psi(expected: Sequence[float], actual: Sequence[float]) -> float:
-    """The population stability index between two histograms over the same bins.
-
-    Empty bins count as a share of 0.0001 so that the index stays finite.
-
-    Args:
-        expected: counts (or shares) per bin in the reference version.
-        actual: counts (or shares) per bin in the new version.
-
-    Returns:
-        ``sum((a - e) * ln(a / e))`` over the bins' shares; 0 when both are alike, above
-        0.25 usually read as a large shift.
-
-    Example:
-        >>> psi([50, 50], [50, 50])
-        0.0
-        >>> round(psi([50, 50], [90, 10]), 3)
-        0.879
-    """
-    te, ta = float(sum(expected)) or 1.0, float(sum(actual)) or 1.0
-    total = 0.0
-    for e, a in zip(expected, actual, strict=True):
-        pe, pa_ = max(e / te, _EPS), max(a / ta, _EPS)
-        total += (pa_ - pe) * math.log(pa_ / pe)
-    return round(total, 6)
-
-
-def _ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
 def _literal(path: Path) -> str:
     return "'" + str(path).replace("'", "''") + "'"
 
@@ -241,14 +205,14 @@ def diff_files(
         common = [c for c in types["a"] if c in types["b"] and types["a"][c] == types["b"][c]]
         out = DataDiff(la, lb, rows, key=key, schema=_schema_changes(types))
         values = [c for c in common if c not in key]
-        binned = [c for c in values if _binned(types["a"][c])]
+        binned = [c for c in values if is_binned(types["a"][c])]
         if key:
             _keyed(con, out, key, values)
         else:
             _unkeyed(con, out, common)
         others = [c for c in values if c not in binned]
         paths = {"a": Path(a), "b": Path(b)}
-        out.drift = _drift(con, paths, binned, others, types["a"], rows)
+        out.drift = drift(con, paths, binned, others, types["a"], rows)
         return out
     finally:
         con.close()
@@ -270,7 +234,7 @@ def _schema_changes(types: Mapping[str, Mapping[str, str]]) -> dict[str, Any]:
 def _row_hash(alias: str, columns: Sequence[str]) -> str:
     if not columns:
         return "0"
-    return "hash(" + ", ".join(f"{alias}.{_ident(c)}" for c in columns) + ")"
+    return "hash(" + ", ".join(f"{alias}.{ident(c)}" for c in columns) + ")"
 
 
 def _keyed(
@@ -283,10 +247,10 @@ def _keyed(
     the smallest keys of each kind (``min(key, n)``) together: no temporary table, no second
     join. Only the few example rows are read again (by key, so Parquet row groups are pruned).
     """
-    keys = ", ".join(_ident(k) for k in key)
-    on = " AND ".join(f"x.{_ident(k)} = y.{_ident(k)}" for k in key)
-    kx = "row(" + ", ".join(f"x.{_ident(k)}" for k in key) + ")"
-    ky = "row(" + ", ".join(f"y.{_ident(k)}" for k in key) + ")"
+    keys = ", ".join(ident(k) for k in key)
+    on = " AND ".join(f"x.{ident(k)} = y.{ident(k)}" for k in key)
+    kx = "row(" + ", ".join(f"x.{ident(k)}" for k in key) + ")"
+    ky = "row(" + ", ".join(f"y.{ident(k)}" for k in key) + ")"
     side = {v: f"SELECT {keys}, {_row_hash(v, values)} AS h__ FROM {v}" for v in ("a", "b")}
     added, removed, changed, ex_added, ex_removed, ex_changed = con.execute(
         f"""SELECT count(*) FILTER (WHERE x.h__ IS NULL),
@@ -334,13 +298,13 @@ def _rows_by_key(
     ors, params = [], []
     for row in keys:  # "=" (not IS NOT DISTINCT FROM) lets Parquet row-group statistics prune
         parts = [
-            f"{_ident(k)} IS NULL" if v is None else f"{_ident(k)} = ?"
+            f"{ident(k)} IS NULL" if v is None else f"{ident(k)} = ?"
             for k, v in zip(key, row, strict=True)
         ]
         ors.append("(" + " AND ".join(parts) + ")")
         params += [v for v in row if v is not None]
     where = " OR ".join(ors)
-    order = ", ".join(_ident(k) for k in key)
+    order = ", ".join(ident(k) for k in key)
     return _rows(con, f"SELECT * FROM {view} WHERE {where} ORDER BY {order}", params)
 
 
@@ -374,114 +338,6 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
-def _drift(
-    con: duckdb.DuckDBPyConnection,
-    paths: Mapping[str, Path],
-    binned: list[str],
-    others: list[str],
-    types: Mapping[str, str],
-    rows: Mapping[str, int],
-) -> dict[str, dict[str, Any]]:
-    """PSI of binned columns on A's deciles (numpy over one read of each version's sample),
-    and the share of new categories of the others."""
-    import numpy as np
-
-    out: dict[str, dict[str, Any]] = {}
-    if binned:
-        xa, xb = (_numbers(paths[v], binned, rows[v]) for v in ("a", "b"))
-        # a large version's deciles come from every k-th value of its sample (50,000 values
-        # place the cuts well enough; the histograms use the whole sample)
-        step = 1 if rows["a"] <= 2 * SAMPLE_ROWS else max(1, SAMPLE_ROWS // 50_000)
-        for c in binned:
-            edges = _deciles(xa[c][~np.isnan(xa[c])][::step])
-            out[c] = {
-                "measure": "psi",
-                "value": psi(_histogram(xa[c], edges), _histogram(xb[c], edges)),
-            }
-    for c in others:
-        if types[c].endswith("[]"):
-            continue
-        new, total = con.execute(
-            f"""SELECT count(*) FILTER (WHERE b.{_ident(c)} IS NOT NULL AND s.v IS NULL), count(*)
-                FROM b LEFT JOIN (SELECT DISTINCT {_ident(c)} AS v FROM a) s
-                ON b.{_ident(c)} = s.v"""
-        ).fetchone()
-        out[c] = {"measure": "new_categories", "value": round(new / total, 6) if total else 0.0}
-    return dict(sorted(out.items(), key=lambda cv: list(types).index(cv[0])))
-
-
-def _row_groups(sizes: Sequence[int]) -> list[int]:
-    """Row groups spread evenly over a file that together hold at least ``SAMPLE_ROWS`` rows."""
-    n = len(sizes)
-    for k in range(1, n + 1):
-        picked = sorted({round(i * (n - 1) / max(k - 1, 1)) for i in range(k)})
-        if sum(sizes[i] for i in picked) >= SAMPLE_ROWS:
-            return picked
-    return list(range(n))
-
-
-def _numbers(path: Path, columns: list[str], rows: int) -> dict[str, np.ndarray]:
-    """The binned columns of a version as float64 (NULL and NaN as NaN, times in µs).
-
-    A version of more than ``2 * SAMPLE_ROWS`` rows is sampled by whole Parquet row groups
-    spread evenly over the file (a relay snapshot holds one row group per fetched batch), so
-    only those are read and decoded.
-    """
-    import numpy as np
-    import pyarrow as pa
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
-    pf = pq.ParquetFile(path)
-    groups = list(range(pf.num_row_groups))
-    if rows > 2 * SAMPLE_ROWS:
-        groups = _row_groups([pf.metadata.row_group(i).num_rows for i in groups])
-    table = pf.read_row_groups(groups, columns=columns)
-    out = {}
-    for c in columns:
-        arr = table.column(c).combine_chunks()
-        t = arr.type
-        if pa.types.is_timestamp(t):
-            arr = arr.cast(pa.timestamp("us", t.tz)).cast(pa.int64())
-        elif pa.types.is_date(t):
-            arr = pc.multiply(arr.cast(pa.date32()).cast(pa.int64()), 86_400_000_000)
-        if not pa.types.is_floating(arr.type):
-            arr = arr.cast(pa.float64())
-        out[c] = np.asarray(arr.to_numpy(zero_copy_only=False), dtype=np.float64)
-    return out
-
-
-def _deciles(valid: np.ndarray) -> np.ndarray:
-    """The distinct deciles of some values (linear interpolation, as ``quantile_cont``)."""
-    import numpy as np
-
-    if len(valid) == 0:
-        return np.empty(0)
-    pos = np.arange(1, BINS) / BINS * (len(valid) - 1)
-    lo = np.floor(pos).astype(np.int64)
-    hi = np.minimum(lo + 1, len(valid) - 1)
-    part = np.partition(valid, np.unique(np.concatenate([lo, hi])))
-    return np.unique(part[lo] + (part[hi] - part[lo]) * (pos - lo))
-
-
-def _histogram(x: np.ndarray, edges: np.ndarray) -> list[int]:
-    """Counts of NULL/NaN, then of each bin: below the first edge, ..., from the last on.
-
-    A value's bin is the number of edges at or below it; ``count(x < edge)`` for each edge
-    gives the cumulative counts in one comparison per edge (no sort, no search).
-    """
-    import numpy as np
-
-    valid = x[~np.isnan(x)]
-    below = [int(np.count_nonzero(valid < e)) for e in edges]
-    bins = np.diff([0, *below, len(valid)])
-    return [len(x) - len(valid), *bins.tolist()]
-
-
-def _binned(t: str) -> bool:
-    return t in _NUMERIC or t.startswith(("DECIMAL", "TIMESTAMP", "DATE")) or t == "BOOLEAN"
-
-
 def rows_not_in(frame: Any, path: Path, key: Sequence[str]) -> Any:
     """The rows of a DataFrame whose key is absent from a Parquet snapshot (DuckDB anti-join).
 
@@ -504,8 +360,8 @@ def rows_not_in(frame: Any, path: Path, key: Sequence[str]) -> Any:
     con = _connect("512MB", None)
     try:
         con.register("fresh", frame.reset_index(drop=True))
-        keys = ", ".join(_ident(k) for k in key)
-        on = " AND ".join(f"f.{_ident(k)} = s.{_ident(k)}" for k in key)
+        keys = ", ".join(ident(k) for k in key)
+        on = " AND ".join(f"f.{ident(k)} = s.{ident(k)}" for k in key)
         return (
             con.execute(
                 f"SELECT f.* FROM (SELECT *, row_number() OVER () AS rn__ FROM fresh) f ANTI JOIN "

@@ -221,6 +221,48 @@ def test_diff_of_two_files_with_and_without_key(tmp_path: Path) -> None:
         diff_files(tmp_path / "a.pq", tmp_path / "b.pq", key=["nope"])
 
 
+def test_diff_reads_row_hash_sidecars_with_the_same_result(tmp_path: Path) -> None:
+    import shutil
+
+    from relayml.data import snapshot_frame
+    from relayml.data_rowhash import sidecar_path
+
+    rng = np.random.default_rng(1)
+    n = 2000
+    a = pd.DataFrame({
+        "id": np.arange(n), "x": rng.normal(size=n), "s": rng.choice(["p", "q", None], n),
+        "t": pd.date_range("2020-01-01", periods=n, freq="h"), "b": rng.random(n) > 0.5,
+        "i": pd.array(rng.integers(0, 5, n), dtype="Int64"),
+    })  # fmt: skip
+    a.loc[3, "x"] = np.nan
+    b = a[a["id"] % 50 != 0].copy()
+    b.loc[b["id"] % 70 == 1, "s"] = "z"
+    b.loc[b["id"] % 90 == 2, "i"] = pd.NA
+    b = pd.concat([b, a.assign(id=a["id"] + 10_000).iloc[:7]], ignore_index=True)
+    with_hash, plain = tmp_path / "hashed", tmp_path / "plain"
+    for name, frame in (("a", a), ("b", b)):
+        snap = snapshot_frame(frame, with_hash / f"{name}.parquet", key=["id"])
+        assert sidecar_path(snap.path).exists()
+        plain.mkdir(exist_ok=True)
+        shutil.copy(snap.path, plain / f"{name}.parquet")  # a file from elsewhere: no sidecar
+    labels = ("a", "b")
+    fast = diff_files(with_hash / "a.parquet", with_hash / "b.parquet", key=["id"], labels=labels)
+    slow = diff_files(plain / "a.parquet", plain / "b.parquet", key=["id"], labels=labels)
+    assert (fast.added, fast.removed) == (7, 40)
+    assert fast.changed > 0 and fast == slow
+    # a sidecar of another snapshot (a stale one, copied by hand) is ignored, not trusted
+    shutil.copy(sidecar_path(with_hash / "a.parquet"), sidecar_path(plain / "b.parquet"))
+    shutil.copy(sidecar_path(with_hash / "a.parquet"), sidecar_path(plain / "a.parquet"))
+    assert diff_files(plain / "a.parquet", plain / "b.parquet", key=["id"], labels=labels) == slow
+    # rewriting a snapshot without a key drops its old sidecar; a failed one leaves none
+    snapshot_frame(a, with_hash / "a.parquet")
+    assert not sidecar_path(with_hash / "a.parquet").exists()
+    with pytest.raises(relayml.SourceError):
+        snapshot_frame(pd.DataFrame({"id": [1], "o": [object()]}), tmp_path / "bad.parquet",
+                       key=["id"])  # fmt: skip
+    assert not list(tmp_path.glob("*bad*")) and not list(tmp_path.glob(".bad*"))
+
+
 def test_relay_diff_between_two_loads(project: Path, relay) -> None:
     assert relay("run", "load", "transactions").code == 0
     first = relayml.get("load@latest")
@@ -243,6 +285,19 @@ def test_relay_diff_between_two_loads(project: Path, relay) -> None:
     assert list(d["examples"]["changed"][0]["changes"]) == ["Amount"]
     assert d["digests"] == {"a": first.data_version, "b": second.data_version}
     assert d["drift"]["Amount"]["measure"] == "psi"
+    # each snapshot keeps its rows' hashes beside it; a diff of the bare files agrees
+    from relayml.datadiff import snapshot_of
+
+    versions = [snapshot_of(str(r.key), relayml.open_project()) for r in (first, second)]
+    assert all(v.path.with_name("snapshot.rowhash.parquet").exists() for v in versions)
+    bare = project / "bare"
+    bare.mkdir()
+    for name, v in zip("ab", versions, strict=True):
+        (bare / f"{name}.parquet").write_bytes(v.path.read_bytes())
+    again = diff_files(bare / "a.parquet", bare / "b.parquet", key=["id"],
+                       labels=(str(first.key), str(second.key)))  # fmt: skip
+    again.digests = d["digests"]
+    assert again.to_dict() == d
     # digests (or an 8-digit prefix) work as references; the text output names the counts
     r = relay("diff", first.data_version[:8], second.data_version)
     assert r.code == 0 and "1,500 added, 2 removed, 3 changed" in r.out, r

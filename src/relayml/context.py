@@ -165,7 +165,9 @@ class Context:
         url = data.with_password(src.url, src.password_env)
         out = self._tmp / f"{source}-{len(self._snapshots)}.parquet"
         with self._progress(f"{source}: rows") as tick, self._watch(source, out) as watch:
-            snap = data.snapshot_query(url, sql, params, out, progress=tick, observe=watch)
+            snap = data.snapshot_query(
+                url, sql, params, out, progress=tick, observe=watch, key=self._key
+            )
         return self._keep(source, snap)
 
     def read(self, source_or_path: str | Path) -> pd.DataFrame:
@@ -195,7 +197,7 @@ class Context:
             name = path.stem
         out = self._tmp / f"{name}-{len(self._snapshots)}.parquet"
         with self._progress(f"{name}: rows") as tick, self._watch(name, out) as watch:
-            snap = data.snapshot_file(path, out, progress=tick, observe=watch)  # type: ignore[arg-type]
+            snap = data.snapshot_file(path, out, progress=tick, observe=watch, key=self._key)  # type: ignore[arg-type]
         return self._keep(name, snap)
 
     @contextmanager

@@ -29,7 +29,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +49,7 @@ from relayml.data_digest import (
     digest_table,
     frame_to_table,
 )
+from relayml.data_rowhash import RowHasher, sidecar_path
 from relayml.data_sources import (
     empty_batch,
     error_text,
@@ -124,10 +125,19 @@ def _write_snapshot(
     progress: Callable[[int], None] | None,
     wrap: Callable[[BaseException], SourceError],
     observe: Callable[[pa.RecordBatch], None] | None = None,
+    key: Sequence[str] = (),
 ) -> Snapshot:
-    """Stream ``batches`` into ``out`` (temp file + rename) and digest them on the way."""
+    """Stream ``batches`` into ``out`` (temp file + rename) and digest them on the way.
+
+    With a ``key``, the rows' hashes go to ``out``'s sidecar (:mod:`relayml.data_rowhash`),
+    hashed in the observer's worker thread before the observer sees the batch.
+    """
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    sidecar_path(out).unlink(missing_ok=True)  # a stale sidecar never outlives its snapshot
+    hasher = RowHasher(key, sidecar_path(out)) if key else None
+    if hasher is not None:
+        observe = _both(hasher.update, observe)
     fd, tmp_name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
     os.close(fd)
     tmp = Path(tmp_name)
@@ -168,11 +178,15 @@ def _write_snapshot(
         writer.close()
         writer = None
         os.replace(tmp, out)
+        if hasher is not None:
+            hasher.finish(digest)
     except BaseException:
         if writer is not None:
             with contextlib.suppress(Exception):
                 writer.close()
         tmp.unlink(missing_ok=True)
+        if hasher is not None:
+            hasher.abort()
         raise
     finally:
         if behind is not None:
@@ -186,6 +200,19 @@ def _write_snapshot(
         source=source,
         query=query,
     )
+
+
+def _both(
+    first: Callable[[pa.RecordBatch], None], then: Callable[[pa.RecordBatch], None] | None
+) -> Callable[[pa.RecordBatch], None]:
+    if then is None:
+        return first
+
+    def observe(batch: pa.RecordBatch) -> None:
+        first(batch)
+        then(batch)
+
+    return observe
 
 
 class _Behind:
@@ -251,6 +278,7 @@ def snapshot_query(
     batch_size: int = 100_000,
     progress: Callable[[int], None] | None = None,
     observe: Callable[[pa.RecordBatch], None] | None = None,
+    key: Sequence[str] = (),
 ) -> Snapshot:
     """Run a query and stream its result into a Parquet snapshot with its digest.
 
@@ -266,6 +294,8 @@ def snapshot_query(
         batch_size: rows fetched per batch.
         progress: called with the number of rows written so far after each batch.
         observe: called with each canonical batch as it is written (a summary, checks).
+        key: the key columns: the rows' hashes are kept in a sidecar beside ``out``
+            (:mod:`relayml.data_rowhash`; ``relay diff`` reads it instead of every value).
 
     Returns:
         The :class:`Snapshot` (its ``source`` is the redacted URL).
@@ -294,7 +324,7 @@ def snapshot_query(
 
     return _write_snapshot(
         batches, out, source=source, query=sql, schema=None, progress=progress, wrap=wrap,
-        observe=observe,
+        observe=observe, key=key,
     )  # fmt: skip
 
 
@@ -310,6 +340,7 @@ def snapshot_file(
     batch_size: int = 100_000,
     progress: Callable[[int], None] | None = None,
     observe: Callable[[pa.RecordBatch], None] | None = None,
+    key: Sequence[str] = (),
 ) -> Snapshot:
     """Stream a CSV or Parquet file into a Parquet snapshot with its digest.
 
@@ -322,6 +353,8 @@ def snapshot_file(
         batch_size: rows per batch (Parquet), or the CSV block size in ~64-byte rows.
         progress: called with the number of rows written so far after each batch.
         observe: called with each canonical batch as it is written (a summary, checks).
+        key: the key columns: the rows' hashes are kept in a sidecar beside ``out``
+            (:mod:`relayml.data_rowhash`; ``relay diff`` reads it instead of every value).
 
     Returns:
         The :class:`Snapshot` (``source`` is the file path, ``query`` is ``None``).
@@ -346,12 +379,16 @@ def snapshot_file(
 
     return _write_snapshot(
         batches, out, source=source, query=None, schema=None, progress=progress, wrap=wrap,
-        observe=observe,
+        observe=observe, key=key,
     )  # fmt: skip
 
 
 def snapshot_frame(
-    df: pd.DataFrame, out: Path, *, observe: Callable[[pa.RecordBatch], None] | None = None
+    df: pd.DataFrame,
+    out: Path,
+    *,
+    observe: Callable[[pa.RecordBatch], None] | None = None,
+    key: Sequence[str] = (),
 ) -> Snapshot:
     """Write a DataFrame a step returned as a Parquet snapshot, with the same digest rules.
 
@@ -362,6 +399,8 @@ def snapshot_frame(
         df: the data.
         out: the Parquet file to write (replaced atomically).
         observe: called with each canonical batch as it is written (a summary, checks).
+        key: the key columns: the rows' hashes are kept in a sidecar beside ``out``
+            (:mod:`relayml.data_rowhash`; ``relay diff`` reads it instead of every value).
 
     Returns:
         The :class:`Snapshot` (``source`` is ``"<DataFrame>"``, ``query`` is ``None``).
@@ -388,7 +427,7 @@ def snapshot_frame(
     batches = iter(table.to_batches() or [empty_batch(table.schema)])
     return _write_snapshot(
         batches, out, source=source, query=None, schema=table.schema, progress=None, wrap=wrap,
-        observe=observe,
+        observe=observe, key=key,
     )  # fmt: skip
 
 

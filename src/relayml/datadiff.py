@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from relayml import tags as tag
+from relayml.data_rowhash import HASH_COLUMN, sidecar_for
 from relayml.datadrift import drift, ident, is_binned, psi
 from relayml.errors import NotFound, UsageError
 
@@ -207,7 +208,9 @@ def diff_files(
         values = [c for c in common if c not in key]
         binned = [c for c in values if is_binned(types["a"][c])]
         if key:
-            _keyed(con, out, key, values)
+            same = list(types["a"].items()) == list(types["b"].items())
+            sides = [sidecar_for(Path(p), key, values) if same else None for p in (a, b)]
+            _keyed(con, out, key, values, sides if None not in sides else None)
         else:
             _unkeyed(con, out, common)
         others = [c for c in values if c not in binned]
@@ -238,20 +241,30 @@ def _row_hash(alias: str, columns: Sequence[str]) -> str:
 
 
 def _keyed(
-    con: duckdb.DuckDBPyConnection, out: DataDiff, key: list[str], values: list[str]
+    con: duckdb.DuckDBPyConnection,
+    out: DataDiff,
+    key: list[str],
+    values: list[str],
+    sidecars: Sequence[Path | None] | None = None,
 ) -> None:
     """Rows added, removed and changed, and the keys of a few of each, in one pass.
 
-    One query scans each version once (its key and one hash of each row's values), joins
-    them on the key (FULL OUTER JOIN, DuckDB's hash join) and aggregates the three counts and
-    the smallest keys of each kind (``min(key, n)``) together: no temporary table, no second
-    join. Only the few example rows are read again (by key, so Parquet row groups are pruned).
+    One query scans each version once (its key and one hash of each row's values, read from
+    the two sidecars when both serve, else computed over the snapshot), joins them on the key
+    (FULL OUTER JOIN, DuckDB's hash join) and aggregates the three counts and the smallest
+    keys of each kind (``min(key, n)``) together: no temporary table, no second join. Only the
+    few example rows are read again (by key, so Parquet row groups are pruned).
     """
     keys = ", ".join(ident(k) for k in key)
     on = " AND ".join(f"x.{ident(k)} = y.{ident(k)}" for k in key)
     kx = "row(" + ", ".join(f"x.{ident(k)}" for k in key) + ")"
     ky = "row(" + ", ".join(f"y.{ident(k)}" for k in key) + ")"
     side = {v: f"SELECT {keys}, {_row_hash(v, values)} AS h__ FROM {v}" for v in ("a", "b")}
+    if sidecars:
+        side = {
+            v: f"SELECT {keys}, {HASH_COLUMN} AS h__ FROM read_parquet({_literal(p)})"  # type: ignore[arg-type]
+            for v, p in zip(("a", "b"), sidecars, strict=True)
+        }
     added, removed, changed, ex_added, ex_removed, ex_changed = con.execute(
         f"""SELECT count(*) FILTER (WHERE x.h__ IS NULL),
                    count(*) FILTER (WHERE y.h__ IS NULL),
@@ -475,7 +488,7 @@ def snapshot_of(ref: str, settings: Any, snapshot: str | None = None) -> Version
         >>> v.key, v.path.suffix, len(v.digest)
         (('id',), '.parquet', 32)
     """
-    from relayml.outputs import snapshot_path
+    from relayml.outputs import snapshot_path, snapshot_sidecar
     from relayml.runs import get
 
     is_digest = "@" not in ref and "/" not in ref and all(ch in "0123456789abcdef" for ch in ref)
@@ -502,4 +515,7 @@ def snapshot_of(ref: str, settings: Any, snapshot: str | None = None) -> Version
         raise NotFound(f"run {run.key} has no snapshot {name!r} (it has: {', '.join(snaps)})")
     digest = run.tags.get(tag.snapshot(name, "digest"), "")
     key = tuple(k for k in run.tags.get(tag.DATA_KEY, "").split(",") if k)
-    return Version(str(run.key), digest, snapshot_path(run, snaps[name]), key)
+    path = snapshot_path(run, snaps[name])
+    if key:
+        snapshot_sidecar(run, snaps[name])  # beside the snapshot, where diff_files looks
+    return Version(str(run.key), digest, path, key)

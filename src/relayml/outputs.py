@@ -319,6 +319,24 @@ def snapshot_path(run: Run, holder: str) -> Path:
     return _fetch(run, holder, "snapshot.parquet")
 
 
+def snapshot_sidecar(run: Run, holder: str) -> Path | None:
+    """The local row-hash sidecar of a snapshot (:mod:`relayml.data_rowhash`), downloaded once,
+    beside :func:`snapshot_path`'s file; None when the holder has none (an older snapshot, or
+    a variant without a key).
+
+    Example:
+        >>> snapshot_sidecar(load_run, load_run.tags["relay.snapshot.fraud"])  # doctest: +SKIP
+        PosixPath('.relay/cache/.../snapshot.rowhash.parquet')
+    """
+    name = "snapshot.rowhash.parquet"
+    local = cache_dir(run.settings.root, holder) / name
+    if local.exists():
+        return local
+    if not any(path == name for path, _ in run.store.run_artifacts(holder)):
+        return None
+    return _fetch(run, holder, name)
+
+
 def _fetch(run: Run, run_id: str, path: str) -> Path:
     local = cache_dir(run.settings.root, run_id) / path
     if local.exists():

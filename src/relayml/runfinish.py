@@ -22,6 +22,7 @@ from relayml import tags as tag
 from relayml.codeinfo import canonical
 from relayml.config import Settings
 from relayml.context import Context
+from relayml.data_rowhash import sidecar_path
 from relayml.outputs import cache_dir, check_name, is_frame, stage_outputs
 from relayml.request import Request
 from relayml.runs import Run
@@ -55,7 +56,7 @@ def finish(
             if isinstance(value, pd.DataFrame) and id(value) not in by_frame:
                 out = ctx._tmp / f"out-{name}.parquet"
                 with ctx._watch(name, out) as watch:
-                    snap = data.snapshot_frame(value, out, observe=watch)
+                    snap = data.snapshot_frame(value, out, observe=watch, key=ctx._key)
                 snaps.append((name, snap, id(value)))
                 by_frame[id(value)] = name
     ctx.raise_failed_checks()  # the variant may have caught ChecksFailed: it still fails
@@ -121,17 +122,23 @@ def _store_snapshot(store: Store, settings: Settings, snap: Snapshot) -> str:
     )
     holder = entity.info.run_id
     staged = snap.path.with_name("snapshot.parquet")
+    side = sidecar_path(snap.path)  # the rows' hashes, when the variant declares a key
+    files = [staged, sidecar_path(staged)] if side.exists() else [staged]
+    if side.exists():
+        side.replace(files[1])
     snap.path.replace(staged)
     try:
-        store.upload(holder, staged)
+        for f in files:
+            store.upload(holder, f)
     except Exception:
         store.finish(holder, "FAILED")
         store.delete_run(holder)
         raise
     store.finish(holder, "FINISHED")
-    local = cache_dir(settings.root, holder) / "snapshot.parquet"
-    local.parent.mkdir(parents=True, exist_ok=True)
-    staged.replace(local)
+    local = cache_dir(settings.root, holder)
+    local.mkdir(parents=True, exist_ok=True)
+    for f in files:
+        f.replace(local / f.name)
     return holder
 
 

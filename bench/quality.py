@@ -6,12 +6,17 @@
    the streaming :class:`~relayml.data_summary.Summarizer` and the example's checks
    (min_rows, not_null on every feature, unique id, ranges, schema) observing every batch
    (as the runner does: the checks read each batch's summary statistics; the observer runs
-   one batch behind the writer in a worker thread).
+   one batch behind the writer in a worker thread), plus the row-hash sidecar on the key
+   ``id`` (hashed in that same worker thread; :mod:`relayml.data_rowhash`).
    Targets: at most 15 % slower, peak memory within 10 %.
 2. **relay diff vs pandas.** Two versions of the table that differ in 1 % of rows (a third
-   removed, a third changed, a third added), compared by ``relayml.datadiff.diff_files``
-   (DuckDB over the two Parquet files: counts, examples, schema and per-column drift)
-   against pandas: ``read_parquet`` both, ``merge`` on the key, compare every column.
+   removed, a third changed, a third added), each written by relay's snapshot writer with the
+   key (``relayml.data.snapshot_file(..., key=["id"])``, so each has its row-hash sidecar),
+   compared by ``relayml.datadiff.diff_files`` (counts from the two sidecars; examples,
+   schema and per-column drift from the snapshots) against pandas on the same Parquet files:
+   ``read_parquet`` both, ``merge`` on the key, compare every column. ``relay-bare`` is the
+   same diff of the same files seen without their sidecars (symlinks in another folder: an
+   old snapshot, a file from elsewhere), for reference.
    Targets: at least 5x faster, at most a quarter of pandas' peak memory.
 
 Each measurement runs in a fresh subprocess (its own peak RSS, ``VmHWM``); medians of
@@ -65,14 +70,15 @@ def measure_snapshot(mode: str, url: str, table: str, out: Path) -> dict:
 
     start = _rss_mb()
     t0, c0 = time.perf_counter(), time.process_time()
-    observe = None
-    if mode == "summary+checks":
+    observe, key = None, ()
+    if mode == "summary+checks+hash":
+        key = ("id",)
         summarizer, checker = Summarizer(), Checker(_checks(), key=["id"])
 
         def observe(batch):
             checker.update(batch, summarizer.update(batch))
 
-    snap = data.snapshot_query(url, _query(table), {}, out, observe=observe)
+    snap = data.snapshot_query(url, _query(table), {}, out, observe=observe, key=key)
     ok = None
     if observe is not None:
         summary = summarizer.result()
@@ -93,8 +99,11 @@ def measure_diff(mode: str, a: Path, b: Path) -> dict:
 
     start = _rss_mb()
     t0, c0 = time.perf_counter(), time.process_time()
-    if mode == "relay":
+    if mode in ("relay", "relay-bare"):
         from relayml.datadiff import diff_files
+
+        if mode == "relay-bare":
+            a, b = a.parent / "bare" / a.name, b.parent / "bare" / b.name
 
         d = diff_files(a, b, key=["id"])
         counts = (d.added, d.removed, d.changed)
@@ -123,17 +132,28 @@ def measure_diff(mode: str, a: Path, b: Path) -> dict:
 
 
 def ensure_versions(snapshot: Path, cache: Path, rows: int) -> tuple[Path, Path]:
-    """Version B: version A less 1/3 % of rows, 1/3 % changed, 1/3 % new (1 % in all)."""
+    """Version B: version A less 1/3 % of rows, 1/3 % changed, 1/3 % new (1 % in all).
+
+    Both written by relay's snapshot writer with the key, so each has its row-hash sidecar;
+    ``cache/bare`` holds symlinks to them without sidecars.
+    """
     import duckdb
 
-    b = cache / f"quality_b_{rows}.parquet"
-    a = cache / f"quality_a_{rows}.parquet"
-    if a.exists() and b.exists():
+    from relayml.data import snapshot_file
+    from relayml.data_rowhash import sidecar_path
+
+    folder = cache / f"quality_{rows}"
+    a, b = folder / "a.parquet", folder / "b.parquet"
+    if all(
+        p.exists() for p in (a, b, sidecar_path(a), sidecar_path(b), folder / "bare" / "b.parquet")
+    ):
         return a, b
-    cache.mkdir(parents=True, exist_ok=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "bare").mkdir(exist_ok=True)
+    raw_a, raw_b = folder / "raw_a.parquet", folder / "raw_b.parquet"
     src = str(snapshot).replace("'", "''")
     con = duckdb.connect()
-    con.execute(f"COPY (SELECT * FROM read_parquet('{src}')) TO '{a}' (FORMAT parquet)")
+    con.execute(f"COPY (SELECT * FROM read_parquet('{src}')) TO '{raw_a}' (FORMAT parquet)")
     cols = con.execute(f"DESCRIBE SELECT * FROM read_parquet('{src}')").fetchall()
     select = ", ".join(
         'CASE WHEN id % 300 = 1 THEN "Amount" + 1 ELSE "Amount" END AS "Amount"'
@@ -146,9 +166,15 @@ def ensure_versions(snapshot: Path, cache: Path, rows: int) -> tuple[Path, Path]
         f"""COPY (
             SELECT {select} FROM read_parquet('{src}') WHERE id % 300 <> 0
             UNION ALL SELECT {added} FROM read_parquet('{src}') WHERE id % 300 = 2
-        ) TO '{b}' (FORMAT parquet)"""
+        ) TO '{raw_b}' (FORMAT parquet)"""
     )
     con.close()
+    for raw, out in ((raw_a, a), (raw_b, b)):
+        snapshot_file(raw, out, key=["id"])
+        raw.unlink()
+        bare = folder / "bare" / out.name
+        bare.unlink(missing_ok=True)
+        bare.symlink_to(out)
     return a, b
 
 
@@ -192,16 +218,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         out = Path(d) / "snap.parquet"
         for i in range(a.repeat):
-            for mode in ("plain", "summary+checks"):
+            for mode in ("plain", "summary+checks+hash"):
                 r = child(["--snapshot", mode, "--table", table, "--out", str(out),
                            "--pg-url", a.pg_url])  # fmt: skip
                 snaps.setdefault(mode, []).append(r)
-                print(f"  snapshot {i + 1}/{a.repeat} {mode:15} {r['seconds']:6.2f} s "
+                print(f"  snapshot {i + 1}/{a.repeat} {mode:19} {r['seconds']:6.2f} s "
                       f"peak {r['peak_rss_mb']:6.0f} MB", file=sys.stderr)  # fmt: skip
         va, vb = ensure_versions(out, a.cache_dir, a.rows)
     diffs: dict[str, list[dict]] = {}
     for i in range(0 if a.skip_diff else a.repeat):
-        for mode in ("relay", "pandas"):
+        for mode in ("relay", "pandas", "relay-bare"):
             r = child(["--diff", mode, "--a", str(va), "--b", str(vb)])
             diffs.setdefault(mode, []).append(r)
             print(f"  diff {i + 1}/{a.repeat} {mode:7} {r['seconds']:6.2f} s "
@@ -211,15 +237,15 @@ def main() -> None:
         return statistics.median(r[key] for r in results[mode])
 
     print(f"\nrows: {a.rows:,}   repeat: {a.repeat} (medians)   source: PostgreSQL")
-    print(f"{'snapshot':16} {'seconds':>8} {'CPU s':>8} {'peak RSS MB':>12}")
+    print(f"{'snapshot':20} {'seconds':>8} {'CPU s':>8} {'peak RSS MB':>12}")
     for mode in snaps:
         secs, cpu = med(snaps, mode, "seconds"), med(snaps, mode, "cpu_seconds")
-        print(f"{mode:16} {secs:8.2f} {cpu:8.2f} {med(snaps, mode, 'peak_rss_mb'):12.0f}")
+        print(f"{mode:20} {secs:8.2f} {cpu:8.2f} {med(snaps, mode, 'peak_rss_mb'):12.0f}")
     for what in ("seconds", "cpu_seconds"):
-        ratio = med(snaps, "summary+checks", what) / med(snaps, "plain", what) - 1
-        print(f"summary+checks: {ratio:+.1%} {what} (target <= +15%)")
-    more = med(snaps, "summary+checks", "peak_rss_mb") / med(snaps, "plain", "peak_rss_mb") - 1
-    print(f"summary+checks: {more:+.1%} peak memory (target within 10%)")
+        ratio = med(snaps, "summary+checks+hash", what) / med(snaps, "plain", what) - 1
+        print(f"summary+checks+hash: {ratio:+.1%} {what} (target <= +15%)")
+    more = med(snaps, "summary+checks+hash", "peak_rss_mb") / med(snaps, "plain", "peak_rss_mb") - 1
+    print(f"summary+checks+hash: {more:+.1%} peak memory (target within 10%)")
     if not diffs:
         return
     print(f"\n{'diff (1% of rows)':17} {'seconds':>8} {'CPU s':>8} {'peak RSS MB':>12}  "
@@ -231,6 +257,8 @@ def main() -> None:
     for what in ("seconds", "cpu_seconds"):
         speed = med(diffs, "pandas", what) / med(diffs, "relay", what)
         print(f"relay diff: {speed:.1f}x faster than pandas in {what} (target >= 5x)")
+        bare = med(diffs, "pandas", what) / med(diffs, "relay-bare", what)
+        print(f"relay diff without sidecars: {bare:.1f}x faster than pandas in {what}")
     mem = med(diffs, "relay", "peak_rss_mb") / med(diffs, "pandas", "peak_rss_mb")
     print(f"relay diff: {mem:.2f} of pandas' peak memory (target <= 0.25)")
 

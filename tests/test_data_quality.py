@@ -224,8 +224,8 @@ def test_diff_of_two_files_with_and_without_key(tmp_path: Path) -> None:
 def test_diff_reads_row_hash_sidecars_with_the_same_result(tmp_path: Path) -> None:
     import shutil
 
-    from relayml.data import snapshot_frame
-    from relayml.data_rowhash import sidecar_path
+    from relayml.data import snapshot_file, snapshot_frame
+    from relayml.data_rowhash import sidecar_for, sidecar_path
 
     rng = np.random.default_rng(1)
     n = 2000
@@ -240,9 +240,14 @@ def test_diff_reads_row_hash_sidecars_with_the_same_result(tmp_path: Path) -> No
     b.loc[b["id"] % 90 == 2, "i"] = pd.NA
     b = pd.concat([b, a.assign(id=a["id"] + 10_000).iloc[:7]], ignore_index=True)
     with_hash, plain = tmp_path / "hashed", tmp_path / "plain"
+    b.to_parquet(tmp_path / "b-source.parquet")
     for name, frame in (("a", a), ("b", b)):
-        snap = snapshot_frame(frame, with_hash / f"{name}.parquet", key=["id"])
-        assert sidecar_path(snap.path).exists()
+        if name == "a":  # one batch
+            snap = snapshot_frame(frame, with_hash / "a.parquet", key=["id"])
+        else:  # batches of 97 rows: some with nulls in a column, some without
+            snap = snapshot_file(tmp_path / "b-source.parquet", with_hash / "b.parquet",
+                                 batch_size=97, key=["id"])  # fmt: skip
+        assert sidecar_for(snap.path, ["id"], ["x", "s", "t", "b", "i"]) == sidecar_path(snap.path)
         plain.mkdir(exist_ok=True)
         shutil.copy(snap.path, plain / f"{name}.parquet")  # a file from elsewhere: no sidecar
     labels = ("a", "b")

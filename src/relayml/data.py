@@ -179,7 +179,7 @@ def _write_snapshot(
         writer = None
         os.replace(tmp, out)
         if hasher is not None:
-            hasher.finish(digest)
+            hasher.finish(digest, final_schema)
     except BaseException:
         if writer is not None:
             with contextlib.suppress(Exception):

@@ -9,6 +9,13 @@ DuckDB's limit, not by the size of the data) and reads each file once for the ro
   together; only those few example rows are read again (by key, so row groups are pruned).
   Without a key: the rows found only in one version, as multisets of row hashes (a changed
   row is then one removed and one added).
+* Sidecars: a snapshot written with a key keeps its rows' hashes beside it
+  (``NAME.rowhash.parquet`` beside ``NAME.parquet``, :mod:`relayml.data_rowhash`). When both
+  versions have one that matches the key, the columns (both versions have the same schema)
+  and the snapshot's digest, the keyed query reads the two sidecars (key + 8 bytes a row)
+  instead of decoding and hashing every value; the examples and the drift still read the
+  snapshots. Otherwise (an older snapshot, a file from elsewhere) it hashes the snapshots:
+  the result is the same either way.
 * Schema changes.
 * Drift: the population stability index (PSI) of numeric and time columns binned on the first
   version's deciles (nulls are a bin of their own), and for other columns the share of the

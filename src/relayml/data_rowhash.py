@@ -90,9 +90,8 @@ def _values(arr: pa.Array) -> np.ndarray:
         x = arr.to_numpy(zero_copy_only=False)
         if pa.types.is_floating(t):
             x = x.astype(np.float64, copy=False) + 0.0  # -0.0 is 0.0
-            nan = np.isnan(x)
-            if nan.any():
-                x[nan] = np.nan  # one NaN, whatever its payload
+            if np.isnan(np.add.reduce(x)):  # one pass; NaN (or inf - inf) somewhere
+                x[np.isnan(x)] = np.nan  # one NaN, whatever its payload
         if x.dtype == np.float64:
             return x.view(np.uint64)
         return x.astype(np.int64, copy=False).view(np.uint64)
@@ -178,9 +177,9 @@ class RowHasher:
         fd, name = tempfile.mkstemp(dir=self.out.parent, prefix=f".{self.out.name}.", suffix=".tmp")
         os.close(fd)
         self._tmp = Path(name)
-        compression = {k: "zstd" for k in self.key} | {HASH_COLUMN: "none"}
+        # uncompressed, small pages: hashes do not compress, and the writer stays small
         self._writer = pq.ParquetWriter(
-            self._tmp, schema, compression=compression, use_dictionary=False
+            self._tmp, schema, compression="none", use_dictionary=False, data_page_size=1 << 16
         )
 
     def finish(self, digest: str, schema: pa.Schema | None = None) -> None:

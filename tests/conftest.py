@@ -123,6 +123,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         fixtures = [d[-1].func for n, d in defs.items() if n in names and d]
         text = _reached_source([item.function, *fixtures])
         marks |= {m for m, pattern in _CODE_MARKS.items() if pattern.search(text)}
+        module = item.path.name
+        if module in _MEASURED_SLOW or f"{module}::{item.originalname}" in _MEASURED_SLOW:
+            marks.add("slow")
         for mark in sorted(marks - {m.name for m in item.iter_markers()}):
             item.add_marker(mark)
     # heaviest modules first, so that xdist's workers finish together (longest job first)
@@ -131,6 +134,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 # measured (pytest --durations=0, one whole run), heaviest first; the rest keep their order
+_MEASURED_SLOW = {
+    line.strip()
+    for line in (_TESTS / "slow_tests.txt").read_text().splitlines()
+    if line.strip() and not line.startswith("#")
+}
 _HEAVY_FIRST: tuple[str, ...] = (
     "test_team.py", "test_lifecycle_refresh.py", "test_bundle_clean_env.py", "test_readstore.py",
     "test_serve.py", "test_s3_artifacts.py", "test_ui.py", "test_chain_claims.py",

@@ -28,9 +28,10 @@ from relayml.lifecycle.purge import quiet
 from relayml.lifecycle.registry import Promotion, champion_of, promote
 from relayml.lifecycle.reproduce import chain_of
 from relayml.lifecycle.scoring import score_fresh, served_diff
-from relayml.runner import _Heartbeat, execute, pipeline_of, prepare
+from relayml.pipeline import Pipeline
+from relayml.runner import execute, pipeline_of, prepare
 from relayml.runs import Project, Run, get, open_project
-from relayml.steps import Pipeline
+from relayml.runstart import Heartbeat
 from relayml.store import Store, get_store, quote
 
 __all__ = ["RefreshReport", "canonical_json", "refresh"]
@@ -188,7 +189,7 @@ def refresh(
         say=say,
     )
     try:
-        with _Heartbeat(store, record, settings.stale_after):
+        with Heartbeat(store, record, settings.stale_after):
             _check_claim(store, settings, alias, record)
             report = _run(job)
     except BaseException as e:

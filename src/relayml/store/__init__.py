@@ -35,8 +35,6 @@ from relayml.store.backend import (
 from relayml.store.tracking import _STORES as _STORES  # bench/resolve.py clears it
 from relayml.store.tracking import Store, get_store
 
-_param_value = param_value  # the name chain.py and bench/resolve.py import
-
 __all__ = [
     "EXPERIMENT_KIND",
     "PAGE",

@@ -6,9 +6,10 @@ models, versions, aliases, their tags) and its logged-model API. Everything here
 instead of raising MLflow's exceptions, so callers never import MLflow.
 
 Example:
-    >>> store = get_store(open_project())  # doctest: +SKIP
-    >>> store.model_version_by_alias("fraud", "champion")  # doctest: +SKIP
-    {'name': 'fraud', 'version': 1, 'run_id': '9f2c...'}
+    >>> from relayml.store import get_store
+    >>> store = get_store(relay.open_project())
+    >>> store.model_version_by_alias("fraud", "no-such-alias") is None
+    True
 """
 
 from __future__ import annotations

@@ -10,9 +10,9 @@ read path cannot answer. The registry and logged models are in
 :mod:`relayml.store.registry`, purging in :mod:`relayml.store.deletion`.
 
 Example:
-    >>> store = get_store(open_project())  # doctest: +SKIP
-    >>> store.experiment_id("load")  # doctest: +SKIP
-    '1'
+    >>> store = get_store(relay.open_project())
+    >>> [e.data.tags["relay.step"] for e in store.search(["load"], limit=1)]
+    ['load']
 """
 
 from __future__ import annotations
@@ -60,8 +60,9 @@ def get_store(settings: Settings) -> Store:
     """The store of a project's tracking URI (one per process and URI).
 
     Example:
-        >>> get_store(settings).client.tracking_uri  # doctest: +SKIP
-        'sqlite:////work/fraud/.relay/mlflow.db'
+        >>> store = get_store(relay.open_project())
+        >>> store is get_store(relay.open_project()), store.settings.project
+        (True, 'fraud')
     """
     ident = (settings.tracking_uri, settings.project, settings.artifact_location)
     with _LOCK:

@@ -294,7 +294,16 @@ class Store:
                 return out
 
     def get_run(self, run_id: str) -> MlflowRun | RunRecord | None:
-        """The run with this id (active or deleted), or None when there is none."""
+        """The run with this id (active or deleted), or None when there is none.
+
+        Both kinds answer ``.info`` (``run_id``, ``experiment_id``, ``status``,
+        ``lifecycle_stage``, ``artifact_uri``, ...) and ``.data`` (``tags``, ``params``,
+        ``metrics`` as dicts).
+
+        Example:
+            >>> store.get_run(run_id).data.params["C"]  # doctest: +SKIP
+            '1.0'
+        """
         found = self._read(lambda r: r.get_run(run_id), missing=False)
         if found is not False:
             return found
@@ -304,6 +313,24 @@ class Store:
             return self.client.get_run(run_id)
         except MlflowException:
             return None
+
+    # -- logged models and the registry (MLflow's public client API) -----------------------
+
+    def delete_logged_model(self, model_id: str) -> None:
+        """Mark a logged model (MLflow 3) deleted; its files stay until purged.
+
+        Example:
+            >>> store.delete_logged_model("m-0123abcd")  # doctest: +SKIP
+        """
+        self.client.delete_logged_model(model_id)
+
+    def set_registered_model_alias(self, name: str, alias: str, version: int | str) -> None:
+        """Point a registry alias of model ``name`` at ``version``.
+
+        Example:
+            >>> store.set_registered_model_alias("fraud", "champion", 3)  # doctest: +SKIP
+        """
+        self.client.set_registered_model_alias(name, alias, str(version))
 
     # -- writing ---------------------------------------------------------------------------
 

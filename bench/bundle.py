@@ -43,7 +43,7 @@ import mlflow
 import pandas as pd
 
 import relayml
-from relayml import bundle
+from relayml import bundle, bundle_load, bundle_log
 from relayml.bundle_proof import LoadProof
 from relayml.trust import skops_types
 
@@ -64,7 +64,7 @@ def inferred_log_bundle(
 ) -> str:
     """The anchor: relay's bundle logged the old way (MLflow infers the requirements)."""
     example = raw_example[list(processor.feature_names_in_)].head(5).reset_index(drop=True)
-    stored, _ = bundle._assemble(processor, model, example, threshold)
+    stored, _ = bundle_log.assemble(processor, model, example, threshold)
     run = mlflow.MlflowClient().get_run(run_id)
     model_id = mlflow.initialize_logged_model(
         name=name,
@@ -73,12 +73,12 @@ def inferred_log_bundle(
         params=dict(run.data.params),
         experiment_id=run.info.experiment_id,
     ).model_id
-    code = [str(EXAMPLE / "steps.py"), bundle._runtime().__file__]
-    with bundle._allow_deserialization():  # MLflow reloads the model to infer requirements
+    code = [str(EXAMPLE / "steps.py"), bundle_load.runtime().__file__]
+    with bundle_load.allow_deserialization():  # MLflow reloads the model to infer requirements
         mlflow.sklearn.log_model(
             stored,
             name=name,
-            signature=bundle._signature(example, stored.predict(example)),
+            signature=bundle_log.signature(example, stored.predict(example)),
             input_example=example,
             code_paths=code,
             skops_trusted_types=skops_types(stored) or None,

@@ -1,21 +1,25 @@
 """The child side of a bundle's load proof: load a bundle without relayml and predict.
 
-:mod:`relayml.bundle_proof` runs this file as a script, ``python -I bundle_child.py``: an
-isolated interpreter (no ``PYTHONPATH``, no user site, no current folder on ``sys.path``) that
-must never import relayml, so this file imports only the standard library at its top. The
-parent talks to it on stdin, one JSON object per line:
+:mod:`relayml.bundle_proof` runs this file as a script, ``python -I -B bundle_child.py``: an
+isolated interpreter (no ``PYTHONPATH``, no user site, no current folder on ``sys.path``, no
+bytecode written into a bundle's code) that must never import relayml, so this file imports only
+the standard library at its top. The parent talks to it on stdin, one JSON object per line:
 
 1. ``{"allowed": [...], "warm": [...]}``: the top-level modules of MLflow and its
    dependencies (every bundle requires MLflow). From then on any other import fails as if the
    module were not installed: relayml, test tools, Dask... The ``warm`` modules (MLflow, the
    flavors, skops) are imported at once, while the parent trains and logs the model.
-2. ``{"allowed": [...], "model": DIR, "out": FILE}``: add the modules the bundle's
-   requirements (with their dependencies) and its shipped code provide, load the model in
-   ``DIR`` with ``mlflow.pyfunc.load_model``, predict its input example and write the
-   prediction to ``FILE`` (``.npz``, see :func:`prediction_arrays`).
+2. then, for each bundle, ``{"allowed": [...], "model": DIR, "out": FILE, "stderr": FILE}``:
+   the warm interpreter forks a fresh process (so one bundle's code never reaches the next
+   proof), which adds the modules the bundle's requirements (with their dependencies) and its
+   shipped code provide, loads the model in ``DIR`` with ``mlflow.pyfunc.load_model``, predicts
+   its input example and writes the prediction to ``FILE`` (``.npz``, see
+   :func:`prediction_arrays`), its errors to the ``stderr`` file. The warm interpreter answers
+   ``{"code": N}`` on stdout (0: proven) and waits for the next bundle; it ends at the end of
+   its stdin. Where ``os.fork`` does not exist, it runs the one bundle itself and ends.
 
-Exit code 0 on success; on failure the traceback goes to stderr, its last line being
-``ErrorType: message``, and the exit code is 1.
+On failure the traceback goes to stderr, its last line being ``ErrorType: message``, and the
+exit code is 1.
 """
 
 from __future__ import annotations
@@ -104,6 +108,37 @@ def _predict(model_dir: str, out: str) -> None:
     np.savez(out, **prediction_arrays(model.predict(example)))
 
 
+def _report(e: BaseException) -> int:
+    traceback.print_exc()
+    print(f"{type(e).__name__}: {e}", file=sys.stderr)
+    sys.stderr.flush()
+    return 1
+
+
+def _prove(blocker: ImportBlocker, job: dict[str, Any]) -> int:
+    """Load and predict one bundle in this process; the exit code."""
+    try:
+        blocker.allowed.update(job["allowed"])  # the bundle's own requirements and code
+        _predict(job["model"], job["out"])
+    except BaseException as e:
+        return _report(e)
+    return 0
+
+
+def _forked(blocker: ImportBlocker, job: dict[str, Any]) -> int:
+    """Prove one bundle in a forked copy of this warm interpreter; its exit code."""
+    pid = os.fork()
+    if pid == 0:  # the copy: its stderr goes to the job's file
+        code = 1
+        try:
+            fd = os.open(job["stderr"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            os.dup2(fd, 2)
+            code = _prove(blocker, job)
+        finally:
+            os._exit(code)
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+
 def main() -> int:
     """Run the protocol of the module docstring on stdin."""
     try:
@@ -113,17 +148,14 @@ def main() -> int:
         for name in setup.get("warm", []):
             with contextlib.suppress(ImportError):  # loading says what is missing, if it matters
                 importlib.import_module(name)
-        line = sys.stdin.readline()
-        if not line:
-            return 0  # the parent gave up (no bundle, or logging failed)
-        job = json.loads(line)
-        blocker.allowed.update(job["allowed"])  # the bundle's own requirements and code
-        _predict(job["model"], job["out"])
     except BaseException as e:
-        traceback.print_exc()
-        print(f"{type(e).__name__}: {e}", file=sys.stderr)
-        return 1
-    return 0
+        return _report(e)
+    while line := sys.stdin.readline():
+        job = json.loads(line)
+        if not hasattr(os, "fork"):
+            return _prove(blocker, job)
+        print(json.dumps({"code": _forked(blocker, job)}), flush=True)
+    return 0  # the parent is done (or gave up)
 
 
 if __name__ == "__main__":

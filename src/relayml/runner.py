@@ -928,6 +928,7 @@ def _bundle(
         threshold=outputs.get("threshold"),
         tags=tags,
         proof=proof,
+        store=store,
     )
 
 

@@ -51,6 +51,7 @@ __all__ = [
 PAGE = 1000
 _DUPLICATE_KEY = ("UNIQUE constraint failed", "duplicate key value", "IntegrityError")
 _STORES: dict[tuple[str, str, str], Store] = {}
+_CURRENT: dict[tuple[str, str], Store] = {}  # current_store(): one per MLflow URI
 _LOCK = threading.Lock()
 
 
@@ -78,6 +79,24 @@ def get_store(settings: Settings) -> Store:
         store = _STORES[ident]
     follow(store)
     return store
+
+
+def current_store() -> Store:
+    """A store on the tracking URI MLflow's fluent API uses now, for code outside a project
+    (one per process and URI).
+
+    Example:
+        >>> current_store().settings.tracking_uri  # doctest: +SKIP
+        'sqlite:///mlflow.db'
+    """
+    import mlflow
+
+    uri = mlflow.get_tracking_uri()
+    with _LOCK:
+        if ("", uri) not in _CURRENT:
+            settings = Settings(root=Path.cwd(), project="", tracking_uri=uri)
+            _CURRENT[("", uri)] = Store(settings, read_path=False)
+        return _CURRENT[("", uri)]
 
 
 class Store:
@@ -331,6 +350,80 @@ class Store:
             >>> store.set_registered_model_alias("fraud", "champion", 3)  # doctest: +SKIP
         """
         self.client.set_registered_model_alias(name, alias, str(version))
+
+    def create_logged_model(
+        self, run_id: str, *, name: str, tags: Mapping[str, str] | None = None
+    ) -> tuple[str, str]:
+        """A new logged model (MLflow 3) of a run, in the run's experiment and with its params.
+
+        Returns:
+            ``(model_id, artifact_location)``; the model stays PENDING until
+            :meth:`finalize_logged_model`.
+
+        Example:
+            >>> model_id, where = store.create_logged_model(run_id, name="model")  # doctest: +SKIP
+        """
+        run = self.get_run(run_id)
+        if run is None:
+            raise RelayError(f"no run {run_id!r} in {self.settings.tracking_uri}")
+        model = self.client.create_logged_model(
+            experiment_id=str(run.info.experiment_id),
+            name=name,
+            source_run_id=run_id,
+            tags={k: _tag_value(k, v) for k, v in (tags or {}).items()},
+            params={k: str(v) for k, v in run.data.params.items()},
+        )
+        return model.model_id, model.artifact_location
+
+    def log_model_artifacts(self, model_id: str, folder: Path) -> None:
+        """Upload a saved model folder as the artifacts of a logged model.
+
+        Example:
+            >>> store.log_model_artifacts(model_id, Path("model"))  # doctest: +SKIP
+        """
+        self.client.log_model_artifacts(model_id, str(folder))
+
+    def link_logged_model(self, run_id: str, model_id: str) -> None:
+        """Record a logged model as an output of its run, with the run's metrics, as
+        ``mlflow.<flavor>.log_model`` does (MLflow's UI shows them on the model's page).
+
+        Example:
+            >>> store.link_logged_model(run_id, model_id)  # doctest: +SKIP
+        """
+        from mlflow.entities import LoggedModelOutput, Metric
+
+        self.client.log_outputs(run_id, [LoggedModelOutput(model_id, step=0)])
+        run = self.get_run(run_id)
+        metrics = run.data.metrics if run is not None else {}
+        if metrics:
+            now = int(time.time() * 1000)
+            self.client.log_batch(
+                run_id,
+                metrics=[
+                    Metric(k, float(v), now, 0, run_id=run_id, model_id=model_id)
+                    for k, v in metrics.items()
+                ],
+            )
+
+    def finalize_logged_model(self, model_id: str, *, ready: bool) -> None:
+        """Mark a logged model READY (complete) or FAILED.
+
+        Example:
+            >>> store.finalize_logged_model(model_id, ready=True)  # doctest: +SKIP
+        """
+        self.client.finalize_logged_model(model_id, "READY" if ready else "FAILED")
+
+    def register_model(self, model_uri: str, name: str) -> int:
+        """A new version of registered model ``name`` (created if missing) for ``model_uri``.
+
+        Example:
+            >>> store.register_model("models:/m-0123abcd", "fraud")  # doctest: +SKIP
+            1
+        """
+        import mlflow
+
+        self.activate()  # mlflow.register_model resolves models:/ URIs on the fluent API
+        return int(mlflow.register_model(model_uri, name).version)
 
     # -- writing ---------------------------------------------------------------------------
 

@@ -23,7 +23,6 @@ import os
 import sys
 import tempfile
 import types
-import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,11 +70,7 @@ def runtime() -> types.ModuleType:
         (folder / f"{RUNTIME_MODULE}.py").write_text(runtime_source(), encoding="utf-8")
         sys.path.append(str(folder))
         sys.modules.pop(RUNTIME_MODULE, None)
-        import mlflow.pyfunc  # noqa: F401  (its import resets warning filters)
-
-        with warnings.catch_warnings():  # MLflow's "add type hints" notice on PythonModel
-            warnings.simplefilter("ignore", UserWarning)
-            module = importlib.import_module(RUNTIME_MODULE)
+        module = importlib.import_module(RUNTIME_MODULE)
     return module
 
 

@@ -130,13 +130,10 @@ def log_bundle(
         try:
             local = Path(tmp) / "model"
             _save(stored, flavor, local, example, needs, run_id, model_id, location)
-            child.start(local, needs)  # the child loads it while the parent uploads it
+            child.start(local, needs, example)  # the child loads it while it is uploaded
             store.log_model_artifacts(model_id, local)
             store.link_logged_model(run_id, model_id)
-            from mlflow.models import Model
-
-            saved = Model.load(str(local)).load_input_example(str(local))
-            child.result(prediction_arrays(predict_stored(stored, flavor, saved)))
+            child.result(prediction_arrays(predict_stored(stored, flavor, example)))
             store.finalize_logged_model(model_id, ready=True)
         except BaseException:
             _forget(store, model_id)
@@ -170,10 +167,13 @@ def assemble(
             final = runtime().ThresholdClassifier(model, float(threshold))
         return Pipeline([("processor", processor), ("model", final)]), "sklearn"
     if callable(processor):
-        wrapped = runtime().FunctionBundle(
-            processor, model, list(example.columns), None if threshold is None else float(threshold)
-        )
-        return wrapped, "pyfunc"
+        import mlflow.pyfunc  # noqa: F401  (its import resets warning filters)
+
+        with warnings.catch_warnings():  # MLflow's "add type hints" notice on PythonModel
+            warnings.simplefilter("ignore", UserWarning)
+            function_bundle = runtime().FunctionBundle
+        cut = None if threshold is None else float(threshold)
+        return function_bundle(processor, model, list(example.columns), cut), "pyfunc"
     raise UsageError(
         f"log_bundle: processor {type(processor).__name__} is neither a scikit-learn "
         "transformer (fit/transform) nor a function DataFrame -> features"

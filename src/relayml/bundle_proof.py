@@ -31,17 +31,20 @@ import tempfile
 import threading
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from relayml import bundle_child
 from relayml.bundle_requirements import BundleNeeds, _closure, provided_modules
 from relayml.errors import BundleError
 
+if TYPE_CHECKING:
+    import pandas as pd
+
 __all__ = ["LoadProof"]
 
 _ENV_KEYS = ("PATH", "LANG", "LC_ALL", "TMPDIR", "SYSTEMROOT")
 _TIMEOUT = 600.0
-_WARM = ["mlflow.pyfunc", "mlflow.sklearn", "pandas", "skops.io", "sklearn.pipeline"]
+_WARM = ["pandas", "pyarrow.parquet", "yaml", "sklearn.pipeline"]
 
 
 def _allowed(distributions: list[str]) -> set[str]:
@@ -99,15 +102,14 @@ class _Warm:
         return self.process.poll() is None
 
     def close(self) -> None:
+        """Stop it at once (it holds nothing worth a graceful end) and remove its folder."""
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
         stdin = self.process.stdin
         if stdin is not None and not stdin.closed:
             with contextlib.suppress(BrokenPipeError, OSError):
                 stdin.close()
-        try:
-            self.process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
         if self.process.stdout is not None:
             self.process.stdout.close()
         self.stderr.close()
@@ -129,6 +131,14 @@ def _get_warm() -> _Warm:
     return _warm[0]
 
 
+def _skops_estimators() -> list[str] | None:
+    """scikit-learn's estimators as skops names them (its default trusted types), when skops is
+    imported here: the child then need not import all of scikit-learn to list them."""
+    trusted = sys.modules.get("skops.io._trusted_types")
+    names = getattr(trusted, "SKLEARN_ESTIMATOR_TYPE_NAMES", None)
+    return list(names) if isinstance(names, list) else None
+
+
 def _shutdown() -> None:
     while _warm:
         _warm.pop().close()
@@ -145,7 +155,7 @@ class LoadProof:
 
     Example:
         >>> with LoadProof() as proof:  # doctest: +SKIP
-        ...     proof.start(local_model_dir, needs)
+        ...     proof.start(local_model_dir, needs, example)
         ...     upload(local_model_dir)
         ...     proof.result(prediction_arrays(expected))
     """
@@ -156,13 +166,16 @@ class LoadProof:
         with _lock:
             _get_warm()
 
-    def start(self, model_dir: Path, needs: BundleNeeds) -> None:
+    def start(self, model_dir: Path, needs: BundleNeeds, example: pd.DataFrame) -> None:
         """Start loading the bundle in ``model_dir`` (a local model folder) in the child.
 
         Args:
             model_dir: the saved model, not modified until :meth:`result` returns.
             needs: the bundle's requirements and shipped code: all the child may import.
+            example: the records the child predicts (the bundle's input example).
         """
+        path = self._folder / "example.parquet"
+        example.to_parquet(path)
         allowed = _allowed(needs.distributions) | set(needs.modules)
         _lock.acquire()
         self._started = True
@@ -171,8 +184,10 @@ class LoadProof:
             {
                 "allowed": sorted(allowed),
                 "model": str(model_dir),
+                "example": str(path),
                 "out": str(self._folder / "prediction.npz"),
                 "stderr": str(self._folder / "stderr.txt"),
+                "estimators": _skops_estimators(),
             }
         )
 
@@ -232,13 +247,15 @@ class LoadProof:
                     f"{want[:5].tolist()} ({want.dtype}) in relay"
                 )
 
-    def check(self, model_dir: Path, expected: dict[str, Any], needs: BundleNeeds) -> None:
+    def check(
+        self, model_dir: Path, needs: BundleNeeds, example: pd.DataFrame, expected: dict[str, Any]
+    ) -> None:
         """:meth:`start` then :meth:`result`, for a model folder that is already complete.
 
         Raises:
             BundleError: as :meth:`result`.
         """
-        self.start(model_dir, needs)
+        self.start(model_dir, needs, example)
         self.result(expected)
 
     @staticmethod

@@ -7,8 +7,8 @@ pandas, scikit-learn and (for pyfunc bundles) MLflow only; a test checks that.
 
 - :class:`ThresholdClassifier`: a fitted binary classifier with a decision threshold; it
   predicts a DataFrame with columns ``label`` and ``score``.
-- :class:`FunctionBundle`: a processor that is a plain function followed by a model, as an
-  MLflow pyfunc model.
+- ``FunctionBundle``: a processor that is a plain function followed by a model, as an MLflow
+  pyfunc model (defined on first use: a scikit-learn bundle loads without importing MLflow).
 
 Example:
     >>> from sklearn.linear_model import LogisticRegression
@@ -78,7 +78,9 @@ class ThresholdClassifier(ClassifierMixin, BaseEstimator):
         return _label_score(self.estimator, X, self.threshold)
 
 
-try:
+def _function_bundle() -> type:
+    """Define :class:`FunctionBundle` (it subclasses MLflow's ``PythonModel``): on first use
+    only, so that a scikit-learn bundle loads without importing MLflow."""
     import mlflow.pyfunc as _pyfunc
 
     class FunctionBundle(_pyfunc.PythonModel):
@@ -123,5 +125,12 @@ try:
                 return self.model.predict(X)
             return _label_score(self.model, X, self.threshold)
 
-except ImportError:  # pragma: no cover - mlflow is always there where bundles are logged
-    pass
+    FunctionBundle.__qualname__ = "FunctionBundle"  # stored by reference, by this name
+    return FunctionBundle
+
+
+def __getattr__(name: str) -> Any:
+    if name == "FunctionBundle":
+        cls = globals()["FunctionBundle"] = _function_bundle()
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -187,9 +187,9 @@ def predict_stored(stored: Any, flavor: str, frame: pd.DataFrame) -> Any:
         >>> from sklearn.linear_model import LogisticRegression
         >>> from sklearn.preprocessing import StandardScaler
         >>> raw = pd.DataFrame({"x": [0.0, 1.0, 2.0, 3.0]})
-        >>> stored, flavor = assemble(
-        ...     StandardScaler().fit(raw), LogisticRegression().fit(raw, [0, 0, 1, 1]), raw, None
-        ... )
+        >>> proc = StandardScaler().fit(raw)
+        >>> model = LogisticRegression().fit(proc.transform(raw), [0, 0, 1, 1])
+        >>> stored, flavor = assemble(proc, model, raw, None)
         >>> predict_stored(stored, flavor, raw).tolist()
         [0, 0, 1, 1]
     """

@@ -280,9 +280,9 @@ def register(
     from mlflow.exceptions import MlflowException
 
     store = store or current_store()
+    version = store.register_model_version(model_uri, name)
     try:
-        version = store.register_model(model_uri, name)
         store.set_registered_model_alias(name, alias, version)
     except MlflowException as e:
-        raise RelayError(f"register {model_uri!r} as {name!r}: {e.message}") from e
+        raise RelayError(f"alias {alias!r} of {name!r} version {version}: {e.message}") from e
     return version

@@ -33,12 +33,13 @@ from relayml.store.backend import (
     quote,
 )
 from relayml.store.tracking import _STORES as _STORES  # bench/resolve.py clears it
-from relayml.store.tracking import Store, get_store
+from relayml.store.tracking import Store, current_store, get_store
 
 __all__ = [
     "EXPERIMENT_KIND",
     "PAGE",
     "Store",
+    "current_store",
     "ensure_indexes",
     "experiment_description",
     "get_store",

@@ -53,6 +53,7 @@ if TYPE_CHECKING:
 __all__ = ["Store", "get_store"]
 
 _STORES: dict[tuple[str, str, str], Store] = {}
+_CURRENT: dict[tuple[str, str], Store] = {}  # current_store(): one per MLflow URI
 _LOCK = threading.Lock()
 
 
@@ -71,6 +72,24 @@ def get_store(settings: Settings) -> Store:
         store = _STORES[ident]
     follow(store)
     return store
+
+
+def current_store() -> Store:
+    """A store on the tracking URI MLflow's fluent API uses now, for code outside a project
+    (one per process and URI).
+
+    Example:
+        >>> current_store().settings.tracking_uri  # doctest: +SKIP
+        'sqlite:///mlflow.db'
+    """
+    import mlflow
+
+    uri = mlflow.get_tracking_uri()
+    with _LOCK:
+        if ("", uri) not in _CURRENT:
+            settings = Settings(root=Path.cwd(), project="", tracking_uri=uri)
+            _CURRENT[("", uri)] = Store(settings, read_path=False)
+        return _CURRENT[("", uri)]
 
 
 class Store(RegistryMethods, DeletionMethods):

@@ -250,7 +250,7 @@ class Run:
         """The underlying ``mlflow.entities.Run`` (read with MLflow's client if the run was
         read without it)."""
         if type(self._entity).__module__.startswith("relayml."):
-            self._entity = self.store.client.get_run(self.run_id)
+            self._entity = self.store.mlflow_run(self.run_id)
         return self._entity  # type: ignore[return-value]
 
     def load(self, name: str = "output") -> Any:

@@ -326,6 +326,15 @@ class Store(RegistryMethods, DeletionMethods):
         except MlflowException:
             return None
 
+    def mlflow_run(self, run_id: str) -> MlflowRun:
+        """The run as MLflow's own ``mlflow.entities.Run``, read with MLflow's client.
+
+        Example:
+            >>> store.mlflow_run(run_id).info.run_id == run_id  # doctest: +SKIP
+            True
+        """
+        return self.client.get_run(run_id)
+
     # -- logged models and the registry (MLflow's public client API) -----------------------
 
     # -- writing ---------------------------------------------------------------------------

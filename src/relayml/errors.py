@@ -86,7 +86,7 @@ class NotFound(UsageError, LookupError):
         >>> relay.get("training/rf@latest")
         Traceback (most recent call last):
         ...
-        relayml.errors.NotFound: no finished run matches 'training/rf@latest'; newest of the step: ...
+        relayml.errors.NotFound: no finished run matches 'training/rf@latest'; ...
     """
 
 
@@ -99,10 +99,11 @@ class UnknownName(UsageError, KeyError):
         valid: the names that exist; the closest ones are suggested.
 
     Example:
-        >>> relay.run("training", "lgreg")
-        Traceback (most recent call last):
-        ...
-        relayml.errors.UnknownName: unknown variant 'lgreg' of step 'training'; did you mean 'logreg'? ...
+        >>> try:
+        ...     relay.run("training", "lgreg")
+        ... except relay.UnknownName as e:
+        ...     print(e)
+        unknown variant 'lgreg' of step 'training'; did you mean 'logreg'? (valid: ...)
     """
 
     def __init__(

@@ -220,7 +220,7 @@ class ChecksFailed(StepFailed):
         ['min_rows']
     """
 
-    def __init__(self, message: str, reports: list | None = None) -> None:
+    def __init__(self, message: str, reports: list[Any] | None = None) -> None:
         super().__init__(message)
         self.reports = list(reports or [])
 

@@ -86,7 +86,7 @@ class SqlReader:
                 connect_args={"options": "-c default_transaction_read_only=on"},
                 pool_pre_ping=False,
             )
-        self._t: dict[str, sa.TableClauseClause] = {}
+        self._t: dict[str, sa.TableClause] = {}
 
     def close(self) -> None:
         """Release the connections."""

@@ -177,6 +177,13 @@ def test_no_checks_is_recorded(project: Path, relay) -> None:
     r = relay("run", "load", "picky", "--no-checks")
     assert r.code == 0 and "checks skipped" in r.out, r
     assert relayml.get("load/picky@latest").tags["relay.checks"] == "skipped"
+    # the same emergency switch on a chain: a failed check stops it, --no-checks records it
+    first = relayml.get("load/picky@latest").run_id
+    assert relay("chain", "load=picky").code == 1
+    r = relay("chain", "load=picky", "--no-checks")
+    assert r.code == 0, r
+    again = relayml.get("load/picky@latest")
+    assert again.run_id != first and again.tags["relay.checks"] == "skipped"
 
 
 # -- relay diff ---------------------------------------------------------------------------

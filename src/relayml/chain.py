@@ -91,13 +91,23 @@ class _Resolver:
     bound: dict[str, dict[str, Any]]
     forced: set[str]
     pinned: dict[str, Run]
+    checks: bool = True
     notes: set[str] = field(default_factory=set)
 
     def request(self, link: Link, chosen: Mapping[str, Run]) -> Request:
 
         var = self.pipeline.variant(link.step, link.variant)
         ups = {u: chosen[u] for u in self.pipeline.get(link.step).upstream}
-        return Request(self.settings, self.pipeline, var, self.bound[link.step], ups, self.code)
+        return Request(
+            self.settings,
+            self.pipeline,
+            var,
+            self.bound[link.step],
+            ups,
+            self.code,
+            None,
+            self.checks,
+        )
 
     def resolve(
         self, i: int, chosen: dict[str, Run], new: Mapping[str, str] | None = None
@@ -267,6 +277,7 @@ def chain(
     explain: bool = False,
     show_progress: bool = False,
     on_event: Callable[[str], None] | None = None,
+    checks: bool = True,
     project: Project = None,
 ) -> Chain:
     """Resolve the newest coherent chain, run the missing steps in order, record the chain.
@@ -280,6 +291,8 @@ def chain(
         explain: say, for each step, why newer runs of the variant were passed over.
         show_progress: show progress bars of the steps that run.
         on_event: called with one line per event (a step starts, waits for another process).
+        checks: run the data checks of a load that runs (False, for emergencies: skipped, and
+            recorded on the load run as ``relay.checks = skipped``).
         project: the project (default: around the working folder).
 
     Returns:
@@ -321,7 +334,7 @@ def chain(
                 f"drop the @ to retrieve again with them"
             )
     store = get_store(settings)
-    resolver = _Resolver(settings, store, pipeline, None, ordered, bound, forced, pinned)
+    resolver = _Resolver(settings, store, pipeline, None, ordered, bound, forced, pinned, checks)
     plan = resolver.resolve(0, {})
     if explain:
         resolver.explain(plan)

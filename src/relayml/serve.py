@@ -987,7 +987,8 @@ def predict(
         20000
     """
     uri, _ = resolve_model(ref, project=project)
-    from relayml.executor import is_dask, predict_partitions, project_executor
+    from relayml.cluster import is_dask, project_executor
+    from relayml.executor import predict_partitions
 
     executor = project_executor(project)
     if is_dask(executor):  # partitions scored on the Dask cluster, same output

@@ -18,14 +18,9 @@ import relayml
 # list as they land; a name listed here that has a runnable example fails the test below.
 NOT_YET = {
     "compare",
-    "delete",
     "diff",
-    "gc",
     "load_bundle",
     "predict",
-    "promote",
-    "refresh",
-    "reproduce",
 }
 
 

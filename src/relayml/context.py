@@ -212,9 +212,9 @@ class Context:
         checker = Checker(self._checks, self._key) if self._checks is not None else None
 
         def watch(batch: Any) -> None:
-            summarizer.update(batch)
+            stats = summarizer.update(batch)
             if checker is not None:
-                checker.update(batch)
+                checker.update(batch, stats)
 
         yield watch
         summary = summarizer.result()

@@ -18,7 +18,6 @@ import relayml
 # list as they land; a name listed here that has a runnable example fails the test below.
 NOT_YET = {
     "compare",
-    "diff",
     "load_bundle",
     "predict",
 }

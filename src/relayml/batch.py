@@ -169,8 +169,12 @@ def scoring_input(
             the input, an unknown key column, or fewer than one row per batch.
 
     Example:
-        >>> args = (uri, Path("in.csv"), Path("out.csv"), 1000, None)
-        >>> bundle, batches, key = scoring_input(*args)  # doctest: +SKIP
+        >>> uri = relay.get("training/logreg@latest").model_uri
+        >>> rows = relay.get("processing/plain@latest").load("test_rows")
+        >>> rows.head(25).drop(columns="Class").to_csv("in.csv", index=False)
+        >>> bundle, batches, key = scoring_input(uri, Path("in.csv"), Path("out.csv"), 10, None)
+        >>> key, [len(b) for b in batches]
+        ('id', [10, 10, 5])
     """
     for what, path in (("input", input), ("output", output)):
         if path.suffix.lower() not in (".csv", *PARQUET_SUFFIXES):

@@ -25,7 +25,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -149,10 +149,10 @@ def _transformer_fn(t: Any, in_names: list[str]) -> Callable[[np.ndarray], np.nd
         cols = list(in_names)
 
         def generic_named(X: np.ndarray) -> np.ndarray:
-            return t.transform(pd.DataFrame(X, columns=cols, copy=False))
+            return cast(np.ndarray, t.transform(pd.DataFrame(X, columns=cols, copy=False)))
 
         return generic_named
-    return t.transform
+    return cast(Callable[[np.ndarray], np.ndarray], t.transform)
 
 
 def _scaler_params(t: Any) -> tuple[np.ndarray | None, np.ndarray | None] | bool:
@@ -213,7 +213,7 @@ def _decision(model: Any) -> Callable[[np.ndarray], np.ndarray]:
     coef_t, intercept = model.coef_.T, model.intercept_
 
     def decision(X: np.ndarray) -> np.ndarray:
-        return (X @ coef_t + intercept).reshape(-1)
+        return cast(np.ndarray, (X @ coef_t + intercept).reshape(-1))
 
     return decision
 
@@ -229,7 +229,7 @@ def _final_predict(final: Any) -> tuple[Callable[[np.ndarray], Any], bool] | Non
         decision, classes = _decision(final), final.classes_
 
         def predict(X: np.ndarray) -> np.ndarray:
-            return classes[(decision(X) > 0).astype(np.intp)]
+            return cast(np.ndarray, classes[(decision(X) > 0).astype(np.intp)])
 
         return predict, False
     if type(final).__name__ == "ThresholdClassifier" and type(final).__module__ == RUNTIME_MODULE:

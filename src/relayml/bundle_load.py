@@ -26,7 +26,7 @@ import types
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -183,9 +183,9 @@ class Bundle:
             col = self.columns[int(np.nonzero(np.isnan(X).any(axis=0))[0][0])]
             raise BundleInputError(f"column {col!r} has a missing value (null/NaN)", field=col)
         if not self._fast_config:  # pure numpy: no scikit-learn call to configure
-            return fast(X)
+            return cast(np.ndarray, fast(X))
         with _sklearn_config():
-            return fast(X)
+            return cast(np.ndarray, fast(X))
 
     def predict(self, df: pd.DataFrame) -> Any:
         """Predict on raw records.

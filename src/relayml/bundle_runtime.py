@@ -38,7 +38,7 @@ def _label_score(estimator: Any, X: Any, threshold: float) -> pd.DataFrame:
     return pd.DataFrame({"label": label, "score": score})
 
 
-class ThresholdClassifier(ClassifierMixin, BaseEstimator):
+class ThresholdClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
     """A fitted binary classifier with a decision threshold; predicts ``label`` and ``score``.
 
     Args:
@@ -83,7 +83,7 @@ def _function_bundle() -> type:
     only, so that a scikit-learn bundle loads without importing MLflow."""
     import mlflow.pyfunc as _pyfunc
 
-    class FunctionBundle(_pyfunc.PythonModel):
+    class FunctionBundle(_pyfunc.PythonModel):  # type: ignore[misc,name-defined]
         """A processor function followed by a model, as an MLflow pyfunc model.
 
         Args:

@@ -159,11 +159,11 @@ def compare(
         UsageError: no run to rank, or none has the metric.
 
     Example:
-        >>> ranking = relay.compare(  # doctest: +SKIP
+        >>> ranking = relay.compare(
         ...     "training", metric="test_roc_auc", data="load/transactions@latest"
         ... )
-        >>> ranking.best.key  # doctest: +SKIP
-        RunKey(step='training', variant='rf', time='20190210094501')
+        >>> ranking.metric, ranking.best.step, ranking.best.variant
+        ('test_roc_auc', 'training', 'logreg')
     """
     settings = open_project(project)
     if not metric:

@@ -1,4 +1,4 @@
-"""Tests of relayml.serve: the scoring app (vs. `mlflow models serve`), errors, batch scoring."""
+"""Tests of relayml.serving: the scoring app (vs. `mlflow models serve`), errors, batch scoring."""
 
 from __future__ import annotations
 
@@ -21,7 +21,8 @@ from test_bundle import FEATURES, fit_fraud, fit_fraud_example, make_fraud_table
 from relayml import __version__
 from relayml.bundle import load_bundle, log_bundle
 from relayml.errors import UsageError
-from relayml.serve import create_app, predict_file
+from relayml.serving.app import create_app
+from relayml.serving.batch import predict_file
 
 with warnings.catch_warnings():  # "use httpx2": the test client still works with httpx
     warnings.simplefilter("ignore")
@@ -481,7 +482,7 @@ def test_http_semantics_allow_www_authenticate_and_scheme_case(served):
 
 
 def test_check_bind_refuses_bad_ports_and_warns_on_open_hosts():
-    from relayml.serve import check_bind
+    from relayml.serving.http import check_bind
 
     for port in (0, -1, 65536, 70000):
         with pytest.raises(UsageError, match="out of range"):
@@ -498,7 +499,7 @@ def guarded(served):
 
     import uvicorn
 
-    from relayml.serving_http import GuardedHttpProtocol
+    from relayml.serving.http import GuardedHttpProtocol
 
     class Quick(GuardedHttpProtocol):
         header_timeout = 1.0

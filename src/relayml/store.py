@@ -40,6 +40,8 @@ if TYPE_CHECKING:
 __all__ = [
     "PAGE",
     "Store",
+    "activate_uris",
+    "active_uris",
     "ensure_indexes",
     "experiment_description",
     "get_store",
@@ -78,6 +80,35 @@ def get_store(settings: Settings) -> Store:
         store = _STORES[ident]
     follow(store)
     return store
+
+
+def active_uris() -> tuple[str, str]:
+    """The tracking and registry URIs MLflow's process-wide (fluent) API points at.
+
+    Example:
+        >>> tracking, registry = active_uris()
+        >>> tracking == registry or bool(registry)
+        True
+    """
+    import mlflow
+
+    return mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+
+
+def activate_uris(tracking_uri: str | None, registry_uri: str | None = None) -> None:
+    """Point MLflow's fluent API at these URIs (a fresh process given its parent's store).
+
+    A URI left None is left as it is. :meth:`Store.activate` does this for a project.
+
+    Example:
+        >>> activate_uris(*active_uris())
+    """
+    import mlflow
+
+    if tracking_uri:
+        mlflow.set_tracking_uri(tracking_uri)
+    if registry_uri:
+        mlflow.set_registry_uri(registry_uri)
 
 
 class Store:

@@ -534,6 +534,22 @@ def test_connections_that_send_nothing_are_closed(guarded, sends):
     assert httpx.get(f"http://127.0.0.1:{guarded}/ping").status_code == 200
 
 
+def test_a_stalled_body_is_closed_and_a_slow_one_is_not(guarded):
+    head = b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: text/csv\r\n"
+    with socket.create_connection(("127.0.0.1", guarded)) as s:  # stalls after 10 of 100
+        s.settimeout(20)
+        s.sendall(head + b"Content-Length: 100\r\n\r\n" + b"x" * 10)
+        assert s.recv(100) == b""  # closed by the server
+    body = b"Time\n" + b"1\n" * 8
+    with socket.create_connection(("127.0.0.1", guarded)) as s:  # slow, never stalled 1 s
+        s.settimeout(20)
+        s.sendall(head + f"Content-Length: {len(body)}\r\n\r\n".encode())
+        for i in range(0, len(body), 4):
+            time.sleep(0.3)
+            s.sendall(body[i : i + 4])
+        assert s.recv(100).startswith(b"HTTP/1.1 ")  # answered, not cut off
+
+
 def test_fuzzed_bodies_never_sink_the_server(served):
     """Generated bodies for every content type: a JSON 4xx or a 200, never a 5xx."""
     from hypothesis import HealthCheck, given, settings

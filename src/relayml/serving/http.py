@@ -48,13 +48,21 @@ BODY_TIMEOUT = 30.0
 KEEP_ALIVE_TIMEOUT = 5
 
 
+# where a connection is: what its watchdog holds it to
+_IDLE, _HEADERS, _BODY_WAIT, _BODY = range(4)
+
+
 class GuardedHttpProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol, closing connections that hold a request open.
 
     A new connection, or a new request on a kept-alive one, must complete its headers within
-    :data:`HEADER_TIMEOUT` seconds however slowly the bytes come; a body must not stall for
-    :data:`BODY_TIMEOUT` seconds. The app then sees ``http.disconnect``. A request that arrives
-    in one piece costs one timer (armed at its first byte, cancelled at its end).
+    :data:`HEADER_TIMEOUT` seconds however slowly the bytes come (and its first body bytes
+    within that time too); a body must not stall for :data:`BODY_TIMEOUT` seconds. The app
+    then sees ``http.disconnect``. Between requests uvicorn's keep-alive timeout applies, and
+    while the app works on a request nothing does.
+
+    A request costs no timer: each one notes the loop time of its progress, and one watchdog
+    per connection, waking when the earliest deadline could fall, compares.
 
     Example:
         >>> GuardedHttpProtocol.header_timeout, GuardedHttpProtocol.body_timeout
@@ -64,49 +72,51 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     header_timeout = HEADER_TIMEOUT
     body_timeout = BODY_TIMEOUT
-    _guard: Any = None
-    _in_body = False
+    _watch: Any = None
+    _state = _IDLE
+    _since = 0.0  # loop time of the request's first byte, or of its last body bytes
 
-    def _arm(self, seconds: float) -> None:
-        if self._guard is not None:
-            self._guard.cancel()
-        self._guard = self.loop.call_later(seconds, self._expire)
-
-    def _disarm(self) -> None:
-        if self._guard is not None:
-            self._guard.cancel()
-            self._guard = None
-
-    def _expire(self) -> None:
-        self._guard = None
-        if not self.transport.is_closing():
+    def _check(self) -> None:
+        self._watch = None
+        if self.transport.is_closing():
+            return
+        state = self._state
+        limit = self.body_timeout if state == _BODY else self.header_timeout
+        left = limit - (self.loop.time() - self._since) if state != _IDLE else limit
+        if left <= 0:
             self.transport.close()
+            return
+        self._watch = self.loop.call_later(left, self._check)
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
-        self._arm(self.header_timeout)
+        self._state = _HEADERS
+        self._since = self.loop.time()
+        self._watch = self.loop.call_later(self.header_timeout, self._check)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm()
+        if self._watch is not None:
+            self._watch.cancel()
+            self._watch = None
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        if self._in_body:
-            self._arm(self.body_timeout)
+        if self._state >= _BODY_WAIT:  # body bytes: progress
+            self._state = _BODY
+            self._since = self.loop.time()
         super().data_received(data)
 
     def on_message_begin(self) -> None:
-        if self._guard is None:
-            self._arm(self.header_timeout)
+        self._state = _HEADERS
+        self._since = self.loop.time()
         super().on_message_begin()
 
     def on_headers_complete(self) -> None:
-        self._in_body = True  # the header deadline still runs until body bytes come
+        self._state = _BODY_WAIT  # the header deadline still runs until body bytes come
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
-        self._in_body = False
-        self._disarm()
+        self._state = _IDLE
         super().on_message_complete()
 
 

@@ -427,7 +427,7 @@ class Context:
         if self.settings.executor == "local":
             yield
             return
-        from relayml.executor import joblib_backend
+        from relayml.cluster import joblib_backend
 
         with joblib_backend(self.settings):
             yield

@@ -593,35 +593,14 @@ class Store:
         out: dict[str, tuple[list[str], int]] = {v: ([], 0) for v in values}
         if not ids or not values:
             return out
-        engine = getattr(self.reader, "engine", None)  # the SQL read path's read-only engine
-        if engine is None:  # a tracking server, or a schema the read path does not know
+        newest = getattr(self.reader, "newest_tagged", None)  # the SQL read path
+        if newest is None:  # a tracking server, or a schema the read path does not know
             for v in values:
                 found = self.search(steps, f"tags.`{key}` = {quote(v)}", limit=cap)
                 out[v] = ([e.info.run_id for e in found[:limit]], len(found))
             return out
-        import sqlalchemy as sa
-
-        match = (
-            " FROM tags t JOIN runs r ON r.run_uuid = t.run_uuid WHERE t.key = :key"
-            " AND t.value = :value AND r.lifecycle_stage = 'active' AND r.experiment_id IN :ids"
-        )
-        newest = sa.text(
-            # "+ 0": sort the few matching rows rather than let SQLite walk the experiment's runs
-            # by start time probing each one's tags (2 s at 10,000 runs); common values: walk
-            f"SELECT t.run_uuid{match} ORDER BY r.start_time{'' if common else ' + 0'} DESC"
-            " LIMIT :n"
-        ).bindparams(sa.bindparam("ids", expanding=True))
-        count = sa.text(f"SELECT COUNT(*) FROM (SELECT 1{match} LIMIT :n) AS found").bindparams(
-            sa.bindparam("ids", expanding=True)
-        )
-        with engine.connect() as con:
-            for v in values:
-                bound = {"key": key, "value": v, "ids": ids}
-                run_ids = [row[0] for row in con.execute(newest, {**bound, "n": limit})]
-                total = len(run_ids)
-                if total == limit:
-                    total = int(con.execute(count, {**bound, "n": cap}).scalar_one())
-                out[v] = (run_ids, total)
+        for v in values:
+            out[v] = newest(ids, key, v, limit=limit, cap=cap, common=common)
         return out
 
     def runs_by_id(self, steps: Sequence[str] | None, run_ids: Sequence[str]) -> list[MlflowRun]:

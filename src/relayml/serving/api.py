@@ -15,7 +15,8 @@ from typing import Any
 from relayml import tags as tag
 from relayml.chain import chain
 from relayml.errors import NotFound
-from relayml.executor import is_dask, predict_partitions, project_executor
+from relayml.cluster import is_dask, project_executor
+from relayml.executor import predict_partitions
 from relayml.runs import Run, get, open_project
 from relayml.serving.batch import predict_file
 from relayml.serving.http import run_server

@@ -14,8 +14,8 @@ from typing import Any
 
 from relayml import tags as tag
 from relayml.chain import chain
-from relayml.errors import NotFound
 from relayml.cluster import is_dask, project_executor
+from relayml.errors import NotFound
 from relayml.executor import predict_partitions
 from relayml.runs import Run, get, open_project
 from relayml.serving.batch import predict_file

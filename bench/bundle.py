@@ -195,7 +195,7 @@ def main() -> None:
         from relayml import runner
 
         bundle.log_bundle = inferred_log_bundle  # the runner imports it at call time
-        runner._early_proof = lambda req: contextlib.nullcontext()  # no proof in the anchor
+        runner.early_proof = lambda req: contextlib.nullcontext()  # no proof in the anchor
         sys.argv = ["relay", *sys.argv[2:]]
         from relayml.cli import main as relay
 

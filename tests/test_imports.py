@@ -4,8 +4,8 @@ The layers, bottom to top (docs/ARCHITECTURE.md draws them): the vocabulary, the
 boundary, the domain, the engines, the services, and the CLI and web pages on top. A module
 imports modules of its own layer or below. Every import counts, at module level, inside
 functions and under ``TYPE_CHECKING`` alike: an import moved into a function to dodge a circle
-is still a circle. The package's own
-``__init__`` is left out (it names modules as strings and imports them lazily).
+is still a circle. The package's own ``__init__`` is left out (it names modules as strings
+and imports them lazily).
 """
 
 from __future__ import annotations
@@ -96,10 +96,15 @@ LAYERS: dict[str, tuple[int, str]] = {
         m: (2, "domain")
         for m in (
             "relayml.steps",
+            "relayml.pipeline",
             "relayml.checks",
+            "relayml.check_keys",
             "relayml.data",
+            "relayml.data_digest",
+            "relayml.data_sources",
             "relayml.data_summary",
             "relayml.datadiff",
+            "relayml.datadrift",
             "relayml.fingerprint",
             "relayml.outputs",
             "relayml.lineage",
@@ -115,8 +120,14 @@ LAYERS: dict[str, tuple[int, str]] = {
         m: (3, "engines")
         for m in (
             "relayml.runner",
+            "relayml.request",
+            "relayml.context",
+            "relayml.runstart",
+            "relayml.runfinish",
             "relayml.claims",
             "relayml.chain",
+            "relayml.chain_links",
+            "relayml.chain_result",
             "relayml.cluster",
         )
     },

@@ -196,11 +196,9 @@ def test_failing_variant_is_failed_and_never_handed_down(project: Path, relay) -
 
 def test_same_second_runs_get_distinct_keys(project: Path, monkeypatch) -> None:
     """Deterministic: the clock is frozen, so the second run collides and moves one second."""
-    import relayml.runner as runner
-
     relayml.run("load", "transactions")
     frozen = time.time()
-    monkeypatch.setattr(runner.time, "time", lambda: frozen)
+    monkeypatch.setattr(time, "time", lambda: frozen)
     a = relayml.run("processing", "plain")
     b = relayml.run("processing", "plain")
     assert a.key != b.key
@@ -211,11 +209,9 @@ def test_same_second_runs_get_distinct_keys(project: Path, monkeypatch) -> None:
 
 def test_a_collision_jumps_past_every_taken_second(project: Path, monkeypatch) -> None:
     """Keys that ran ahead of a frozen clock: the next run collides once, not once a second."""
-    import relayml.runner as runner
-
     relayml.run("load", "transactions")
     frozen = time.time()
-    monkeypatch.setattr(runner.time, "time", lambda: frozen)
+    monkeypatch.setattr(time, "time", lambda: frozen)
     made = [relayml.run("processing", "plain", params={"seed": n}) for n in range(4)]
     last = relayml.run("processing", "plain", params={"seed": 9})
     assert (last.key.moment - made[0].key.moment).total_seconds() == 4

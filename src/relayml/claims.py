@@ -30,15 +30,13 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from relayml import tags as tag
 from relayml.keys import RunKey
+from relayml.request import Request
 from relayml.runs import Run, visible
+from relayml.runstart import create_run
 from relayml.store import Store, quote
-
-if TYPE_CHECKING:
-    from relayml.runner import Request
 
 __all__ = ["Claim", "claim", "finished_like"]
 
@@ -104,12 +102,10 @@ def claim(
         >>> c = claim(store, request)  # doctest: +SKIP
         >>> done = c.reused or runner.execute(request, created=(c.run_id, c.key))  # doctest: +SKIP
     """
-    from relayml.runner import _create_run
-
     started = time.monotonic()
     announced: set[str] = set()
     while True:
-        run_id, key = _create_run(store, req)
+        run_id, key = create_run(store, req)
         others = [r for r in _same_fingerprint(store, req) if r.run_id != run_id]
         finished = [r for r in others if r.status == "FINISHED"]
         if finished:

@@ -111,8 +111,12 @@ LAYERS: dict[str, tuple[int, str]] = {
             "relayml.runs",
             "relayml.bundle",
             "relayml.bundle_child",
+            "relayml.bundle_compile",
+            "relayml.bundle_load",
+            "relayml.bundle_log",
             "relayml.bundle_proof",
             "relayml.bundle_requirements",
+            "relayml.bundle_runtime",
             "relayml.bundle_trust",
         )
     },

@@ -288,4 +288,5 @@ def _bundle(
         threshold=outputs.get("threshold"),
         tags=tags,
         proof=proof,
+        store=store,
     )

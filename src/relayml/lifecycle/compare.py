@@ -14,7 +14,7 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, overload
 
 from relayml import tags as tag
 from relayml.config import Settings
@@ -74,6 +74,51 @@ class Ranking:
             ],
             "missing_metric": [str(r.key) for r in self.missing],
         }
+
+
+@overload
+def compare(
+    step: str | None = None,
+    *,
+    metric: str,
+    refs: Sequence[str | Run] | None = None,
+    data: str | None = None,
+    by_data: Literal[False] = False,
+    lower_is_better: bool | None = None,
+    variant: str | None = None,
+    limit: int | None = 1000,
+    project: Project = None,
+) -> Ranking: ...
+
+
+@overload
+def compare(
+    step: str | None = None,
+    *,
+    metric: str,
+    refs: Sequence[str | Run] | None = None,
+    data: str | None = None,
+    by_data: Literal[True],
+    lower_is_better: bool | None = None,
+    variant: str | None = None,
+    limit: int | None = 1000,
+    project: Project = None,
+) -> list[Ranking]: ...
+
+
+@overload
+def compare(
+    step: str | None = None,
+    *,
+    metric: str,
+    refs: Sequence[str | Run] | None = None,
+    data: str | None = None,
+    by_data: bool = False,
+    lower_is_better: bool | None = None,
+    variant: str | None = None,
+    limit: int | None = 1000,
+    project: Project = None,
+) -> Ranking | list[Ranking]: ...
 
 
 def compare(

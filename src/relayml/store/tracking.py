@@ -10,9 +10,9 @@ read path cannot answer. The registry and logged models are in
 :mod:`relayml.store.registry`, purging in :mod:`relayml.store.deletion`.
 
 Example:
-    >>> store = get_store(open_project())  # doctest: +SKIP
-    >>> store.experiment_id("load")  # doctest: +SKIP
-    '1'
+    >>> store = get_store(relay.open_project())
+    >>> [e.data.tags["relay.step"] for e in store.search(["load"], limit=1)]
+    ['load']
 """
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ if TYPE_CHECKING:
 __all__ = ["Store", "activate_uris", "active_uris", "get_store"]
 
 _STORES: dict[tuple[str, str, str], Store] = {}
+_CURRENT: dict[tuple[str, str], Store] = {}  # current_store(): one per MLflow URI
 _LOCK = threading.Lock()
 
 
@@ -60,8 +61,9 @@ def get_store(settings: Settings) -> Store:
     """The store of a project's tracking URI (one per process and URI).
 
     Example:
-        >>> get_store(settings).client.tracking_uri  # doctest: +SKIP
-        'sqlite:////work/fraud/.relay/mlflow.db'
+        >>> store = get_store(relay.open_project())
+        >>> store is get_store(relay.open_project()), store.settings.project
+        (True, 'fraud')
     """
     ident = (settings.tracking_uri, settings.project, settings.artifact_location)
     with _LOCK:
@@ -99,6 +101,24 @@ def activate_uris(tracking_uri: str | None, registry_uri: str | None = None) -> 
         mlflow.set_tracking_uri(tracking_uri)
     if registry_uri:
         mlflow.set_registry_uri(registry_uri)
+
+
+def current_store() -> Store:
+    """A store on the tracking URI MLflow's fluent API uses now, for code outside a project
+    (one per process and URI).
+
+    Example:
+        >>> current_store().settings.tracking_uri  # doctest: +SKIP
+        'sqlite:///mlflow.db'
+    """
+    import mlflow
+
+    uri = mlflow.get_tracking_uri()
+    with _LOCK:
+        if ("", uri) not in _CURRENT:
+            settings = Settings(root=Path.cwd(), project="", tracking_uri=uri)
+            _CURRENT[("", uri)] = Store(settings, read_path=False)
+        return _CURRENT[("", uri)]
 
 
 class Store(RegistryMethods, DeletionMethods):

@@ -139,11 +139,7 @@ LAYERS: dict[str, tuple[int, str]] = {
         m: (4, "services")
         for m in (
             "relayml.lifecycle",
-            "relayml.serve",
             "relayml.serving",
-            "relayml.serving_http",
-            "relayml.serving_limits",
-            "relayml.batch",
             "relayml.executor",
             "relayml.scaffold",
         )

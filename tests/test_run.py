@@ -267,7 +267,7 @@ def test_run_json_output(project: Path, relay) -> None:
 def test_public_functions_survive_submodule_imports() -> None:
     import relayml.chain
     import relayml.runs
-    import relayml.serve
+    import relayml.serving.api
 
     assert callable(relayml.runs) and relayml.runs.__module__ == "relayml.runs"
     assert callable(relayml.chain) and callable(relayml.serve)

@@ -50,7 +50,7 @@ if TYPE_CHECKING:
     from mlflow.entities import Run as MlflowRun
     from mlflow.tracking import MlflowClient
 
-__all__ = ["Store", "get_store"]
+__all__ = ["Store", "activate_uris", "active_uris", "get_store"]
 
 _STORES: dict[tuple[str, str, str], Store] = {}
 _CURRENT: dict[tuple[str, str], Store] = {}  # current_store(): one per MLflow URI
@@ -72,6 +72,35 @@ def get_store(settings: Settings) -> Store:
         store = _STORES[ident]
     follow(store)
     return store
+
+
+def active_uris() -> tuple[str, str]:
+    """The tracking and registry URIs MLflow's process-wide (fluent) API points at.
+
+    Example:
+        >>> tracking, registry = active_uris()
+        >>> tracking == registry or bool(registry)
+        True
+    """
+    import mlflow
+
+    return mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+
+
+def activate_uris(tracking_uri: str | None, registry_uri: str | None = None) -> None:
+    """Point MLflow's fluent API at these URIs (a fresh process given its parent's store).
+
+    A URI left None is left as it is. :meth:`Store.activate` does this for a project.
+
+    Example:
+        >>> activate_uris(*active_uris())
+    """
+    import mlflow
+
+    if tracking_uri:
+        mlflow.set_tracking_uri(tracking_uri)
+    if registry_uri:
+        mlflow.set_registry_uri(registry_uri)
 
 
 def current_store() -> Store:

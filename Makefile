@@ -30,9 +30,10 @@ demo: install  ## run load → processing → training on the fraud example and 
 	cd $(EXAMPLE) && ../../$(BIN)/relay runs
 	@echo "\nNext: cd $(EXAMPLE) && ../../$(BIN)/relay show training/logreg@latest"
 
-lint: install  ## ruff lint and format check
-	$(BIN)/ruff check src tests bench examples
-	$(BIN)/ruff format --check src tests bench examples
+lint: install  ## ruff lint and format check, mypy (config in pyproject.toml)
+	$(BIN)/ruff check src tests bench examples conftest.py
+	$(BIN)/ruff format --check src tests bench examples conftest.py
+	$(BIN)/python -m mypy
 
 format: install
 	$(BIN)/ruff format src tests bench examples

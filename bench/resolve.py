@@ -204,8 +204,9 @@ class Generator:
     ) -> tuple[_Up, str, str, dict[str, str]]:
         """One run; returns (handle, key, data version, data parts) for its children."""
         from relayml.keys import RunKey
-        from relayml.runner import _data_tags, _logged_params
-        from relayml.store import _param_value
+        from relayml.request import logged_params as _logged_params
+        from relayml.runstart import data_tags as _data_tags
+        from relayml.store import param_value as _param_value
 
         while (step, variant, second) in self.used:
             second += 1
@@ -672,7 +673,7 @@ FINGERPRINT_SNIPPET = """
 import json, sys, time
 t0 = time.perf_counter()
 from relayml.config import load_settings
-from relayml.steps import load_pipeline
+from relayml.pipeline import load_pipeline
 from relayml.fingerprint import code_parts
 settings = load_settings()
 pipeline = load_pipeline(settings.root, settings.module)

@@ -262,12 +262,23 @@ def relay(
 
 
 def relay_process(
-    *args: str, cwd: Path, env: dict[str, str] | None = None, **kw
+    *args: str,
+    cwd: Path,
+    env: dict[str, str] | None = None,
+    patch: str | None = None,
+    **kw,
 ) -> subprocess.Popen:
-    """Start the CLI as a real separate process (for concurrency and signal tests)."""
+    """Start the CLI as a real separate process (for concurrency and signal tests).
+
+    ``patch``: Python source run in the child before the CLI starts, to monkeypatch it
+    (hold a claim a while, crash at a chosen point) without test hooks in the library.
+    """
     full = {**os.environ, **(env or {})}
+    command = ["-m", "relayml"]
+    if patch is not None:
+        command = ["-c", f"{patch}\nfrom relayml.cli import main\nmain()"]
     return subprocess.Popen(
-        [sys.executable, "-m", "relayml", *args],
+        [sys.executable, *command, *args],
         cwd=cwd,
         env=full,
         stdout=subprocess.PIPE,

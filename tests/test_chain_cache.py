@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 import relayml
+from relayml.pipeline import load_pipeline, pipeline_cache_file
 from relayml.runner import prepare
-from relayml.steps import load_pipeline, pipeline_cache_file
 
 from conftest import git, relay_process
 
@@ -271,3 +271,24 @@ def test_uncacheable_or_disabled(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     )
     with pytest.raises(relayml.ConfigError, match="changed"):
         stale.load()
+
+
+def test_a_copied_project_folder_reuses_its_runs(
+    project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The caches name files relative to the project: a copy (or a moved folder) must not
+    fingerprint the original folder's modules and rerun every step."""
+    relayml.run("load", "transactions")
+    first = relayml.run("processing", "plain")
+    copy = tmp_path / "copy" / "fraud"
+    import shutil
+
+    shutil.copytree(project, copy, symlinks=True)
+    monkeypatch.chdir(copy)
+    forget(monkeypatch)
+    forget(monkeypatch, "features")
+    plan = relayml.chain("load=transactions@latest", "processing=plain", dry_run=True)
+    assert statuses(plan) == ["reused", "reused"], plan.steps[1].reason
+    assert plan["processing"].run_id == first.run_id
+    cached = json.loads(next((copy / ".relay" / "cache").glob("code-*.json")).read_text())
+    assert all(not Path(p).is_absolute() for p in cached["files"]), cached["files"]

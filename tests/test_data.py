@@ -22,6 +22,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import relayml
 from relayml.data import (
     Digester,
     combine_digests,
@@ -572,3 +573,43 @@ def test_empty_csv_with_header(tmp_path: Path) -> None:
 def test_read_snapshot_of_a_missing_file(tmp_path: Path) -> None:
     with pytest.raises(SourceError, match=r"nope\.parquet"):
         read_snapshot(tmp_path / "nope.parquet")
+
+
+@pytest.mark.parametrize("batch_size", [0, -5])
+def test_bad_batch_size_is_a_usage_error_and_writes_nothing(
+    db: DB, tmp_path: Path, batch_size: int
+) -> None:
+    out = tmp_path / "out" / "s.parquet"
+    with pytest.raises(relayml.UsageError, match="batch_size must be at least 1"):
+        snapshot_query(db.url, f"SELECT * FROM {db.table}", {}, out, batch_size=batch_size)
+    csv = tmp_path / "a.csv"
+    csv.write_text("a\n1\n")
+    with pytest.raises(relayml.UsageError, match="batch_size must be at least 1"):
+        snapshot_file(csv, out, batch_size=batch_size)
+    assert not out.parent.exists()
+
+
+def test_digester_refuses_a_batch_of_another_schema() -> None:
+    d = Digester()
+    d.update(pa.record_batch({"a": [1]}))
+    with pytest.raises(SourceError, match="batch schema differs from the first one"):
+        d.update(pa.record_batch({"b": ["x"]}))
+
+
+def test_observer_sees_every_batch_in_order_and_its_error_stops_the_snapshot(
+    tmp_path: Path,
+) -> None:
+    src = tmp_path / "a.csv"
+    src.write_text("a\n" + "\n".join(str(i) for i in range(50_000)) + "\n")
+    seen: list[int] = []
+    snap = snapshot_file(src, tmp_path / "s.parquet", batch_size=1_000,
+                         observe=lambda b: seen.extend(b.column("a").to_pylist()))  # fmt: skip
+    assert seen == list(range(50_000)) and snap.rows == 50_000
+
+    def boom(batch: pa.RecordBatch) -> None:
+        raise RuntimeError("observer broke")
+
+    out = tmp_path / "out" / "t.parquet"
+    with pytest.raises(SourceError, match="observer broke"):
+        snapshot_file(src, out, batch_size=1_000, observe=boom)
+    assert list(out.parent.iterdir()) == []

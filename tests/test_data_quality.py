@@ -177,6 +177,13 @@ def test_no_checks_is_recorded(project: Path, relay) -> None:
     r = relay("run", "load", "picky", "--no-checks")
     assert r.code == 0 and "checks skipped" in r.out, r
     assert relayml.get("load/picky@latest").tags["relay.checks"] == "skipped"
+    # the same emergency switch on a chain: a failed check stops it, --no-checks records it
+    first = relayml.get("load/picky@latest").run_id
+    assert relay("chain", "load=picky").code == 1
+    r = relay("chain", "load=picky", "--no-checks")
+    assert r.code == 0, r
+    again = relayml.get("load/picky@latest")
+    assert again.run_id != first and again.tags["relay.checks"] == "skipped"
 
 
 # -- relay diff ---------------------------------------------------------------------------
@@ -321,3 +328,44 @@ def test_refresh_decision(scores: tuple, extra: dict, expected: tuple) -> None:
     served, champion, challengers = scores
     got = refresh_decision(served=served, champion=champion, challengers=challengers, **extra)
     assert got == expected
+
+
+def test_checks_decide_from_the_summary_stats_as_from_the_rows() -> None:
+    """Batches whose stats show no null and no value out of range skip the row-level work;
+    the report is the same as without the stats, whatever the batches hold."""
+    spec = relayml.checks(
+        not_null=["v", "s"],
+        ranges={"v": (0, 10), "t": ("2019-01-02", None), "s": ("b", None)},
+        unique=["id"],
+    )
+    batches = [
+        pa.record_batch({"id": [1, 2], "v": [1.0, 2.0], "s": ["b", "c"],
+                         "t": pa.array(["20190102", "20190103"])}),
+        pa.record_batch({"id": [3, 4], "v": [float("nan"), 12.0], "s": [None, "a"],
+                         "t": pa.array(["20190101", "20190105"])}),
+        pa.record_batch({"id": [5, 5], "v": [None, 3.0], "s": ["d", "e"],
+                         "t": pa.array(["20190103", None])}),
+    ]  # fmt: skip
+    batches = [
+        b.set_column(3, "t", pa.compute.strptime(b.column("t"), "%Y%m%d", "us")) for b in batches
+    ]
+    reports = []
+    for with_stats in (False, True):
+        s, c = Summarizer(), Checker(spec)
+        for b in batches:
+            stats = s.update(b)
+            c.update(b, stats if with_stats else None)
+        reports.append(c.finish(s.result()).to_dict())
+    assert json.dumps(reports[0]) == json.dumps(reports[1])  # (NaN examples: != in a dict)
+    failed = {(r["check"], r["column"]): r["failed_rows"] for r in reports[1]["results"]
+              if not r["passed"]}  # fmt: skip
+    assert failed == {
+        ("not_null", "v"): 2,
+        ("not_null", "s"): 1,
+        ("ranges", "v"): 1,
+        ("ranges", "t"): 1,
+        ("ranges", "s"): 1,
+        ("unique", "id"): 1,
+    }
+    with pytest.raises(relayml.ConfigError, match="does not compare"):  # checked up front
+        Checker(relayml.checks(ranges={"v": ("x", None)})).update(batches[0], {})

@@ -15,9 +15,10 @@ import pytest
 
 distributed = pytest.importorskip("distributed")
 
+from relayml.cluster import scheduler_address  # noqa: E402
 from relayml.config import Settings  # noqa: E402
 from relayml.errors import ConfigError  # noqa: E402
-from relayml.executor import predict_partitions, scheduler_address  # noqa: E402
+from relayml.executor import predict_partitions  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -52,7 +53,7 @@ def test_config_turns_execution_into_an_executor(tmp_path: Path) -> None:
 
 
 def test_unreachable_scheduler_is_one_clear_error(relay, project: Path, monkeypatch) -> None:
-    from relayml.executor import dask_client
+    from relayml.cluster import dask_client
 
     from conftest import free_port
 
@@ -68,7 +69,7 @@ def test_grid_search_and_batch_scoring_match_local(
 ) -> None:
     import pandas as pd
 
-    from relayml.serve import predict_file
+    from relayml.serving.batch import predict_file
 
     # the example's liblinear is unseeded (it draws from numpy's global generator): seed it
     # here so that two runs of the search can be compared exactly
@@ -125,7 +126,7 @@ def test_grid_search_and_batch_scoring_match_local(
 
 
 def _tasks_run(executor: str) -> int:
-    from relayml.executor import dask_client
+    from relayml.cluster import dask_client
 
     with dask_client(executor) as client:
         counts = client.run(lambda dask_worker: len(dask_worker.state.log))

@@ -171,7 +171,7 @@ def test_several_load_steps_explain_themselves(
 
     # a pinned second load stays reused when the first one is fresh (parts too long for a
     # tag are recorded in the artifact only)
-    monkeypatch.setattr("relayml.runner.CODE_PARTS_TAG_MAX", 10)
+    monkeypatch.setattr("relayml.runstart.CODE_PARTS_TAG_MAX", 10)
     made = relayml.chain("patients=csv", "outcomes=csv", "processing=join", project=clinic)
     assert "relay.code.parts" not in made["processing"].tags
     mixed = relayml.chain("patients=csv", "outcomes=csv@latest", "processing=join",

@@ -145,14 +145,25 @@ def test_gc_purges_runs_deleted_through_mlflow(project: Path, relay) -> None:
     assert relay("gc").out.strip() == "nothing to purge"
 
 
+# The process is SIGKILLed right after it purged its first run (files and row).
+CRASH_AFTER_ONE_PURGE = """
+import os, signal
+from relayml.store import Store
+purge = Store.hard_delete_run
+def crash(self, run_id):
+    purge(self, run_id)
+    os.kill(os.getpid(), signal.SIGKILL)
+Store.hard_delete_run = crash
+"""
+
+
 def test_interrupted_delete_is_finished_by_a_rerun(project: Path, relay) -> None:
     load = rl.run("load", "transactions")
     plain = rl.run("processing", "plain", upstream=[load])
     robust = rl.run("processing", "robust", upstream=[load])
     folders = {r.run_id: _folder(r.run_id) for r in (load, plain, robust)}
     proc = relay_process(
-        "delete", str(load.key), "--cascade", "--yes", cwd=project,
-        env={"RELAY_TEST_CRASH_AFTER_PURGES": "1"},
+        "delete", str(load.key), "--cascade", "--yes", cwd=project, patch=CRASH_AFTER_ONE_PURGE
     )  # fmt: skip
     proc.communicate(timeout=120)
     assert proc.returncode == -9
@@ -177,7 +188,7 @@ def test_interrupted_gc_is_finished_by_gc(project: Path, relay) -> None:
     folders = {r.run_id: _folder(r.run_id) for r in (plain, robust)}
     for run_id in folders:
         store.client.delete_run(run_id)
-    proc = relay_process("gc", cwd=project, env={"RELAY_TEST_CRASH_AFTER_PURGES": "1"})
+    proc = relay_process("gc", cwd=project, patch=CRASH_AFTER_ONE_PURGE)
     proc.communicate(timeout=120)
     assert proc.returncode == -9
     assert relay("gc").code == 0

@@ -58,10 +58,24 @@ def test_refresh_first_champion_then_kept(project: Path, relay) -> None:
     assert "champion_test_roc_auc" in record.data.metrics
 
 
+# Each refresh waits 4 s after creating its claim, so both claims exist before either looks.
+HOLD_THE_CLAIM = """
+import time
+from relayml import tags
+from relayml.store import Store
+create = Store.create_run
+def held(self, step, **kw):
+    entity = create(self, step, **kw)
+    if step == tags.REFRESH_EXPERIMENT:
+        time.sleep(4)
+    return entity
+Store.create_run = held
+"""
+
+
 def test_overlapping_refreshes_do_not_both_promote(project: Path) -> None:
     args = ("refresh", "--candidates", "logreg", "--metric", "test_roc_auc", *FAST)
-    env = {"RELAY_TEST_REFRESH_PAUSE": "4"}
-    procs = [relay_process(*args, cwd=project, env=env) for _ in range(2)]
+    procs = [relay_process(*args, cwd=project, patch=HOLD_THE_CLAIM) for _ in range(2)]
     results = [p.communicate(timeout=300) for p in procs]
     codes = sorted(p.returncode for p in procs)
     assert codes == [0, 1], results

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import os
 import random
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -201,16 +202,31 @@ def test_the_installed_mlflow_schema_is_known(tmp_path: Path) -> None:
 
 
 def test_the_sql_reader_cannot_write(tmp_path: Path) -> None:
-    import sqlalchemy as sa
-
     from relayml.readstore.sql import SqlReader
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     _build(uri, seed=5, n_runs=2)
     reader = SqlReader(uri)
     try:
-        with pytest.raises(sa.exc.OperationalError, match="readonly"), reader.engine.begin() as c:
-            c.execute(sa.text("DELETE FROM runs"))
+        with pytest.raises(sqlite3.OperationalError, match="readonly"):
+            reader.rows("DELETE FROM runs")
+        assert len(reader.rows("SELECT run_uuid FROM runs")) == 2
+    finally:
+        reader.close()
+
+
+@pytest.mark.postgres
+def test_the_sql_reader_cannot_write_on_postgresql(pg_database: str, tmp_path: Path) -> None:
+    import psycopg
+
+    from relayml.readstore.sql import SqlReader
+
+    _build(pg_database, seed=7, n_runs=2)
+    reader = SqlReader(pg_database)
+    try:
+        with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+            reader.rows("DELETE FROM runs")
+        assert len(reader.rows("SELECT run_uuid FROM runs")) == 2
     finally:
         reader.close()
 
@@ -225,7 +241,9 @@ try:
     main()
 except SystemExit as e:
     code = e.code
-heavy = sorted({m.split(".")[0] for m in sys.modules} & {"mlflow", "pandas", "sklearn"})
+heavy = sorted(
+    {m.split(".")[0] for m in sys.modules} & {"mlflow", "pandas", "sklearn", "sqlalchemy"}
+)
 print("HEAVY", ",".join(heavy), file=sys.stderr)
 """
 

@@ -8,7 +8,7 @@ import pytest
 
 import relayml as relay
 from relayml import ConfigError, UsageError
-from relayml.steps import Pipeline
+from relayml.pipeline import Pipeline
 
 
 def _training():

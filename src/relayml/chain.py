@@ -21,14 +21,16 @@ logged as a run of the experiment ``<project>/chains`` (tags ``relay.chain.<step
 version, the final metrics and model URI), so MLflow's UI shows coherent paths side by side.
 
 This module does not talk to MLflow directly: it goes through :mod:`relayml.store`,
-:mod:`relayml.runs` and :mod:`relayml.runner`.
+:mod:`relayml.runs` and :mod:`relayml.runner`. Parsing a request is :mod:`relayml.chain_links`;
+the result and its record are :mod:`relayml.chain_result`.
 
 Example:
-    >>> import relayml as relay
     >>> c = relay.chain("load=transactions@latest", "processing=plain", "training=logreg",
-    ...                 params={"training.C": 10})  # doctest: +SKIP
-    >>> c["training"].metrics["test_roc_auc"], c.model_uri  # doctest: +SKIP
-    (0.97, 'models:/m-...')
+    ...                 params={"training.C": 10}, dry_run=True)
+    >>> [(p.step, p.status) for p in c.steps]
+    [('load', 'reused'), ('processing', 'reused'), ('training', 'new')]
+    >>> c.steps[-1].reason
+    'no finished run matches'
 """
 
 from __future__ import annotations
@@ -36,26 +38,26 @@ from __future__ import annotations
 import contextlib
 import json
 import tempfile
-import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from relayml import tags as tag
-from relayml.codeinfo import CodeState, canonical, code_state, digest
+from relayml.chain_links import Link, parse_links, validate
+from relayml.chain_result import FAILED, NEW, REUSED, Chain, Planned, record, records
+from relayml.claims import claim, finished_like
+from relayml.codeinfo import CodeState, code_state
 from relayml.config import Settings
 from relayml.errors import ChainFailed, StepFailed, UsageError
-from relayml.keys import parse_reference
+from relayml.fingerprint import changes
 from relayml.lineage import Lineage, run_lineage
+from relayml.pipeline import Pipeline
+from relayml.request import Request, logged_params, pipeline_of
+from relayml.runner import execute
 from relayml.runs import Project, Run, get, open_project
-from relayml.store import Store, get_store, quote
-
-if TYPE_CHECKING:
-    from mlflow.entities import Run as MlflowRun
-
-    from relayml.runner import Request
-    from relayml.steps import Pipeline
+from relayml.runstart import CODE_PARTS
+from relayml.store import Store, get_store, param_value, quote
 
 __all__ = [
     "Chain",
@@ -69,255 +71,14 @@ __all__ = [
     "records",
 ]
 
-RECORD_TAG = tag.CHAIN_RECORD  # on a chain's final run: the id of the chain's record
 CANDIDATES = 5  # FINISHED runs with the same fingerprint tried per step (newest first)
 EXPLAINED = 5  # newest runs of a step/variant compared in --explain
 
-REUSED, NEW, FAILED = "reused", "new", "failed"
 OLD_SCHEME = "recorded with the old code fingerprint (git commit + diff): not reused"
 OLD_SCHEME_NOTE = (
     "runs recorded before relay keyed code by what runs (variant, modules, versions; not the "
     "git commit) are not reused: each step reruns once"
 )
-
-
-# -- the request -----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Link:
-    """One step of a chain request.
-
-    Attributes:
-        step: the step's name.
-        variant: the variant's name.
-        params: parameter values given for the step (not yet coerced).
-        ref: a reference pinning the step's run (load steps only), or None.
-    """
-
-    step: str
-    variant: str
-    params: dict[str, Any] = field(default_factory=dict)
-    ref: str | None = None
-
-    def __str__(self) -> str:
-        if self.ref is None:
-            return f"{self.step}={self.variant}"
-        if _is_run_id(self.ref):
-            return f"{self.step}={self.ref}"
-        when = self.ref.split("@", 1)[1] if "@" in self.ref else self.ref
-        return f"{self.step}={self.variant}@{when}"
-
-
-def parse_links(
-    links: Iterable[str | Mapping[str, str]], params: Mapping[str, Any] | None = None
-) -> list[Link]:
-    """Parse ``STEP=VARIANT[@WHEN]`` items and ``STEP.NAME=value`` params into links.
-
-    ``WHEN`` is a day (``2019-02-09``, the newest FINISHED run made that day in the project's
-    time zone), ``latest``, or a ``YYYYMMDDHHMMSS`` key time. ``VARIANT`` may also be a full
-    key (``load/transactions@20190209000000``) or an MLflow run id.
-
-    Raises:
-        UsageError: a malformed item, a step named twice, params for a step not in the chain.
-
-    Example:
-        >>> [str(x) for x in parse_links(["load=transactions@latest", "processing=plain"])]
-        ['load=transactions@latest', 'processing=plain']
-        >>> parse_links(["training=logreg"], {"training.C": 10})[0].params
-        {'C': 10}
-    """
-    items: list[tuple[str, str]] = []
-    for item in links:
-        if isinstance(item, Mapping):
-            items.extend((str(k), str(v)) for k, v in item.items())
-            continue
-        step, sep, value = str(item).partition("=")
-        if not sep or not step.strip() or not value.strip():
-            raise UsageError(
-                f"chain item {item!r}: expected STEP=VARIANT, STEP=VARIANT@YYYY-MM-DD or "
-                "STEP=VARIANT@latest (e.g. load=transactions@latest processing=plain)"
-            )
-        items.append((step.strip(), value.strip()))
-    out: dict[str, Link] = {}
-    for step, value in items:
-        if step in out:
-            raise UsageError(f"step {step!r} is named twice in the chain; give each step once")
-        out[step] = _link(step, value)
-    for name, value in _split_params(params or {}).items():
-        step, pname = name
-        if step not in out:
-            named = ", ".join(out) or "none"
-            raise UsageError(
-                f"parameter {step}.{pname} is for step {step!r}, which is not in the chain "
-                f"(steps in the chain: {named})"
-            )
-        out[step].params[pname] = value
-    if not out:
-        raise UsageError("empty chain: give STEP=VARIANT items, e.g. load=transactions@latest")
-    return list(out.values())
-
-
-def _link(step: str, value: str) -> Link:
-    if "@" not in value and "/" not in value and not _is_run_id(value):
-        return Link(step, value)
-    if _is_run_id(value):
-        return Link(step, "", {}, value)
-    if "/" in value:  # a full key or reference of the step
-        ref = parse_reference(value)
-        if ref.step != step:
-            raise UsageError(f"{step}={value}: the reference names step {ref.step!r}, not {step!r}")
-        if not ref.variant:
-            raise UsageError(f"{step}={value}: expected {step}=VARIANT@WHEN")
-        return Link(step, ref.variant, {}, value)
-    variant, _, when = value.partition("@")
-    ref = parse_reference(f"{step}/{variant}@{when}")
-    return Link(step, variant, {}, str(ref))
-
-
-def _is_run_id(value: str) -> bool:
-    return len(value) == 32 and all(c in "0123456789abcdef" for c in value)
-
-
-def _split_params(params: Mapping[str, Any]) -> dict[tuple[str, str], Any]:
-    out: dict[tuple[str, str], Any] = {}
-    for name, value in params.items():
-        if isinstance(value, Mapping):
-            for k, v in value.items():
-                out[(name, str(k))] = v
-            continue
-        step, dot, pname = name.partition(".")
-        if not dot or not step or not pname:
-            raise UsageError(f"parameter {name!r}: name the step, as in -P training.{name}=VALUE")
-        out[(step, pname)] = value
-    return out
-
-
-# -- the result ------------------------------------------------------------------------------
-
-
-@dataclass
-class Planned:
-    """One step of a resolved chain.
-
-    Attributes:
-        step: the step's name.
-        variant: the variant's name.
-        status: ``reused``, ``new`` (run, or to run in a dry run) or ``failed``.
-        run: the run (None for a step still to run in a dry run).
-        reason: why the step is new, or where a reused run came from.
-        passed_over: ``(key, why)`` of newer runs of the step/variant that were not reused
-            (filled with ``explain``).
-    """
-
-    step: str
-    variant: str
-    status: str
-    run: Run | None = None
-    reason: str = ""
-    passed_over: list[tuple[str, str]] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready view."""
-        return {
-            "step": self.step,
-            "variant": self.variant,
-            "status": self.status,
-            "key": str(self.run.key) if self.run else None,
-            "run_id": self.run.run_id if self.run else None,
-            "run_status": self.run.status if self.run else None,
-            "reason": self.reason,
-            "passed_over": [{"key": k, "why": w} for k, w in self.passed_over],
-        }
-
-
-@dataclass
-class Chain:
-    """A coherent path of runs, one per step, from the load run(s) to the final run.
-
-    Attributes:
-        steps: the planned steps in dependency order.
-        record_id: the run id of the chain's record in ``<project>/chains``, None for a dry
-            run (:attr:`record` fetches the record itself).
-        dry_run: nothing was run.
-        notes: remarks about the whole chain, each said once (e.g. that runs recorded with
-            an older reuse rule were not reused).
-
-    Example:
-        >>> c = relay.chain("load=transactions@latest", "processing=plain")  # doctest: +SKIP
-        >>> c.runs["processing"].upstream["load"] == c.runs["load"]  # doctest: +SKIP
-        True
-    """
-
-    steps: list[Planned]
-    record_id: str | None = None
-    dry_run: bool = False
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def record(self) -> MlflowRun | None:
-        """The chain's record run (an ``mlflow.entities.Run``, fetched from the store)."""
-        runs = list(self.runs.values())
-        if self.record_id is None or not runs:
-            return None
-        return runs[0].store.get_run(self.record_id)
-
-    def __getitem__(self, step: str) -> Run:
-        run = self.runs.get(step)
-        if run is None:
-            raise KeyError(f"step {step!r} has no run in this chain")
-        return run
-
-    @property
-    def runs(self) -> dict[str, Run]:
-        """``{step: Run}`` of the steps that have a run."""
-        return {p.step: p.run for p in self.steps if p.run is not None}
-
-    @property
-    def final(self) -> Run | None:
-        """The run of the last step (None in a dry run where it is still to run)."""
-        return self.steps[-1].run
-
-    @property
-    def complete(self) -> bool:
-        """Every step has a FINISHED run."""
-        return all(p.run is not None and p.status != FAILED for p in self.steps)
-
-    @property
-    def model_uri(self) -> str | None:
-        """The model URI of the last run in the chain that logged a model."""
-        for p in reversed(self.steps):
-            if p.run is not None and p.run.model_uri:
-                return p.run.model_uri
-        return None
-
-    @property
-    def data_version(self) -> str | None:
-        """The data version of the final run (the digest of the load snapshots behind it)."""
-        final = self.final
-        return final.data_version if final else None
-
-    @property
-    def metrics(self) -> dict[str, float]:
-        """The final run's metrics."""
-        final = self.final
-        return final.metrics if final else {}
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready view (what ``relay chain --json`` prints)."""
-        return {
-            "steps": [p.to_dict() for p in self.steps],
-            "complete": self.complete,
-            "dry_run": self.dry_run,
-            "data_version": self.data_version,
-            "model_uri": self.model_uri,
-            "metrics": self.metrics,
-            "record": self.record_id,
-            "notes": self.notes,
-        }
-
-
-# -- resolving -------------------------------------------------------------------------------
 
 
 @dataclass
@@ -330,14 +91,23 @@ class _Resolver:
     bound: dict[str, dict[str, Any]]
     forced: set[str]
     pinned: dict[str, Run]
+    checks: bool = True
     notes: set[str] = field(default_factory=set)
 
     def request(self, link: Link, chosen: Mapping[str, Run]) -> Request:
-        from relayml.runner import Request
 
         var = self.pipeline.variant(link.step, link.variant)
         ups = {u: chosen[u] for u in self.pipeline.get(link.step).upstream}
-        return Request(self.settings, self.pipeline, var, self.bound[link.step], ups, self.code)
+        return Request(
+            self.settings,
+            self.pipeline,
+            var,
+            self.bound[link.step],
+            ups,
+            self.code,
+            None,
+            self.checks,
+        )
 
     def resolve(
         self, i: int, chosen: dict[str, Run], new: Mapping[str, str] | None = None
@@ -367,7 +137,6 @@ class _Resolver:
             run = self.pinned[link.step]
             rest = self.resolve(i + 1, {**chosen, link.step: run}, new)
             return [Planned(link.step, link.variant, REUSED, run, f"given as {link}"), *rest]
-        from relayml.claims import finished_like
 
         req = self.request(link, chosen)
         candidates = finished_like(self.store, req, limit=CANDIDATES)
@@ -463,9 +232,7 @@ def _difference(run: Run, req: Request | None, forced: bool, unknown: list[str])
     reasons = []
     tags = run.tags
     if tags.get(tag.PARAMS) != req.params_digest:
-        from relayml.runner import _logged_params
-
-        wanted = {k: _as_param(v) for k, v in _logged_params(req).items()}
+        wanted = {k: _as_param(v) for k, v in logged_params(req).items()}
         have = run.params
         reasons += [
             f"param {k}: {have.get(k, '(unset)')} → {wanted.get(k, '(unset)')}"
@@ -486,9 +253,6 @@ def _difference(run: Run, req: Request | None, forced: bool, unknown: list[str])
 
 def _code_changes(run: Run, req: Request) -> list[str]:
     """The code parts that differ, from the run's recorded parts (tag, else artifact)."""
-    from relayml.fingerprint import changes
-    from relayml.runner import CODE_PARTS
-
     if tag.CODE_SCHEME not in run.tags:
         return [OLD_SCHEME]
     text = run.tags.get(tag.CODE_PARTS)
@@ -501,45 +265,8 @@ def _code_changes(run: Run, req: Request) -> list[str]:
 
 
 def _as_param(value: Any) -> str:
-    from relayml.store import _param_value
 
-    return _param_value(value)
-
-
-def _validate(pipeline: Pipeline, links: list[Link], forced: Iterable[str]) -> list[Link]:
-    """Check names and connections; return the links in dependency order."""
-    by_step = {}
-    for link in links:
-        step = pipeline.get(link.step)  # UnknownName with a suggestion
-        if link.variant:
-            step.get(link.variant)
-        by_step[link.step] = link
-    for link in links:
-        for up in pipeline.get(link.step).upstream:
-            if up not in by_step:
-                variants = ", ".join(pipeline.get(up).variants) or "none"
-                raise UsageError(
-                    f"the chain does not connect: step {link.step!r} consumes {up!r}, which is "
-                    f"not in the chain; add {up}=VARIANT (variants: {variants})"
-                )
-        if link.ref is not None and pipeline.get(link.step).upstream:
-            raise UsageError(
-                f"{link}: only load steps (steps without upstream) can be pinned with @; "
-                f"write {link.step}={link.variant} and the newest coherent run is found"
-            )
-    order = [s for s in pipeline.order if s in by_step]
-    consumed = {u for s in order for u in pipeline.get(s).upstream}
-    finals = [s for s in order if s not in consumed]
-    if len(finals) > 1:
-        raise UsageError(
-            f"the chain does not connect: {', '.join(finals)} are separate ends; a chain has "
-            "one final step that every other step feeds"
-        )
-    for name in forced:
-        if name not in by_step:
-            steps = ", ".join(order)
-            raise UsageError(f"--force {name}: step {name!r} is not in the chain ({steps})")
-    return [by_step[s] for s in order]
+    return param_value(value)
 
 
 def chain(
@@ -550,6 +277,7 @@ def chain(
     explain: bool = False,
     show_progress: bool = False,
     on_event: Callable[[str], None] | None = None,
+    checks: bool = True,
     project: Project = None,
 ) -> Chain:
     """Resolve the newest coherent chain, run the missing steps in order, record the chain.
@@ -563,6 +291,8 @@ def chain(
         explain: say, for each step, why newer runs of the variant were passed over.
         show_progress: show progress bars of the steps that run.
         on_event: called with one line per event (a step starts, waits for another process).
+        checks: run the data checks of a load that runs (False, for emergencies: skipped, and
+            recorded on the load run as ``relay.checks = skipped``).
         project: the project (default: around the working folder).
 
     Returns:
@@ -575,18 +305,20 @@ def chain(
             the same chain again resumes from the failed step.
 
     Example:
-        >>> c = relay.chain("load=transactions@2019-02-09", "processing=plain",
-        ...                 "training=logreg", params={"training.C": 10})  # doctest: +SKIP
-        >>> [p.status for p in c.steps]  # doctest: +SKIP
-        ['reused', 'reused', 'new']
+        >>> c = relay.chain("load=transactions@latest", "processing=plain",
+        ...                 "training=logreg", params={"training.C": 10})
+        >>> [p.status for p in c.steps], c["training"].params["C"]
+        (['reused', 'reused', 'new'], '10.0')
+        >>> relay.chain("load=transactions@latest", "processing=plain", "training=logreg",
+        ...             params={"training.C": 10}).steps[-1].status
+        'reused'
     """
-    from relayml.runner import pipeline_of
 
     settings = open_project(project)
     pipeline = pipeline_of(settings)
     parsed = parse_links(links, params)
     forced = {force} if isinstance(force, str) else set(force or ())
-    ordered = _validate(pipeline, parsed, forced)
+    ordered = validate(pipeline, parsed, forced)
     pinned = {link.step: _pinned(settings, link) for link in ordered if link.ref is not None}
     for n, link in enumerate(ordered):  # pinned by run id: learn the variant
         if not link.variant:
@@ -602,7 +334,7 @@ def chain(
                 f"drop the @ to retrieve again with them"
             )
     store = get_store(settings)
-    resolver = _Resolver(settings, store, pipeline, None, ordered, bound, forced, pinned)
+    resolver = _Resolver(settings, store, pipeline, None, ordered, bound, forced, pinned, checks)
     plan = resolver.resolve(0, {})
     if explain:
         resolver.explain(plan)
@@ -610,7 +342,7 @@ def chain(
     if dry_run:
         return result
     _complete(resolver, result, show_progress, on_event or (lambda line: None))
-    result.record_id = _record(settings, store, result, ordered)
+    result.record_id = record(settings, store, result, ordered)
     return result
 
 
@@ -622,9 +354,6 @@ def _complete(
     A claim finds a run that another process finished since the chain was resolved, so no
     separate look-up precedes it.
     """
-    from relayml.claims import claim
-    from relayml.runner import execute
-
     chosen = {p.step: p.run for p in result.steps if p.run is not None}
     for p, link in zip(result.steps, resolver.links, strict=True):
         if p.status == REUSED:
@@ -655,7 +384,7 @@ def _complete(
         except StepFailed as e:
             failed = _failed_run(resolver, req)
             p.status, p.run, p.reason = FAILED, failed, str(e)
-            result.record_id = _record(
+            result.record_id = record(
                 resolver.settings, resolver.store, result, resolver.links, error=str(e)
             )
             raise ChainFailed(f"{e}; resume with: {_resume_hint(result)}", result) from e
@@ -687,104 +416,6 @@ def _resume_hint(result: Chain) -> str:
     return "relay chain " + " ".join(parts) + " (same -P options)"
 
 
-# -- the chain record ------------------------------------------------------------------------
-
-
-def _record(
-    settings: Settings,
-    store: Store,
-    result: Chain,
-    links: list[Link],
-    error: str | None = None,
-) -> str:
-    """Log the chain as a run of ``<project>/chains``, or find the identical record; its id.
-
-    The final run determines the whole chain (its recorded upstream, and theirs), so the
-    record's id is kept on the final run as the tag ``relay.chain.record``: a chain whose
-    steps were all reused finds its record without a search. A chain with a new step cannot
-    have a record yet.
-    """
-    runs = result.runs
-    ident = digest(canonical({s: r.run_id for s, r in runs.items()}), error or "")
-    final = result.steps[-1]
-    if error is None and all(p.status == REUSED for p in result.steps):
-        assert final.run is not None
-        known = final.run.tags.get(RECORD_TAG)
-        if known:
-            return known
-        found = store.search(  # recorded before the tag existed
-            [tag.CHAINS_EXPERIMENT],
-            f"tags.`relay.chain.id` = {quote(ident)} AND attributes.status = 'FINISHED'",
-            limit=1,
-        )
-        if found:
-            _remember_record(store, final.run.run_id, found[0].info.run_id)
-            return found[0].info.run_id
-    tags = {
-        tag.PROJECT: settings.project,
-        tag.CHAIN_ID: ident,
-        tag.CHAIN_STEPS: ",".join(p.step for p in result.steps),
-        tag.CHAIN_REQUEST: " ".join(str(x) for x in links),
-        "mlflow.note.content": _note(result),
-    }
-    for p in result.steps:
-        if p.run is not None:
-            tags[tag.chain_step(p.step)] = p.run.run_id
-            tags[tag.chain_step(p.step, "key")] = str(p.run.key)
-            tags[tag.chain_step(p.step, "status")] = p.status
-    if result.data_version:
-        tags[tag.DATA] = result.data_version
-    if result.model_uri:
-        tags[tag.MODEL] = result.model_uri
-    if error:
-        tags[tag.ERROR] = error[:4000]
-    params: dict[str, Any] = {}
-    for p in result.steps:
-        params[f"{p.step}.variant"] = p.variant
-        if p.run is not None:
-            params.update({f"{p.step}.{k}": v for k, v in p.run.params.items()})
-    now = int(time.time() * 1000)
-    name = f"chain {final.run.key}" if final.run else f"chain {final.step}/{final.variant}"
-    entity = store.create_run(tag.CHAINS_EXPERIMENT, start_ms=now, run_name=name, tags=tags)
-    run_id = entity.info.run_id
-    metrics = result.metrics if error is None else {}
-    store.log(run_id, params=params, metrics=metrics)
-    store.finish(run_id, "FAILED" if error else "FINISHED")
-    if error is None and final.run is not None:
-        _remember_record(store, final.run.run_id, run_id)
-    return run_id
-
-
-def _remember_record(store: Store, final_id: str, record_id: str) -> None:
-    """Tag the final run with its chain's record; a shortcut, so losing a race is fine.
-
-    Two processes recording the same chain at once may both set the tag; MLflow's tag insert
-    is not an upsert under concurrency (a unique-key violation), and either record will do.
-    """
-    from mlflow.exceptions import MlflowException
-
-    with contextlib.suppress(MlflowException):
-        store.set_tag(final_id, RECORD_TAG, record_id)
-
-
-def _note(result: Chain) -> str:
-    lines = ["relay chain:"]
-    for p in result.steps:
-        lines.append(f"- {p.step}: {p.run.key if p.run else '(none)'} ({p.status})")
-    return "\n".join(lines)
-
-
-def records(project: Project = None, *, limit: int = 100) -> list[MlflowRun]:
-    """The chain records of a project, newest first (``mlflow.entities.Run`` objects).
-
-    Example:
-        >>> records()[0].data.tags["relay.chain.training.key"]  # doctest: +SKIP
-        'training/logreg@20190210094501'
-    """
-    settings = open_project(project)
-    return get_store(settings).search([tag.CHAINS_EXPERIMENT], "", limit=limit)
-
-
 def lineage(run: Run | str, *, project: Project = None, depth: int = 20) -> Lineage:
     """The upstream and downstream trees of a run (``relay lineage``).
 
@@ -794,7 +425,8 @@ def lineage(run: Run | str, *, project: Project = None, depth: int = 20) -> Line
         depth: how deep to walk each way.
 
     Example:
-        >>> lineage("processing/plain@latest").keys("downstream")  # doctest: +SKIP
-        ['processing/plain@20190209101500', 'training/logreg@20190210094501']
+        >>> keys = lineage("training/logreg@latest").keys("upstream")
+        >>> [k.split("@")[0] for k in keys]
+        ['training/logreg', 'processing/plain', 'load/transactions']
     """
     return run_lineage(run if isinstance(run, Run) else get(run, project=project), depth=depth)

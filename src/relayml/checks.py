@@ -4,7 +4,10 @@
 load looks like. :class:`Checker` sees every canonical batch the snapshot writes: row-level
 checks (``not_null``, ``ranges``, ``schema``) count failing rows batch by batch and keep a few
 examples; aggregate checks (``min_rows``, ``unique``, ``max_null_ratio``) are decided at the
-end from the summary and a compact set of key hashes. Without declared checks the defaults
+end from the summary and a compact set of key hashes. Given the summary's statistics of each
+batch (:class:`~relayml.data_summary.ColumnStats`: nulls, NaN, min, max), a batch that cannot
+break ``not_null`` or a range is decided from them without looking at its rows; only
+``unique`` needs a pass of its own. Without declared checks the defaults
 still apply: a load of 0 rows fails (``min_rows=1``).
 
 This module decides; it does no tracking. The runner logs the :class:`CheckReport` and ends a
@@ -30,15 +33,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from relayml.check_keys import EXAMPLES, KeySet, duplicates, json_rows
 from relayml.errors import ConfigError
 
 if TYPE_CHECKING:  # numpy, pandas and pyarrow load when data is checked, not when declared
-    import numpy as np
     import pyarrow as pa
+
+    from relayml.data_summary import ColumnStats
 
 __all__ = ["CheckReport", "CheckResult", "Checker", "Checks", "checks"]
 
-EXAMPLES = 5
 
 #: Short type names accepted in ``schema=`` and the canonical type they mean.
 TYPE_ALIASES = {
@@ -71,8 +75,14 @@ class Checks:
         max_null_ratio: column -> the largest share of nulls accepted (0..1).
 
     Example:
-        >>> Checks().min_rows
+        >>> Checks().min_rows  # the default: an empty load fails
         1
+        >>> import pyarrow as pa
+        >>> spec = Checks(not_null=("Amount",), ranges={"Amount": (0, None)})
+        >>> c = Checker(spec)
+        >>> c.update(pa.record_batch({"Amount": [12.5, -3.0, None]}))
+        >>> [(r.name, r.failed_rows) for r in c.finish({"rows": 3}).failures]
+        [('not_null', 1), ('ranges', 1)]
     """
 
     min_rows: int = 1
@@ -281,10 +291,17 @@ class Checker:
         self._rows = 0
         self._counts: dict[tuple[str, str], int] = {}
         self._examples: dict[tuple[str, str], list[Any]] = {}
-        self._keys = {u: _KeySet(u) for u in uniques}
+        self._keys = {u: KeySet(u) for u in uniques}
+        self._bounds: dict[str, tuple[pa.Scalar | None, pa.Scalar | None]] = {}
 
-    def update(self, batch: pa.RecordBatch) -> None:
+    def update(self, batch: pa.RecordBatch, stats: Mapping[str, ColumnStats] | None = None) -> None:
         """Check one batch (row-level checks) and remember its key hashes.
+
+        Args:
+            batch: the next canonical batch.
+            stats: what :meth:`relayml.data_summary.Summarizer.update` returned for it: a
+                column with no null (nor NaN), or whose min and max lie within its range,
+                is then decided from them without looking at its rows.
 
         Example:
             >>> import pyarrow as pa
@@ -293,36 +310,51 @@ class Checker:
             >>> c.finish({"rows": 1, "columns": {}}).ok
             False
         """
-        import numpy as np
         import pyarrow as pa
-        import pyarrow.compute as pc
 
         if self._schema is None:
-            self._schema = batch.schema
-            wanted = set(self.spec.not_null) | set(self.spec.ranges) | set(self.spec.schema)
-            wanted |= {c for u in self.uniques for c in u} | set(self.spec.max_null_ratio)
-            self._missing = wanted - set(batch.schema.names)
+            self._start(batch.schema)
+        stats = stats or {}
         for col in self.spec.not_null:
             if col in self._missing:
                 continue
+            st = stats.get(col)
+            if st is not None and st.nulls == 0 and st.nan == 0:
+                continue
             arr = batch.column(col)
-            bad = arr.is_null()
-            if pa.types.is_floating(arr.type):
-                bad = pc.or_(bad, pc.fill_null(pc.is_nan(arr), False))
-            self._count("not_null", col, batch, bad)
-        for col, (lo, hi) in self.spec.ranges.items():
+            if arr.null_count == 0 and not pa.types.is_floating(arr.type):
+                continue
+            self._count("not_null", col, batch, _null_or_nan(arr))
+        for col, (lo, hi) in self._bounds.items():
             if col in self._missing or pa.types.is_null(batch.schema.field(col).type):
                 continue  # a column of only nulls (an empty SQLite result) breaks no range
-            arr = batch.column(col)
-            bad = pa.array(np.zeros(len(arr), bool))
-            for bound, op in ((lo, pc.less), (hi, pc.greater)):
-                if bound is not None:
-                    bad = pc.or_(bad, pc.fill_null(op(arr, _scalar(bound, arr.type, col)), False))
-            self._count("ranges", col, batch, bad)
+            st = stats.get(col)
+            if st is not None and _within(st, lo, hi):
+                continue
+            self._count("ranges", col, batch, _outside(batch.column(col), lo, hi))
         for u in self.uniques:
             if not set(u) & self._missing:
                 self._keys[u].add(batch)
         self._rows += batch.num_rows
+
+    def _start(self, schema: pa.Schema) -> None:
+        """Note the first batch's columns and check the range bounds against their types."""
+        self._schema = schema
+        wanted = set(self.spec.not_null) | set(self.spec.ranges) | set(self.spec.schema)
+        wanted |= {c for u in self.uniques for c in u} | set(self.spec.max_null_ratio)
+        self._missing = wanted - set(schema.names)
+        import pyarrow as pa
+
+        for col, (lo, hi) in self.spec.ranges.items():
+            if col in self._missing:
+                continue
+            t = schema.field(col).type
+            if pa.types.is_null(t):
+                self._bounds[col] = (None, None)
+                continue
+            self._bounds[col] = tuple(  # type: ignore[assignment]
+                None if b is None else _scalar(b, t, col) for b in (lo, hi)
+            )
 
     def _count(self, check: str, col: str, batch: pa.RecordBatch, bad: pa.Array) -> None:
         import pyarrow.compute as pc
@@ -338,7 +370,7 @@ class Checker:
             key = [c for c in (self.uniques[0] if self.uniques else ()) if c != col]
             if key and not set(key) & self._missing:
                 rows = rows.select([*key, col])
-            have.extend(_json_rows(rows))
+            have.extend(json_rows(rows))
 
     def finish(self, summary: Mapping[str, Any], path: Path | None = None) -> CheckReport:
         """Decide every check; ``path`` (the written snapshot) gives duplicates' examples.
@@ -415,95 +447,9 @@ class Checker:
         if values is not None:
             examples = [{cols[0]: int(v)} for v in values[:EXAMPLES]]
         else:
-            examples = _duplicates(path, cols, hashes) if path is not None else []
+            examples = duplicates(path, cols, hashes) if path is not None else []
         detail = f"{rows:,} row(s) repeat a value of an earlier row"
         return CheckResult("unique", name, False, rows, detail, examples)
-
-
-class _KeySet:
-    """Exact duplicate detection over a stream of batches, in little memory.
-
-    A single integer key whose values fill their range densely (ids) is tracked by a presence
-    array of one byte per value of the range; any other key by 64-bit hashes of its values,
-    sorted once at the end.
-    """
-
-    def __init__(self, cols: tuple[str, ...]) -> None:
-        self.cols = cols
-        self.dense = len(cols) == 1
-        self.lo = 0
-        self.present: np.ndarray | None = None
-        self.hashes: list[np.ndarray] = []
-        self.rows = 0
-        self.dups = 0
-        self.values: list[int] = []  # a few repeated values (dense mode)
-
-    def add(self, batch: pa.RecordBatch) -> None:
-        import numpy as np
-        import pyarrow as pa
-
-        if self.dense:
-            arr = batch.column(self.cols[0])
-            if pa.types.is_integer(arr.type) and arr.null_count == 0:
-                v = arr.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
-                if self._add_dense(v):
-                    self.rows += len(v)
-                    return
-            self._to_hashes()
-        self.hashes.append(_key_hash(batch, self.cols))
-        self.rows += batch.num_rows
-
-    def _add_dense(self, v: np.ndarray) -> bool:
-        import numpy as np
-
-        if len(v) == 0:
-            return True
-        lo, hi = int(v.min()), int(v.max())
-        if self.present is not None:
-            lo_all, hi_all = min(lo, self.lo), max(hi, self.lo + len(self.present) - 1)
-        else:
-            lo_all, hi_all = lo, hi
-        span = hi_all - lo_all + 1
-        if span > max(8 * (self.rows + len(v)), 1 << 22):
-            return False  # sparse: hashes take less memory
-        if self.present is None or lo < self.lo or hi >= self.lo + len(self.present):
-            grown = np.zeros(span + span // 2, bool)  # room to grow upwards (new ids)
-            if self.present is not None:
-                at = self.lo - lo_all
-                grown[at : at + len(self.present)] = self.present
-            self.present, self.lo = grown, lo_all
-        idx = v - self.lo
-        window = self.present[lo - self.lo : hi - self.lo + 1]
-        before = int(np.count_nonzero(window))
-        seen = self.present[idx]
-        if len(self.values) < EXAMPLES and seen.any():
-            self.values += v[seen][:EXAMPLES].tolist()
-        self.present[idx] = True
-        repeated = len(v) - (int(np.count_nonzero(window)) - before)
-        if repeated > int(seen.sum()) and len(self.values) < EXAMPLES:  # within the batch
-            u, c = np.unique(v, return_counts=True)
-            self.values += u[c > 1][:EXAMPLES].tolist()
-        self.dups += repeated
-        return True
-
-    def _to_hashes(self) -> None:
-        import numpy as np
-
-        if self.present is not None:  # the values seen so far, once each (dups are counted)
-            ids = np.flatnonzero(self.present).astype(np.int64) + self.lo
-            self.hashes = [ids.view(np.uint64)]
-            self.present = None
-        self.dense = False
-
-    def finish(self) -> tuple[int, list[int] | None, np.ndarray]:
-        """``(rows repeating a value, a few repeated values or None, repeated hashes)``."""
-        import numpy as np
-
-        if self.dense:
-            return self.dups, sorted(set(self.values)), np.empty(0, np.uint64)
-        h = np.sort(np.concatenate(self.hashes)) if self.hashes else np.empty(0, np.uint64)
-        dup = h[1:] == h[:-1]
-        return self.dups + int(dup.sum()), None, np.unique(h[1:][dup])
 
 
 def _scalar(bound: Any, t: pa.DataType, col: str) -> pa.Scalar:
@@ -518,48 +464,44 @@ def _scalar(bound: Any, t: pa.DataType, col: str) -> pa.Scalar:
         ) from None
 
 
+def _null_or_nan(arr: pa.Array) -> pa.Array:
+    """True where a value is null or NaN."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    bad = arr.is_null()
+    if pa.types.is_floating(arr.type):
+        bad = pc.or_(bad, pc.fill_null(pc.is_nan(arr), False))
+    return bad
+
+
+def _outside(arr: pa.Array, lo: pa.Scalar | None, hi: pa.Scalar | None) -> pa.Array:
+    """True where a value lies outside ``[lo, hi]`` (nulls and NaN never do)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    bad = pa.array(np.zeros(len(arr), bool))
+    for bound, op in ((lo, pc.less), (hi, pc.greater)):
+        if bound is not None:
+            bad = pc.or_(bad, pc.fill_null(op(arr, bound), False))
+    return bad
+
+
+def _within(stats: ColumnStats, lo: pa.Scalar | None, hi: pa.Scalar | None) -> bool:
+    """True when a batch's min and max show that no value of it is outside ``[lo, hi]``."""
+    if stats.valid == 0:
+        return True  # only nulls and NaN: nothing to compare
+    if stats.min is None or stats.max is None:
+        return False  # a type the summary keeps no bounds of: look at the rows
+    try:
+        return (lo is None or stats.min >= lo.as_py()) and (hi is None or stats.max <= hi.as_py())
+    except TypeError:  # Python cannot compare them: look at the rows
+        return False
+
+
 def _range_text(bounds: tuple[Any, Any] | None) -> str:
     lo, hi = bounds or (None, None)
     if lo is not None and hi is not None:
         return f"outside [{lo}, {hi}]"
     return f"below {lo}" if lo is not None else f"above {hi}"
-
-
-def _key_hash(batch: pa.RecordBatch | pa.Table, cols: tuple[str, ...]) -> np.ndarray:
-    """One 64-bit value per row of the key columns: the value itself for one integer key."""
-    import numpy as np
-    import pandas as pd
-    import pyarrow as pa
-
-    if len(cols) == 1:
-        arr = batch.column(cols[0])
-        if pa.types.is_integer(arr.type) and arr.null_count == 0:
-            return arr.to_numpy(zero_copy_only=False).astype(np.int64).view(np.uint64)
-    frame = pa.table({c: batch.column(c) for c in cols}).to_pandas()
-    return pd.util.hash_pandas_object(frame, index=False).to_numpy()
-
-
-def _duplicates(path: Path, cols: tuple[str, ...], hashes: np.ndarray) -> list[Any]:
-    """A few duplicated key values, read back from the snapshot's key columns."""
-    import numpy as np
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    table = pq.read_table(path, columns=list(cols))
-    h = _key_hash(table, cols)
-    hit = np.isin(h, hashes[: EXAMPLES * 4])
-    seen: list[Any] = []
-    for row in _json_rows(table.filter(pa.array(hit))):
-        if row not in seen:
-            seen.append(row)
-        if len(seen) >= EXAMPLES:
-            break
-    return seen
-
-
-def _json_rows(rows: pa.RecordBatch | pa.Table) -> list[dict[str, Any]]:
-    out = []
-    for row in rows.to_pylist():
-        out.append({k: v if isinstance(v, int | float | str | None) else str(v)
-                    for k, v in row.items()})  # fmt: skip
-    return out

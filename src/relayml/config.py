@@ -231,8 +231,8 @@ def find_root(start: Path | None = None) -> Path:
     """The nearest folder at or above ``start`` (default: the working directory) with relay.toml.
 
     Example:
-        >>> find_root(Path("examples/fraud"))  # doctest: +SKIP
-        PosixPath('/work/main/examples/fraud')
+        >>> find_root(Path("data")) == Path.cwd().resolve()
+        True
     """
     here = (start or Path.cwd()).resolve()
     env = os.environ.get("RELAY_PROJECT")
@@ -250,9 +250,9 @@ def load_settings(root: Path | None = None) -> Settings:
     """Read the project's ``relay.toml`` (searching upward from ``root``) into Settings.
 
     Example:
-        >>> settings = load_settings(Path("examples/fraud"))  # doctest: +SKIP
-        >>> settings.experiment("load")  # doctest: +SKIP
-        'fraud/load'
+        >>> settings = load_settings()
+        >>> settings.experiment("load"), settings.module, list(settings.sources)
+        ('fraud/load', 'steps', ['fraud'])
     """
     folder = find_root(root)
     path = folder / CONFIG_FILE

@@ -5,18 +5,23 @@
 and, per column, nulls, min, max, mean, standard deviation, approximate quantiles and an
 approximate distinct count. It never holds more than one batch plus small sketches:
 
-* mean and standard deviation: per-batch moments merged exactly (Chan's parallel formula);
+* min, max, mean and standard deviation: ``pyarrow.compute`` kernels over each batch's whole
+  columns (``min_max``, ``mean``, ``variance``), merged exactly (Chan's parallel formula);
 * quantiles: a uniform sample of at most ``sample_rows`` rows, shared by every column
   (bottom-k on a random priority, so every row has the same chance to be kept);
 * distinct count: a k-minimum-values sketch over a 64-bit hash of each value (exact below
-  ``sketch_size`` distinct values, about 2 % relative error above).
+  ``sketch_size`` distinct values, about 2 % relative error above); a batch is deduplicated
+  in Arrow while the sketch fills, then only hashes below the sketch's largest enter it.
+
+:meth:`Summarizer.update` also returns each batch's :class:`ColumnStats` (nulls, NaN, min,
+max), so that checks skip the row-level work on a batch that cannot break them.
 
 It does no I/O and no MLflow tracking; callers store what :meth:`Summarizer.result` returns.
 
 Example:
     >>> import pyarrow as pa
     >>> s = Summarizer()
-    >>> s.update(pa.record_batch({"x": [1.0, 2.0, None], "c": ["a", "b", "a"]}))
+    >>> _ = s.update(pa.record_batch({"x": [1.0, 2.0, None], "c": ["a", "b", "a"]}))
     >>> out = s.result()
     >>> out["rows"], out["columns"]["x"]["nulls"], out["columns"]["x"]["mean"]
     (3, 1, 1.5)
@@ -27,14 +32,13 @@ Example:
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-__all__ = ["QUANTILES", "Summarizer", "format_summary_rows"]
+__all__ = ["QUANTILES", "ColumnStats", "Summarizer", "format_summary_rows"]
 
 #: The quantiles every numeric column reports.
 QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
@@ -42,6 +46,32 @@ QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
 _MIX1 = np.uint64(0x9E3779B97F4A7C15)
 _MIX2 = np.uint64(0xBF58476D1CE4E5B9)
 _TWO64 = float(2**64)
+
+
+class ColumnStats(NamedTuple):
+    """What one batch held in one column, as :meth:`Summarizer.update` returns it.
+
+    Checks read it to skip the row-level work on a batch that cannot break them (no null, no
+    value outside a range). ``valid`` counts the values neither null nor NaN; ``min`` and
+    ``max`` are the column's own Python values over them (``None`` without one, and for types
+    the summary keeps no bounds of, such as strings).
+
+    Example:
+        >>> ColumnStats(nulls=0, nan=0, valid=2, min=1, max=3).min
+        1
+    """
+
+    nulls: int
+    nan: int
+    valid: int
+    min: Any
+    max: Any
+
+
+def _sorted_unique(h: np.ndarray, *, presorted: bool = False) -> np.ndarray:
+    """The distinct values of a small array of hashes, sorted."""
+    h = h if presorted else np.sort(h)
+    return h[np.concatenate(([True], h[1:] != h[:-1]))] if len(h) > 1 else h
 
 
 def _kind(t: pa.DataType) -> str:
@@ -54,19 +84,23 @@ def _kind(t: pa.DataType) -> str:
 
 
 def _hash64(arr: pa.Array) -> np.ndarray:
-    """A 64-bit hash of every non-null value of ``arr`` (same value, same hash)."""
+    """A 64-bit hash of every value of ``arr`` (no nulls; same value, same hash)."""
     t = arr.type
-    if arr.null_count:
-        arr = arr.drop_null()
-    if pa.types.is_floating(t) or pa.types.is_integer(t) or pa.types.is_timestamp(t):
+    if pa.types.is_boolean(t):
+        arr = arr.cast(pa.uint8())
+    if pa.types.is_date(t):
+        arr = arr.cast(pa.int32())
+    if _kind(t) != "other":
         values = arr.to_numpy(zero_copy_only=False)
-        bits = values.view(np.uint64) if values.dtype.itemsize == 8 else values.astype(np.int64)
-        h = bits.view(np.uint64) * _MIX1
+        if values.dtype.itemsize != 8:
+            values = values.astype(np.int64)
+        h = values.view(np.uint64) * _MIX1
         h ^= h >> np.uint64(32)
         h *= _MIX2
         return h
-    values = arr.to_numpy(zero_copy_only=False)
-    return pd.util.hash_array(values.astype(object) if values.dtype.kind == "M" else values)
+    import pandas as pd  # strings and the like: only the distinct values of a batch get here
+
+    return pd.util.hash_array(arr.to_numpy(zero_copy_only=False))
 
 
 class _Column:
@@ -74,7 +108,7 @@ class _Column:
 
     def __init__(self, name: str, type_: pa.DataType, sketch_size: int) -> None:
         self.name, self.type, self.kind = name, type_, _kind(type_)
-        self.count = 0  # non-null values
+        self.count = 0  # non-null (and non-NaN) values
         self.nulls = 0
         self.mean = 0.0
         self.m2 = 0.0
@@ -83,57 +117,82 @@ class _Column:
         self.max: Any = None
         self.k = sketch_size
         self.sketch = np.empty(0, np.uint64)  # the k smallest distinct hashes, sorted
+        self.dedupe = False  # batches repeat values: deduplicate them before hashing
 
-    def update(self, arr: pa.Array) -> None:
-        self.nulls += arr.null_count
-        if arr.null_count == len(arr) or pa.types.is_null(arr.type):
-            return
+    def update(self, arr: pa.Array) -> ColumnStats:
+        nulls = arr.null_count
+        self.nulls += nulls
+        if nulls == len(arr) or pa.types.is_null(arr.type):
+            return ColumnStats(nulls, 0, 0, None, None)
+        valid = arr.drop_null() if nulls else arr
+        nan, lo, hi = 0, None, None
         if self.kind == "numeric":
-            self._moments(arr)
+            valid, nan, lo, hi = self._moments(valid)
         elif self.kind == "temporal":
-            lo_hi = pc.min_max(arr)
-            self._bounds(lo_hi["min"].as_py(), lo_hi["max"].as_py())
-            self.count += len(arr) - arr.null_count
+            values = valid.to_numpy(zero_copy_only=False)  # datetime64: numpy's min is fast
+            lo, hi = pa.array(np.array([values.min(), values.max()])).cast(valid.type).to_pylist()
+            self._bounds(lo, hi)
+            self.count += len(valid)
         else:
-            self.count += len(arr) - arr.null_count
-        self._distinct(arr)
+            self.count += len(valid)
+        if len(valid):
+            self._distinct(valid)
+        return ColumnStats(nulls, nan, len(valid), lo, hi)
 
-    def _moments(self, arr: pa.Array) -> None:
-        values = (arr.drop_null() if arr.null_count else arr).to_numpy(zero_copy_only=False)
-        values = values.astype(np.float64, copy=False)
-        nan = np.isnan(values)
-        if nan.any():
-            self.nan += int(nan.sum())
-            values = values[~nan]
-        n = len(values)
-        if n == 0:
-            return
-        mean = float(values.sum()) / n
-        d = values - mean
-        d *= d
-        m2 = float(d.sum())
+    def _moments(self, valid: pa.Array) -> tuple[pa.Array, int, Any, Any]:
+        """Count, mean and M2 of one batch's valid values merged in (Chan's formula)."""
+        if pa.types.is_boolean(valid.type):
+            valid = valid.cast(pa.uint8())
+        mean = pc.mean(valid).as_py()
+        nan = 0
+        if mean is not None and math.isnan(mean):  # NaN: counted, and left out of the stats
+            is_nan = pc.is_nan(valid)
+            nan = pc.sum(is_nan).as_py()
+            valid = valid.filter(pc.invert(is_nan))
+            self.nan += nan
+            if len(valid) == 0:
+                return valid, nan, None, None
+            mean = pc.mean(valid).as_py()
+        n = len(valid)
+        values = valid.to_numpy(zero_copy_only=False)  # no null left: zero-copy
+        lo, hi = values.min().item(), values.max().item()  # numpy's are ~10x Arrow's min_max
+        m2 = pc.variance(valid, ddof=0).as_py() * n
         total = self.count + n
         delta = mean - self.mean
         self.m2 += m2 + delta * delta * self.count * n / total
         self.mean += delta * n / total
         self.count = total
-        self._bounds(float(values.min()), float(values.max()))
+        self._bounds(float(lo), float(hi))
+        return valid, nan, lo, hi
 
     def _bounds(self, lo: Any, hi: Any) -> None:
         self.min = lo if self.min is None or lo < self.min else self.min
         self.max = hi if self.max is None or hi > self.max else self.max
 
-    def _distinct(self, arr: pa.Array) -> None:
-        h = _hash64(arr)
-        if len(self.sketch) >= self.k:
+    def _distinct(self, valid: pa.Array) -> None:
+        """A k-minimum-values sketch: the k smallest distinct hashes seen.
+
+        A column of many distinct values hashes every value and keeps the few hashes below
+        the sketch's largest; a column whose batches repeat values (or strings, whose hashing
+        is dearer) is deduplicated by Arrow's hash table first.
+        """
+        k = self.k
+        if self.dedupe or self.kind == "other":
+            valid = pc.unique(valid)
+        h = _hash64(valid)
+        if len(self.sketch) >= k:
             h = h[h < self.sketch[-1]]
-            if len(h) == 0:
-                return
-        if len(h) > 4 * self.k:  # a hash table first: cheap for few distinct values
-            h = pd.unique(h)
-            if len(h) > self.k:
-                h = np.partition(h, self.k - 1)[: self.k]
-        self.sketch = np.unique(np.concatenate([self.sketch, h]))[: self.k]
+        if len(h) > 4 * k:
+            smallest = _sorted_unique(np.partition(h, 4 * k - 1)[: 4 * k])
+            if len(smallest) >= k or self.dedupe:
+                h = smallest[:k]  # every one of h's k smallest distinct hashes is among them
+            else:  # values repeat within the batch: Arrow's hash table from now on
+                self.dedupe = True
+                h = _hash64(pc.unique(valid))
+        if len(h):  # sorted candidates inserted into the sorted sketch: no full re-sort
+            h = _sorted_unique(h)
+            merged = np.insert(self.sketch, np.searchsorted(self.sketch, h), h)
+            self.sketch = _sorted_unique(merged, presorted=True)[:k]
 
     def distinct(self) -> int:
         if len(self.sketch) < self.k:
@@ -189,7 +248,7 @@ class Summarizer:
         >>> import pyarrow as pa
         >>> s = Summarizer()
         >>> for start in range(0, 1000, 100):
-        ...     s.update(pa.record_batch({"v": list(range(start, start + 100))}))
+        ...     _ = s.update(pa.record_batch({"v": list(range(start, start + 100))}))
         >>> col = s.result()["columns"]["v"]
         >>> col["min"], col["max"], col["distinct"], col["quantiles"]["0.5"]
         (0.0, 999.0, 1000, 499.5)
@@ -205,22 +264,32 @@ class Summarizer:
         self._part_keys: list[np.ndarray] = []
         self._threshold = 1.0
 
-    def update(self, batch: pa.RecordBatch) -> None:
+    def update(self, batch: pa.RecordBatch) -> dict[str, ColumnStats]:
         """Feed the next batch (the canonical batches a snapshot writes).
+
+        Every statistic is a ``pyarrow.compute`` kernel over the batch's whole columns (no
+        per-value Python).
+
+        Returns:
+            Column name -> :class:`ColumnStats` of this batch alone (what
+            :meth:`relayml.checks.Checker.update` reads to skip work).
 
         Example:
             >>> s = Summarizer()
-            >>> s.update(pa.record_batch({"a": [1, 2]}))
+            >>> s.update(pa.record_batch({"a": [1, 2]}))["a"]
+            ColumnStats(nulls=0, nan=0, valid=2, min=1, max=2)
             >>> s.rows
             2
         """
         if self._columns is None:
             self._schema = batch.schema
             self._columns = [_Column(f.name, f.type, self.sketch_size) for f in batch.schema]
-        for col, arr in zip(self._columns, batch.columns, strict=True):
-            col.update(arr)
+        stats = {
+            col.name: col.update(arr) for col, arr in zip(self._columns, batch.columns, strict=True)
+        }
         self._update_sample(batch)
         self.rows += batch.num_rows
+        return stats
 
     def _update_sample(self, batch: pa.RecordBatch) -> None:
         """Bottom-k sampling: candidates (key below the k-th smallest so far) are appended
@@ -282,7 +351,7 @@ def format_summary_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
 
     Example:
         >>> s = Summarizer()
-        >>> s.update(pa.record_batch({"x": [1.0, 3.0]}))
+        >>> _ = s.update(pa.record_batch({"x": [1.0, 3.0]}))
         >>> format_summary_rows(s.result())[0]["median"]
         2.0
     """

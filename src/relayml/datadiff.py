@@ -1,15 +1,22 @@
 """What changed between two data versions: rows, schema and per-column drift.
 
 :func:`diff_files` compares two Parquet snapshots out of core with DuckDB (memory is bounded by
-DuckDB's limit, not by the size of the data): row counts; with a key, the rows added, removed
-and changed (a change is any difference in a common column; rows are matched on the key and
-compared through one hash of their values); without a key, the rows found only in one
-version (a changed row is then one removed and one added); schema changes; and per-column
-drift: the population stability index (PSI) of numeric and time columns binned on the first
-version's deciles (nulls are a bin of their own), and for other columns the share of the
-second version's rows holding a value the first never held. On versions of more than 400,000
-rows the drift is measured on a block sample of about 200,000 rows of each (PSI's sampling
-noise there is about 10 bins / 200,000 rows: far below any threshold worth setting).
+DuckDB's limit, not by the size of the data) and reads each file once for the rows:
+
+* Rows, with a key: one query scans each version once (its key and one hash of each row's
+  values), joins them on the key (FULL OUTER JOIN) and aggregates the rows added, removed and
+  changed (a change is any difference in a common column) and the smallest keys of each kind
+  together; only those few example rows are read again (by key, so row groups are pruned).
+  Without a key: the rows found only in one version, as multisets of row hashes (a changed
+  row is then one removed and one added).
+* Schema changes.
+* Drift: the population stability index (PSI) of numeric and time columns binned on the first
+  version's deciles (nulls are a bin of their own), and for other columns the share of the
+  second version's rows holding a value the first never held. On versions of more than
+  400,000 rows the PSI is measured on whole Parquet row groups spread evenly over each file,
+  at least 200,000 rows (a relay snapshot holds one row group per fetched batch; PSI's
+  sampling noise there is about 10 bins / 200,000 rows: far below any threshold worth
+  setting); deciles and histograms are numpy over those values.
 
 :func:`diff` resolves references (load runs, or digests) to their snapshots and reads the
 key declared on the load variant (``key=[...]``). It writes nothing.
@@ -34,6 +41,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from relayml import tags as tag
+from relayml.datadrift import drift, ident, is_binned, psi
 from relayml.errors import NotFound, UsageError
 
 if TYPE_CHECKING:
@@ -44,11 +52,6 @@ if TYPE_CHECKING:
 __all__ = ["DataDiff", "Version", "diff", "diff_files", "psi", "rows_not_in", "snapshot_of"]
 
 EXAMPLES = 5
-BINS = 10
-#: Drift is measured on about this many rows of each version (a block sample of larger ones).
-SAMPLE_ROWS = 200_000
-_EPS = 1e-4
-_NUMERIC = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UBIGINT", "FLOAT", "DOUBLE")
 
 
 @dataclass(frozen=True)
@@ -83,6 +86,11 @@ class DataDiff:
         drift: column -> ``{"measure": "psi" | "new_categories", "value": float}``.
 
     Example:
+        >>> d = relay.diff("load/transactions@latest", "load/transactions@latest")
+        >>> d.to_dict()["key"], d.schema["added"], d.examples["changed"]
+        (['id'], {}, [])
+        >>> d.drift["Amount"]
+        {'measure': 'psi', 'value': 0.0}
         >>> DataDiff("a", "b", {"a": 1, "b": 1}).to_dict()["rows"]
         {'a': 1, 'b': 1}
     """
@@ -125,37 +133,6 @@ class DataDiff:
             "schema": self.schema,
             "drift": self.drift,
         }
-
-
-def psi(expected: Sequence[float], actual: Sequence[float]) -> float:
-    """The population stability index between two histograms over the same bins.
-
-    Empty bins count as a share of 0.0001 so that the index stays finite.
-
-    Args:
-        expected: counts (or shares) per bin in the reference version.
-        actual: counts (or shares) per bin in the new version.
-
-    Returns:
-        ``sum((a - e) * ln(a / e))`` over the bins' shares; 0 when both are alike, above
-        0.25 usually read as a large shift.
-
-    Example:
-        >>> psi([50, 50], [50, 50])
-        0.0
-        >>> round(psi([50, 50], [90, 10]), 3)
-        0.879
-    """
-    te, ta = float(sum(expected)) or 1.0, float(sum(actual)) or 1.0
-    total = 0.0
-    for e, a in zip(expected, actual, strict=True):
-        pe, pa_ = max(e / te, _EPS), max(a / ta, _EPS)
-        total += (pa_ - pe) * math.log(pa_ / pe)
-    return round(total, 6)
-
-
-def _ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 def _literal(path: Path) -> str:
@@ -228,19 +205,14 @@ def diff_files(
         common = [c for c in types["a"] if c in types["b"] and types["a"][c] == types["b"][c]]
         out = DataDiff(la, lb, rows, key=key, schema=_schema_changes(types))
         values = [c for c in common if c not in key]
-        binned = [c for c in values if _binned(types["a"][c])]
-        samples = {v: _sample(rows[v]) for v in ("a", "b")}
-        cuts = _cuts(con, binned, types["a"], samples["a"])
-        for v in ("a", "b"):  # one full scan of each version: its key and a hash of each row
-            keys = "".join(f"{_ident(k)}, " for k in key)
-            hashed = _row_hash(v, values if key else common)
-            con.execute(f"CREATE TEMP TABLE h{v} AS SELECT {keys}{hashed} AS h__ FROM {v}")
+        binned = [c for c in values if is_binned(types["a"][c])]
         if key:
             _keyed(con, out, key, values)
         else:
-            _unkeyed(con, out)
+            _unkeyed(con, out, common)
         others = [c for c in values if c not in binned]
-        out.drift = _drift(con, binned, cuts, others, types["a"], samples)
+        paths = {"a": Path(a), "b": Path(b)}
+        out.drift = drift(con, paths, binned, others, types["a"], rows)
         return out
     finally:
         con.close()
@@ -262,33 +234,39 @@ def _schema_changes(types: Mapping[str, Mapping[str, str]]) -> dict[str, Any]:
 def _row_hash(alias: str, columns: Sequence[str]) -> str:
     if not columns:
         return "0"
-    return "hash(" + ", ".join(f"{alias}.{_ident(c)}" for c in columns) + ")"
+    return "hash(" + ", ".join(f"{alias}.{ident(c)}" for c in columns) + ")"
 
 
 def _keyed(
     con: duckdb.DuckDBPyConnection, out: DataDiff, key: list[str], values: list[str]
 ) -> None:
-    on = " AND ".join(f"ha.{_ident(k)} = hb.{_ident(k)}" for k in key)
-    added, removed, changed = con.execute(
-        f"""SELECT count(*) FILTER (WHERE ha.h__ IS NULL),
-                   count(*) FILTER (WHERE hb.h__ IS NULL),
-                   count(*) FILTER (WHERE ha.h__ <> hb.h__)
-            FROM ha FULL OUTER JOIN hb ON {on}"""
+    """Rows added, removed and changed, and the keys of a few of each, in one pass.
+
+    One query scans each version once (its key and one hash of each row's values), joins
+    them on the key (FULL OUTER JOIN, DuckDB's hash join) and aggregates the three counts and
+    the smallest keys of each kind (``min(key, n)``) together: no temporary table, no second
+    join. Only the few example rows are read again (by key, so Parquet row groups are pruned).
+    """
+    keys = ", ".join(ident(k) for k in key)
+    on = " AND ".join(f"x.{ident(k)} = y.{ident(k)}" for k in key)
+    kx = "row(" + ", ".join(f"x.{ident(k)}" for k in key) + ")"
+    ky = "row(" + ", ".join(f"y.{ident(k)}" for k in key) + ")"
+    side = {v: f"SELECT {keys}, {_row_hash(v, values)} AS h__ FROM {v}" for v in ("a", "b")}
+    added, removed, changed, ex_added, ex_removed, ex_changed = con.execute(
+        f"""SELECT count(*) FILTER (WHERE x.h__ IS NULL),
+                   count(*) FILTER (WHERE y.h__ IS NULL),
+                   count(*) FILTER (WHERE x.h__ <> y.h__),
+                   min({ky}, {EXAMPLES}) FILTER (WHERE x.h__ IS NULL),
+                   min({kx}, {EXAMPLES}) FILTER (WHERE y.h__ IS NULL),
+                   min({kx}, {EXAMPLES}) FILTER (WHERE x.h__ <> y.h__)
+            FROM ({side["a"]}) x FULL OUTER JOIN ({side["b"]}) y ON {on}"""
     ).fetchone()
     out.added, out.removed, out.changed = int(added), int(removed), int(changed)
-    sel = ", ".join(f"x.{_ident(k)}" for k in key)
-    anti = " AND ".join(f"x.{_ident(k)} = y.{_ident(k)}" for k in key)
-    examples: dict[str, list[Any]] = {}
-    for kind, x, y, view in (("added", "hb", "ha", "b"), ("removed", "ha", "hb", "a")):
-        picked = con.execute(
-            f"SELECT {sel} FROM {x} x ANTI JOIN {y} y ON {anti} ORDER BY {sel} LIMIT {EXAMPLES}"
-        ).fetchall()
-        examples[kind] = _rows_by_key(con, view, key, picked)
-    picked = con.execute(
-        f"SELECT {', '.join(f'ha.{_ident(k)}' for k in key)} FROM ha JOIN hb ON {on} "
-        f"WHERE ha.h__ <> hb.h__ ORDER BY {', '.join(f'ha.{_ident(k)}' for k in key)} "
-        f"LIMIT {EXAMPLES}"
-    ).fetchall()
+    examples: dict[str, list[Any]] = {
+        "added": _rows_by_key(con, "b", key, _tuples(ex_added)),
+        "removed": _rows_by_key(con, "a", key, _tuples(ex_removed)),
+    }
+    picked = _tuples(ex_changed)
     old = {_k(r, key): r for r in _rows_by_key(con, "a", key, picked)}
     new = {_k(r, key): r for r in _rows_by_key(con, "b", key, picked)}
     examples["changed"] = [
@@ -300,6 +278,11 @@ def _keyed(
         if k_ in new
     ]
     out.examples = examples
+
+
+def _tuples(keys: list[Any] | None) -> list[tuple[Any, ...]]:
+    """The keys ``min(row(...), n)`` returned, as tuples (``None``: no row of that kind)."""
+    return [tuple(k.values()) if isinstance(k, dict) else tuple(k) for k in keys or []]
 
 
 def _k(row: Mapping[str, Any], key: list[str]) -> tuple[Any, ...]:
@@ -315,22 +298,28 @@ def _rows_by_key(
     ors, params = [], []
     for row in keys:  # "=" (not IS NOT DISTINCT FROM) lets Parquet row-group statistics prune
         parts = [
-            f"{_ident(k)} IS NULL" if v is None else f"{_ident(k)} = ?"
+            f"{ident(k)} IS NULL" if v is None else f"{ident(k)} = ?"
             for k, v in zip(key, row, strict=True)
         ]
         ors.append("(" + " AND ".join(parts) + ")")
         params += [v for v in row if v is not None]
     where = " OR ".join(ors)
-    order = ", ".join(_ident(k) for k in key)
+    order = ", ".join(ident(k) for k in key)
     return _rows(con, f"SELECT * FROM {view} WHERE {where} ORDER BY {order}", params)
 
 
-def _unkeyed(con: duckdb.DuckDBPyConnection, out: DataDiff) -> None:
-    only_b = "SELECT h__ FROM hb EXCEPT ALL SELECT h__ FROM ha"
-    only_a = "SELECT h__ FROM ha EXCEPT ALL SELECT h__ FROM hb"
-    out.added = int(con.execute(f"SELECT count(*) FROM ({only_b})").fetchone()[0])
-    out.removed = int(con.execute(f"SELECT count(*) FROM ({only_a})").fetchone()[0])
-    out.changed = None
+def _unkeyed(con: duckdb.DuckDBPyConnection, out: DataDiff, common: list[str]) -> None:
+    """Rows found only in one version (as multisets of row hashes), in one pass of each."""
+    both = f"SELECT {_row_hash('a', common)} AS h__, 0 AS s__ FROM a UNION ALL " + (
+        f"SELECT {_row_hash('b', common)}, 1 FROM b"
+    )
+    added, removed = con.execute(
+        f"""SELECT coalesce(sum(greatest(nb - na, 0)), 0), coalesce(sum(greatest(na - nb, 0)), 0)
+            FROM (SELECT count(*) FILTER (WHERE s__ = 0) AS na,
+                         count(*) FILTER (WHERE s__ = 1) AS nb
+                  FROM ({both}) GROUP BY h__)"""
+    ).fetchone()
+    out.added, out.removed, out.changed = int(added), int(removed), None
 
 
 def _rows(
@@ -347,81 +336,6 @@ def _plain(value: Any) -> Any:
     if isinstance(value, float):
         return None if math.isnan(value) else value
     return str(value)
-
-
-def _sample(rows: int) -> str:
-    """A block sample of about SAMPLE_ROWS rows of a large version ("" reads all)."""
-    if rows <= 2 * SAMPLE_ROWS:
-        return ""
-    return f" USING SAMPLE {100 * SAMPLE_ROWS / rows:.4f} PERCENT (system, 42)"
-
-
-def _cuts(
-    con: duckdb.DuckDBPyConnection, binned: list[str], types: Mapping[str, str], sample: str
-) -> dict[str, list[float]]:
-    """A's deciles of each binned column (from a block sample of a large version)."""
-    if not binned:
-        return {}
-    qs = [i / BINS for i in range(1, BINS)]
-    exprs = ", ".join(f"quantile_cont({_num(c, types[c])}, {qs})" for c in binned)
-    edges = con.execute(f"SELECT {exprs} FROM a{sample}").fetchone()
-    return {
-        c: sorted({e for e in (es or []) if e is not None and not math.isnan(e)})
-        for c, es in zip(binned, edges, strict=True)
-    }
-
-
-def _bin(x: str, edges: list[float]) -> str:
-    cases = " ".join(f"WHEN {x} < {e!r} THEN {i}" for i, e in enumerate(edges))
-    return f"CAST(CASE WHEN {x} IS NULL THEN -1 {cases} ELSE {len(edges)} END AS TINYINT)"
-
-
-def _drift(
-    con: duckdb.DuckDBPyConnection,
-    binned: list[str],
-    cuts: Mapping[str, list[float]],
-    others: list[str],
-    types: Mapping[str, str],
-    samples: Mapping[str, str],
-) -> dict[str, dict[str, Any]]:
-    out: dict[str, dict[str, Any]] = {}
-    if binned:
-        hists = {}
-        for v in ("a", "b"):
-            exprs = ", ".join(f"histogram({_bin(_num(c, types[c]), cuts[c])})" for c in binned)
-            row = con.execute(f"SELECT {exprs} FROM {v}{samples[v]}").fetchone()
-            hists[v] = [dict(h or {}) for h in row]
-        for i, c in enumerate(binned):
-            bins = range(-1, len(cuts[c]) + 1)
-            ha, hb = hists["a"][i], hists["b"][i]
-            out[c] = {
-                "measure": "psi",
-                "value": psi([ha.get(j, 0) for j in bins], [hb.get(j, 0) for j in bins]),
-            }
-    for c in others:
-        if types[c].endswith("[]"):
-            continue
-        new, total = con.execute(
-            f"""SELECT count(*) FILTER (WHERE b.{_ident(c)} IS NOT NULL AND s.v IS NULL), count(*)
-                FROM b LEFT JOIN (SELECT DISTINCT {_ident(c)} AS v FROM a) s
-                ON b.{_ident(c)} = s.v"""
-        ).fetchone()
-        out[c] = {"measure": "new_categories", "value": round(new / total, 6) if total else 0.0}
-    return dict(sorted(out.items(), key=lambda cv: list(types).index(cv[0])))
-
-
-def _binned(t: str) -> bool:
-    return t in _NUMERIC or t.startswith(("DECIMAL", "TIMESTAMP", "DATE")) or t == "BOOLEAN"
-
-
-def _num(c: str, t: str) -> str:
-    """A column as a double: times as microseconds since the epoch, NaN as NULL."""
-    x = _ident(c)
-    if t.startswith(("TIMESTAMP", "DATE")):
-        return f"epoch_us(CAST({x} AS TIMESTAMP))"
-    if t in ("FLOAT", "DOUBLE"):
-        return f"(CASE WHEN isnan({x}) THEN NULL ELSE CAST({x} AS DOUBLE) END)"
-    return f"CAST({x} AS DOUBLE)"
 
 
 def rows_not_in(frame: Any, path: Path, key: Sequence[str]) -> Any:
@@ -446,8 +360,8 @@ def rows_not_in(frame: Any, path: Path, key: Sequence[str]) -> Any:
     con = _connect("512MB", None)
     try:
         con.register("fresh", frame.reset_index(drop=True))
-        keys = ", ".join(_ident(k) for k in key)
-        on = " AND ".join(f"f.{_ident(k)} = s.{_ident(k)}" for k in key)
+        keys = ", ".join(ident(k) for k in key)
+        on = " AND ".join(f"f.{ident(k)} = s.{ident(k)}" for k in key)
         return (
             con.execute(
                 f"SELECT f.* FROM (SELECT *, row_number() OVER () AS rn__ FROM fresh) f ANTI JOIN "
@@ -491,12 +405,19 @@ def diff(
         UsageError: a run that is not a load run, or a key column missing.
 
     Example:
-        >>> d = relay.diff("load/transactions@2019-02-10",  # doctest: +SKIP
-        ...                "load/transactions@latest")
-        >>> d.added, d.removed, d.changed  # doctest: +SKIP
-        (8000, 0, 0)
-        >>> relay.diff("load/transactions@latest").b  # against the load before it  # doctest: +SKIP
-        'load/transactions@20190211080000'
+        >>> d = relay.diff("load/transactions@latest", "load/transactions@latest")
+        >>> d.key, (d.added, d.removed, d.changed), d.rows["a"] == d.rows["b"] > 0
+        (['id'], (0, 0, 0), True)
+        >>> d.max_drift[1]
+        0.0
+
+        Without ``b``, ``a`` is compared with the load of the same variant just before it
+        (here there is none):
+
+        >>> relay.diff("load/transactions@latest")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        relayml.errors.NotFound: no finished load of load/transactions before ...
     """
     from relayml.runs import open_project
 
@@ -528,6 +449,20 @@ def _previous_load(ref: str, settings: Any) -> str:
     return str(before[0].key)
 
 
+def _load_by_digest(ref: str, settings: Any) -> str:
+    """The run id of a finished load run whose data version starts with ``ref``."""
+    from relayml.store import get_store, quote
+
+    if len(ref) < 8:
+        raise UsageError(f"data version {ref!r} is too short; give at least 8 hex digits")
+    flt = f"tags.`{tag.DATA}` LIKE {quote(ref + '%')} AND attributes.status = 'FINISHED'"
+    found = [e for e in get_store(settings).search(None, flt) if tag.KEY in e.data.tags]
+    loads = [e for e in found if not any(k.startswith(tag.UPSTREAM) for k in e.data.tags)]
+    if not loads:
+        raise NotFound(f"no load run has data version {ref!r}; list them with 'relay runs load'")
+    return str(loads[0].info.run_id)
+
+
 def snapshot_of(ref: str, settings: Any, snapshot: str | None = None) -> Version:
     """The snapshot behind a load run reference or a digest, as a :class:`Version`.
 
@@ -536,34 +471,23 @@ def snapshot_of(ref: str, settings: Any, snapshot: str | None = None) -> Version
         UsageError: the run took no snapshot.
 
     Example:
-        >>> snapshot_of("load/transactions@latest", settings).key  # doctest: +SKIP
-        ('id',)
+        >>> v = snapshot_of("load/transactions@latest", relay.open_project())
+        >>> v.key, v.path.suffix, len(v.digest)
+        (('id',), '.parquet', 32)
     """
     from relayml.outputs import snapshot_path
     from relayml.runs import get
-    from relayml.store import get_store, quote
 
     is_digest = "@" not in ref and "/" not in ref and all(ch in "0123456789abcdef" for ch in ref)
     run = None
-    if (is_digest and len(ref) == 32) or not is_digest:
+    if not is_digest or len(ref) == 32:
         try:
             run = get(ref, project=settings)
         except NotFound:
             if not is_digest:
                 raise
-    store = get_store(settings)
-    if run is None and is_digest:
-        if len(ref) < 8:
-            raise UsageError(f"data version {ref!r} is too short; give at least 8 hex digits")
-        flt = f"tags.`relay.data` LIKE {quote(ref + '%')} AND attributes.status = 'FINISHED'"
-        found = [e for e in store.search(None, flt) if tag.KEY in e.data.tags]
-        loads = [e for e in found if not any(k.startswith(tag.UPSTREAM) for k in e.data.tags)]
-        if not loads:
-            raise NotFound(
-                f"no load run has data version {ref!r}; list them with 'relay runs load'"
-            )
-        run = get(loads[0].info.run_id, project=settings)
-    assert run is not None
+    if run is None:
+        run = get(_load_by_digest(ref, settings), project=settings)
     snaps = {
         k.removeprefix(tag.SNAPSHOT): v
         for k, v in run.tags.items()

@@ -108,13 +108,13 @@ def code_parts(
         for top in sorted(graph.tops):
             for name, version in dists.get(top) or [[top, NOT_INSTALLED]]:
                 parts[f"dist:{name}"] = version
-    for path in _included(settings, step):
-        parts[f"file:{_rel(path, root)}"] = _sha(path.read_bytes())
+    for included in _included(settings, step):
+        parts[f"file:{_rel(included, root)}"] = _sha(included.read_bytes())
     for name, source in settings.sources.items():
         if name in graph.strings:
-            where = source.path and _rel(source.path, root)
+            rel = source.path and _rel(source.path, root)
             parts[f"config:sources.{name}"] = digest(
-                canonical({"url": source.url, "path": where, "password_env": source.password_env})
+                canonical({"url": source.url, "path": rel, "password_env": source.password_env})
             )
     return parts
 
@@ -190,7 +190,7 @@ def _checked_graph(root: Path, module_file: Path, data: bytes, sha: str) -> tupl
     cache = root / ".relay" / "cache" / f"code-{sha}.json"
     try:
         raw = json.loads(cache.read_text())
-        files = raw["files"]
+        files = {os.path.join(root, rel): want for rel, want in raw["files"].items()}
         if all(_sha(_read(p)) == want for p, want in files.items()) and not any(
             _shadowed(f"{root}{os.sep}{top}") for top in raw["tops"]
         ):
@@ -200,7 +200,10 @@ def _checked_graph(root: Path, module_file: Path, data: bytes, sha: str) -> tupl
     steps = _analyse(data, strip=True)
     graph = _closure(root, [(module_file, steps)], {str(module_file)})
     stripped = digest(steps.stripped)
-    _write(cache, {"stripped": stripped, "files": graph.files,
+    # paths relative to the root: a project folder copied or moved elsewhere keeps its cache
+    # (and its code fingerprints) instead of naming the files of the old folder
+    relative = {os.path.relpath(p, root): want for p, want in graph.files.items()}
+    _write(cache, {"stripped": stripped, "files": relative,
                    "tops": sorted(graph.tops), "strings": sorted(graph.strings)})  # fmt: skip
     return stripped, graph
 

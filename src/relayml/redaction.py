@@ -123,13 +123,15 @@ def remember_url(url: str | None) -> None:
     for rx in (_USERINFO, _QUERY_SECRET):
         for m in rx.finditer(url):
             remember(unquote(m["pw"]))
-    if "://" in url:
-        try:
-            from sqlalchemy.engine import make_url
-
-            remember(make_url(url).password)  # also finds a password with spaces or an '@'
-        except Exception:  # not a SQLAlchemy URL: the patterns above are all there is
-            pass
+    scheme, sep, rest = url.partition("://")
+    if sep and scheme and "@" in rest:
+        # a password with an '@', a '/' or spaces in it, unencoded: drivers disagree where
+        # the user-info ends (SQLAlchemy: the first '@'; libpq: the last one), so remember
+        # the password of every reading
+        for userinfo in {rest.split("@", 1)[0], rest.rsplit("@", 1)[0],
+                         rest.split("/", 1)[0].rsplit("@", 1)[0]}:  # fmt: skip
+            if ":" in userinfo and "/" not in userinfo.split(":", 1)[0]:
+                remember(unquote(userinfo.split(":", 1)[1]))
 
 
 def redact(text: str) -> str:

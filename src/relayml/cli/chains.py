@@ -29,6 +29,9 @@ def chain_command(
     explain: bool = typer.Option(
         False, "--explain", help="Say why newer runs of each step were passed over."
     ),
+    no_checks: bool = typer.Option(
+        False, "--no-checks", help="Emergencies: skip a load's data checks (recorded on the run)."
+    ),
     json_out: bool = typer.Option(False, "--json", help="Print the chain as JSON."),
 ) -> None:
     """Resolve the newest coherent chain, run only what is missing, record it.
@@ -58,7 +61,7 @@ def chain_command(
             result = chain(
                 *links, params=parse_assignments(param), force=force or None, dry_run=dry_run,
                 explain=explain, show_progress=err_console.is_terminal and not json_out,
-                on_event=say, project=settings(),
+                on_event=say, checks=not no_checks, project=settings(),
             )  # fmt: skip
     except ChainFailed as e:
         if json_out:

@@ -185,13 +185,10 @@ def _prepare_backend(uri: str) -> None:
     """Create (or migrate) MLflow's schema in the backend, then add relay's lookup indexes."""
     if not uri.startswith(("sqlite:", "postgresql")):
         return
-    from mlflow.tracking import MlflowClient
-
-    from relayml.store import ensure_indexes
+    from relayml.store import prepare_backend
 
     with err_console.status("preparing the backend store"):
-        MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
-        ensure_indexes(uri)
+        prepare_backend(uri)
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

@@ -65,7 +65,7 @@ class Queries:
     @cached_property
     def pipeline(self) -> Any | None:
         """The project's declared pipeline, or None where its steps module cannot load."""
-        from relayml.steps import load_pipeline
+        from relayml.pipeline import load_pipeline
 
         try:
             return load_pipeline(self.settings.root, self.settings.module)

@@ -1,75 +1,69 @@
-"""The only module that talks to MLflow's tracking API (``mlflow.tracking``).
+"""The project's view of the MLflow tracking store: experiments by name, run search, writes
+and artifacts (:class:`Store`, :func:`get_store`).
 
 Experiments are found by name (``<project>/<step>``) and created on first use; runs are
 searched inside the tracking store with MLflow filter strings and paging, never by listing
 every run and filtering in Python. Reads go through a read path that needs no MLflow import
 (:mod:`relayml.readstore`: REST on a server, read-only SQL on a known database schema) and
 fall back to MLflow's client; MLflow itself is imported only when a command writes or the
-read path cannot answer. Everything relayml writes is plain MLflow: tags under
-``relay.``, params, metrics, artifacts, dataset inputs.
+read path cannot answer. The registry and logged models are in
+:mod:`relayml.store.registry`, purging in :mod:`relayml.store.deletion`.
 
 Example:
-    >>> store = get_store(load_settings())  # doctest: +SKIP
-    >>> store.experiment_id("load")  # doctest: +SKIP
-    '1'
+    >>> store = get_store(relay.open_project())
+    >>> [e.data.tags["relay.step"] for e in store.search(["load"], limit=1)]
+    ['load']
 """
 
 from __future__ import annotations
 
 import os
-import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from relayml import tags as tag
 from relayml.config import Settings
-from relayml.errors import ConfigError, RelayError
+from relayml.errors import RelayError
 from relayml.readstore import Reader, RunRecord, Unsupported, open_reader
 from relayml.readstore.files import local_path, walk
 from relayml.readstore.follow import follow
 from relayml.redaction import redact
+from relayml.store.backend import (
+    DUPLICATE_KEY,
+    PAGE,
+    ensure_indexes,
+    experiment_description,
+    file_lock,
+    open_client,
+    param_value,
+    prepare_sqlite,
+    quote,
+    tag_value,
+)
+from relayml.store.deletion import DeletionMethods
+from relayml.store.registry import RegistryMethods
 
 if TYPE_CHECKING:
     from mlflow.entities import Run as MlflowRun
     from mlflow.tracking import MlflowClient
 
-__all__ = [
-    "PAGE",
-    "Store",
-    "ensure_indexes",
-    "experiment_description",
-    "get_store",
-    "local_path",
-    "purge_deleted",
-    "quote",
-]
+__all__ = ["Store", "activate_uris", "active_uris", "get_store"]
 
-PAGE = 1000
-_DUPLICATE_KEY = ("UNIQUE constraint failed", "duplicate key value", "IntegrityError")
 _STORES: dict[tuple[str, str, str], Store] = {}
+_CURRENT: dict[tuple[str, str], Store] = {}  # current_store(): one per MLflow URI
 _LOCK = threading.Lock()
-
-
-def quote(value: str) -> str:
-    """Quote a value for an MLflow filter string.
-
-    Example:
-        >>> quote("it's")
-        "'it\\\\'s'"
-    """
-    return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def get_store(settings: Settings) -> Store:
     """The store of a project's tracking URI (one per process and URI).
 
     Example:
-        >>> get_store(settings).client.tracking_uri  # doctest: +SKIP
-        'sqlite:////work/fraud/.relay/mlflow.db'
+        >>> store = get_store(relay.open_project())
+        >>> store is get_store(relay.open_project()), store.settings.project
+        (True, 'fraud')
     """
     ident = (settings.tracking_uri, settings.project, settings.artifact_location)
     with _LOCK:
@@ -80,7 +74,54 @@ def get_store(settings: Settings) -> Store:
     return store
 
 
-class Store:
+def active_uris() -> tuple[str, str]:
+    """The tracking and registry URIs MLflow's process-wide (fluent) API points at.
+
+    Example:
+        >>> tracking, registry = active_uris()
+        >>> tracking == registry or bool(registry)
+        True
+    """
+    import mlflow
+
+    return mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+
+
+def activate_uris(tracking_uri: str | None, registry_uri: str | None = None) -> None:
+    """Point MLflow's fluent API at these URIs (a fresh process given its parent's store).
+
+    A URI left None is left as it is. :meth:`Store.activate` does this for a project.
+
+    Example:
+        >>> activate_uris(*active_uris())
+    """
+    import mlflow
+
+    if tracking_uri:
+        mlflow.set_tracking_uri(tracking_uri)
+    if registry_uri:
+        mlflow.set_registry_uri(registry_uri)
+
+
+def current_store() -> Store:
+    """A store on the tracking URI MLflow's fluent API uses now, for code outside a project
+    (one per process and URI).
+
+    Example:
+        >>> current_store().settings.tracking_uri  # doctest: +SKIP
+        'sqlite:///mlflow.db'
+    """
+    import mlflow
+
+    uri = mlflow.get_tracking_uri()
+    with _LOCK:
+        if ("", uri) not in _CURRENT:
+            settings = Settings(root=Path.cwd(), project="", tracking_uri=uri)
+            _CURRENT[("", uri)] = Store(settings, read_path=False)
+        return _CURRENT[("", uri)]
+
+
+class Store(RegistryMethods, DeletionMethods):
     """A project's view of the MLflow tracking store.
 
     Attributes:
@@ -125,15 +166,15 @@ class Store:
         self.activate()
         if uri.startswith("sqlite:///"):
             path = Path(uri.removeprefix("sqlite:///"))
-            _prepare_sqlite(path)
-            with _file_lock(path.with_name(path.name + ".init-lock")):
+            prepare_sqlite(path)
+            with file_lock(path.with_name(path.name + ".init-lock")):
                 # MLflow creates and migrates the tables on first use; two processes doing
                 # it at once fail ("table ... already exists"), so they take turns.
-                client = _client(uri)
+                client = open_client(uri)
                 client.search_experiments(max_results=1)  # the schema exists from here
                 ensure_indexes(uri)
         else:
-            client = _client(uri)
+            client = open_client(uri)
             if uri.startswith("postgresql"):
                 client.search_experiments(max_results=1)
                 ensure_indexes(uri)
@@ -294,7 +335,16 @@ class Store:
                 return out
 
     def get_run(self, run_id: str) -> MlflowRun | RunRecord | None:
-        """The run with this id (active or deleted), or None when there is none."""
+        """The run with this id (active or deleted), or None when there is none.
+
+        Both kinds answer ``.info`` (``run_id``, ``experiment_id``, ``status``,
+        ``lifecycle_stage``, ``artifact_uri``, ...) and ``.data`` (``tags``, ``params``,
+        ``metrics`` as dicts).
+
+        Example:
+            >>> store.get_run(run_id).data.params["C"]  # doctest: +SKIP
+            '1.0'
+        """
         found = self._read(lambda r: r.get_run(run_id), missing=False)
         if found is not False:
             return found
@@ -304,6 +354,17 @@ class Store:
             return self.client.get_run(run_id)
         except MlflowException:
             return None
+
+    def mlflow_run(self, run_id: str) -> MlflowRun:
+        """The run as MLflow's own ``mlflow.entities.Run``, read with MLflow's client.
+
+        Example:
+            >>> store.mlflow_run(run_id).info.run_id == run_id  # doctest: +SKIP
+            True
+        """
+        return self.client.get_run(run_id)
+
+    # -- logged models and the registry (MLflow's public client API) -----------------------
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -324,7 +385,7 @@ class Store:
         entity = self.client.create_run(
             exp_id,
             start_time=start_ms,
-            tags={k: _tag_value(k, v) for k, v in tags.items()},
+            tags={k: tag_value(k, v) for k, v in tags.items()},
             run_name=run_name,
         )
         self._artifact_uris[entity.info.run_id] = entity.info.artifact_uri
@@ -346,13 +407,13 @@ class Store:
         self.client.log_batch(
             run_id,
             metrics=[Metric(k, float(v), now, step) for k, v in (metrics or {}).items()],
-            params=[Param(k, _param_value(v)) for k, v in (params or {}).items()],
-            tags=[RunTag(k, _tag_value(k, v)) for k, v in (tags or {}).items()],
+            params=[Param(k, param_value(v)) for k, v in (params or {}).items()],
+            tags=[RunTag(k, tag_value(k, v)) for k, v in (tags or {}).items()],
         )
 
     def set_tag(self, run_id: str, key: str, value: str) -> None:
         """Set one tag (secrets redacted by value)."""
-        self.client.set_tag(run_id, key, _tag_value(key, value))
+        self.client.set_tag(run_id, key, tag_value(key, value))
 
     def finish(self, run_id: str, status: str) -> None:
         """End a run as FINISHED, FAILED or KILLED."""
@@ -428,28 +489,6 @@ class Store:
                 pass
         return None
 
-    def model_versions(self, run_id: str) -> list[dict[str, Any]]:
-        """``{name, version, aliases}`` of registered model versions made from a run.
-
-        Example:
-            >>> store.model_versions(run_id)  # doctest: +SKIP
-            [{'name': 'fraud', 'version': 3, 'aliases': ['champion']}]
-        """
-        found = self._read(lambda r: r.model_versions(run_id), missing=None)
-        if found is not None:
-            return found
-        out = []
-        try:
-            versions = self.client.search_model_versions(f"run_id = {quote(run_id)}")
-        except Exception:
-            return []
-        for v in versions:  # search results carry no aliases: read each version
-            full = self.client.get_model_version(v.name, v.version)
-            out.append(
-                {"name": v.name, "version": int(v.version), "aliases": sorted(full.aliases or [])}
-            )
-        return sorted(out, key=lambda v: (v["name"], v["version"]))
-
     def list_artifacts(self, run_id: str, path: str | None = None) -> list[tuple[str, int]]:
         """``(path, size)`` of every artifact file of a run, recursively (MLflow's client)."""
         out = []
@@ -492,30 +531,12 @@ class Store:
             except MlflowException as e:
                 # two runs logging the same new dataset at once: MLflow checks, then inserts,
                 # and the later insert breaks the unique key; the retry finds the dataset
-                if attempt == 2 or not any(m in str(e) for m in _DUPLICATE_KEY):
+                if attempt == 2 or not any(m in str(e) for m in DUPLICATE_KEY):
                     raise
 
     def delete_run(self, run_id: str) -> None:
         """Mark a run deleted (MLflow's soft delete)."""
         self.client.delete_run(run_id)
-
-    def delete_artifacts(self, artifact_uri: str) -> int:
-        """Delete a folder of artifacts where it lives; returns the bytes it held.
-
-        On a tracking server with proxied artifacts (``mlflow-artifacts:``) this goes through
-        the server's ``mlflow-artifacts`` API (HTTP DELETE), so the server's disk or bucket
-        is freed; other remote stores (``s3://``, ...) through MLflow's artifact repository.
-
-        Example:
-            >>> store.delete_artifacts("mlflow-artifacts:/1/0123abcd")  # doctest: +SKIP
-            1834201
-        """
-        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
-
-        size = sum(n for _, n in self.artifact_files(artifact_uri) or [])
-        repo = get_artifact_repository(artifact_uri, tracking_uri=self.settings.tracking_uri)
-        repo.delete_artifacts()
-        return size
 
     def withdraw(self, run_id: str, why: str) -> None:
         """Withdraw a run created before any work (a lost claim or a key collision).
@@ -562,35 +583,14 @@ class Store:
         out: dict[str, tuple[list[str], int]] = {v: ([], 0) for v in values}
         if not ids or not values:
             return out
-        engine = getattr(self.reader, "engine", None)  # the SQL read path's read-only engine
-        if engine is None:  # a tracking server, or a schema the read path does not know
+        newest = getattr(self.reader, "newest_tagged", None)  # the SQL read path
+        if newest is None:  # a tracking server, or a schema the read path does not know
             for v in values:
                 found = self.search(steps, f"tags.`{key}` = {quote(v)}", limit=cap)
                 out[v] = ([e.info.run_id for e in found[:limit]], len(found))
             return out
-        import sqlalchemy as sa
-
-        match = (
-            " FROM tags t JOIN runs r ON r.run_uuid = t.run_uuid WHERE t.key = :key"
-            " AND t.value = :value AND r.lifecycle_stage = 'active' AND r.experiment_id IN :ids"
-        )
-        newest = sa.text(
-            # "+ 0": sort the few matching rows rather than let SQLite walk the experiment's runs
-            # by start time probing each one's tags (2 s at 10,000 runs); common values: walk
-            f"SELECT t.run_uuid{match} ORDER BY r.start_time{'' if common else ' + 0'} DESC"
-            " LIMIT :n"
-        ).bindparams(sa.bindparam("ids", expanding=True))
-        count = sa.text(f"SELECT COUNT(*) FROM (SELECT 1{match} LIMIT :n) AS found").bindparams(
-            sa.bindparam("ids", expanding=True)
-        )
-        with engine.connect() as con:
-            for v in values:
-                bound = {"key": key, "value": v, "ids": ids}
-                run_ids = [row[0] for row in con.execute(newest, {**bound, "n": limit})]
-                total = len(run_ids)
-                if total == limit:
-                    total = int(con.execute(count, {**bound, "n": cap}).scalar_one())
-                out[v] = (run_ids, total)
+        for v in values:
+            out[v] = newest(ids, key, v, limit=limit, cap=cap, common=common)
         return out
 
     def runs_by_id(self, steps: Sequence[str] | None, run_ids: Sequence[str]) -> list[MlflowRun]:
@@ -618,195 +618,3 @@ class Store:
             chunk = ", ".join(quote(r) for r in unique[i : i + 100])
             out += self.search(steps, f"attributes.run_id IN ({chunk})")
         return sorted(out, key=lambda e: -e.info.start_time)
-
-    def registered_model(self, name: str) -> dict[str, Any]:
-        """A registered model's aliases, tags and versions (all empty when it does not exist).
-
-        Returns:
-            ``{"aliases": {alias: version}, "tags": {...}, "versions": [{"version",
-            "run_id", "tags"}, ...]}``, newest version first (at most 200).
-
-        Example:
-            >>> store.registered_model("fraud")["aliases"]  # doctest: +SKIP
-            {'champion': 3}
-        """
-        from mlflow.exceptions import MlflowException
-
-        try:
-            model = self.client.get_registered_model(name)
-            found = self.client.search_model_versions(f"name = {quote(name)}", max_results=200)
-        except MlflowException:
-            return {"aliases": {}, "tags": {}, "versions": []}
-        versions = [
-            {"version": int(v.version), "run_id": v.run_id, "tags": dict(v.tags or {})}
-            for v in found
-        ]
-        return {
-            "aliases": {a: int(v) for a, v in (model.aliases or {}).items()},
-            "tags": dict(model.tags or {}),
-            "versions": sorted(versions, key=lambda v: -v["version"]),
-        }
-
-
-EXPERIMENT_KIND = "custom_model_development"
-
-
-def experiment_description(project: str, step: str) -> dict[str, str]:
-    """The tags that make MLflow's UI treat a step's experiment as model development.
-
-    MLflow opens an experiment without ``mlflow.experimentKind`` on its GenAI pages (traces,
-    token usage); relay's steps are classic model development, and the description says what
-    the experiment holds.
-
-    Example:
-        >>> experiment_description("fraud", "training")["mlflow.experimentKind"]
-        'custom_model_development'
-    """
-    what = {
-        "chains": "one record run per `relay chain`: the runs of each step it used",
-        "snapshots": "the bytes of load snapshots, one run per data digest",
-        "refresh": "one decision run per `relay refresh`: champion, challengers, the vote",
-    }.get(step, f"the runs of step `{step}`, one per variant run, keyed `{step}/VARIANT@TIME`")
-    note = (
-        f"relayml project **{project}**: {what}. Lineage, chains and comparisons: `relay ui`, "
-        "then the relay pages at [/relay/](/relay/)."
-    )
-    return {"mlflow.experimentKind": EXPERIMENT_KIND, "mlflow.note.content": note}
-
-
-_INDEXES = {
-    # Equality lookups on tags (run keys, fingerprints, upstream ids, variants): MLflow indexes
-    # tags by run only. PostgreSQL's btree rows cannot hold long tag values: a hash index there.
-    "sqlite": [
-        "CREATE INDEX IF NOT EXISTS relay_tags_key_value ON tags (key, value)",
-        "CREATE INDEX IF NOT EXISTS relay_runs_experiment_start"
-        " ON runs (experiment_id, start_time)",
-    ],
-    "postgresql": [
-        "CREATE INDEX IF NOT EXISTS relay_tags_value_hash ON tags USING hash (value)",
-        "CREATE INDEX IF NOT EXISTS relay_runs_experiment_start"
-        " ON runs (experiment_id, start_time)",
-    ],
-}
-_INDEXED: set[str] = set()
-
-
-def ensure_indexes(uri: str) -> None:
-    """Add relayml's lookup indexes to an MLflow tracking database (idempotent).
-
-    MLflow indexes tags by run only, so a search by tag value scans every tag of that key.
-    relayml searches by tag equality constantly (run keys, fingerprints, upstream ids), so it
-    adds an index on tag values and one on runs by experiment and start time. They are plain
-    indexes beside MLflow's schema: MLflow's migrations and queries are unaffected.
-    ``relay server`` calls this for its backend store.
-
-    Example:
-        >>> ensure_indexes("sqlite:////tmp/relay-doc.db")  # doctest: +SKIP
-    """
-    if uri in _INDEXED:
-        return
-    import sqlalchemy as sa
-
-    dialect = "sqlite" if uri.startswith("sqlite") else "postgresql"
-    engine = sa.create_engine(uri)
-    try:
-        for statement in _INDEXES[dialect]:
-            try:
-                with engine.begin() as con:
-                    con.execute(sa.text(statement))
-            except sa.exc.SQLAlchemyError:
-                pass  # a concurrent creator won the race, or no permission: searches still work
-    finally:
-        engine.dispose()
-    _INDEXED.add(uri)
-
-
-def _client(uri: str) -> MlflowClient:
-    """An MLflow client of ``uri``; a scheme MLflow has no store for is the user's error."""
-    from mlflow.tracking import MlflowClient
-    from mlflow.tracking.registry import UnsupportedModelRegistryStoreURIException
-
-    try:
-        return MlflowClient(tracking_uri=uri, registry_uri=uri)
-    except UnsupportedModelRegistryStoreURIException:
-        raise ConfigError(
-            f"tracking URI {redact(uri)!r} has a scheme MLflow cannot store runs in; use "
-            "sqlite:///PATH, postgresql+psycopg://..., http(s)://SERVER or a folder (set "
-            "[tracking] uri in relay.toml, or RELAY_TRACKING_URI)"
-        ) from None
-
-
-# Tags whose values relay computes (names, keys, run ids, digests, counts, times, manifests):
-# never a secret, and masking a secret that happens to equal a step name or part of a digest
-# would break lookups. Every other tag (errors, sources, notes, MLflow's and the user's) is
-# redacted.
-_IDENTITY_TAGS = (
-    tag.PROJECT, tag.STEP, tag.VARIANT, tag.KEY, tag.TIME,
-    tag.HEARTBEAT, tag.CODE, tag.PARAMS, tag.FINGERPRINT, tag.GIT,
-    tag.UPSTREAM, tag.DATA, tag.AS_OF, tag.PROVENANCE, tag.DIGEST,
-    tag.ROWS, tag.BYTES, tag.OUTPUTS, tag.MODEL, tag.RUN_ID,
-    tag.RETRIEVAL_TIME, tag.REPRODUCES, tag.STALE, tag.WITHDRAWN,
-    tag.SNAPSHOT, tag.CHAIN, tag.REFRESH, "mlflow.user",
-    "mlflow.source.git.commit",
-)  # fmt: skip
-_FREE_TEXT_TAGS = (tag.CHAIN_REQUEST, tag.REFRESH_DECISION)
-
-
-def _tag_value(key: str, value: Any) -> str:
-    """A tag's value as stored: secrets redacted, except in relay's identity tags."""
-    text = str(value)
-    identity = key.startswith(_IDENTITY_TAGS) and not key.endswith(_FREE_TEXT_TAGS)
-    return text if identity and not key.endswith(".source") else redact(text)
-
-
-def purge_deleted(backend_uri: str, older_than: float, *, tracking_uri: str) -> None:
-    """Purge runs (and logged models) deleted more than ``older_than`` seconds ago from a
-    tracking server's backend store: MLflow's own ``mlflow gc``, called in this process so
-    that the backend URL (with its password) never appears on a command line.
-
-    Artifacts still there (runs deleted in MLflow's UI) are removed through the server at
-    ``tracking_uri`` (proxied artifacts).
-
-    Example:
-        >>> purge_deleted("postgresql+psycopg://u@db/mlflow", 86400,
-        ...               tracking_uri="http://127.0.0.1:5000")  # doctest: +SKIP
-    """
-    from mlflow.cli import gc
-
-    args = ["--backend-store-uri", backend_uri, "--older-than", f"{int(older_than)}s"]
-    gc.main(args=[*args, "--tracking-uri", tracking_uri], standalone_mode=False)
-
-
-def _param_value(value: Any) -> str:
-    text = "None" if value is None else redact(str(value))
-    return text if len(text) <= 6000 else text[:5997] + "..."
-
-
-@contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    """An exclusive advisory lock on ``path`` between processes (no-op where flock is missing)."""
-    try:
-        import fcntl
-    except ImportError:  # Windows: MLflow's own retries are all there is
-        yield
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def _prepare_sqlite(path: Path) -> None:
-    """Create the folder and switch the database to WAL so readers never block writers."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        con = sqlite3.connect(path, timeout=30)
-        try:
-            con.execute("PRAGMA journal_mode=WAL")
-        finally:
-            con.close()
-    except sqlite3.Error:
-        pass  # MLflow reports a real problem with the file itself

@@ -8,7 +8,7 @@ export RELAY_TEST_POSTGRES_URL ?= postgresql+psycopg://postgres@127.0.0.1:5432/t
 # pytest workers (pytest-xdist); a module's tests stay on one worker (its module fixtures once)
 WORKERS ?= auto
 XDIST   := -n $(WORKERS) --dist loadfile
-FAST    := not postgres and not server and not cli_process and not slow
+FAST    := not postgres and not server and not cli_process and not slow and not doctest
 
 .PHONY: install demo test test-fast lint format bench clean browser
 

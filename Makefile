@@ -5,8 +5,12 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 EXAMPLE := examples/fraud
 export RELAY_TEST_POSTGRES_URL ?= postgresql+psycopg://postgres@127.0.0.1:5432/test
+# pytest workers (pytest-xdist); a module's tests stay on one worker (its module fixtures once)
+WORKERS ?= auto
+XDIST   := -n $(WORKERS) --dist loadfile
+FAST    := not postgres and not server and not cli_process and not slow and not doctest
 
-.PHONY: install demo test lint format bench clean browser
+.PHONY: install demo test test-fast lint format bench clean browser
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,9 +30,10 @@ demo: install  ## run load → processing → training on the fraud example and 
 	cd $(EXAMPLE) && ../../$(BIN)/relay runs
 	@echo "\nNext: cd $(EXAMPLE) && ../../$(BIN)/relay show training/logreg@latest"
 
-lint: install  ## ruff lint and format check
-	$(BIN)/ruff check src tests bench examples
-	$(BIN)/ruff format --check src tests bench examples
+lint: install  ## ruff lint and format check, mypy (config in pyproject.toml)
+	$(BIN)/ruff check src tests bench examples conftest.py
+	$(BIN)/ruff format --check src tests bench examples conftest.py
+	$(BIN)/python -m mypy
 
 format: install
 	$(BIN)/ruff format src tests bench examples
@@ -38,7 +43,10 @@ browser:  ## Debian's chromium for the relay ui tests (Playwright drives it; not
 	@command -v chromium >/dev/null || (apt-get update -q && apt-get install -y -q chromium)
 
 test: lint browser  ## the whole suite (PostgreSQL tests use RELAY_TEST_POSTGRES_URL)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(XDIST) --durations=15
+
+test-fast: install  ## the edit loop: no PostgreSQL, no servers, no CLI processes, nothing slow
+	$(BIN)/python -m pytest -q -m "$(FAST)" $(XDIST)
 
 bench: install  ## every benchmark of bench/ (several minutes)
 	$(BIN)/python bench/search.py

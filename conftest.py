@@ -68,6 +68,14 @@ def build_doctest_project(root: Path, *, days: int = 3, rows_per_day: int = 1500
     return root
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Docstring examples carry the ``doctest`` mark (``make test-fast`` leaves them out:
+    their project costs a chain run)."""
+    for item in items:
+        if isinstance(item, DoctestItem):
+            item.add_marker("doctest")
+
+
 @pytest.fixture(scope="session")
 def doctest_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The doctests' project, built once per session (see :func:`build_doctest_project`)."""

@@ -42,7 +42,7 @@ def main() -> None:
 
     import relayml as relay
     from relayml.executor import predict_partitions
-    from relayml.serve import predict_file
+    from relayml.serving.batch import predict_file
 
     from conftest import git, make_project
 

@@ -29,6 +29,10 @@ idle), then one client sends the 100,000-row Parquet body in a loop while anothe
 single-record requests one at a time: their p50/p99 latency, against the same requests on
 the idle server.
 
+Besides requests/s and latency, each run records the server's CPU time per request (user +
+system of the server process and its workers, from psutil): on a loaded machine the wall-clock
+rate says how much of a core the scheduler gave the server, the CPU time what a request costs.
+
 Usage:
     python bench/serve.py [--requests 4000] [--mlflow-requests 300] [--runs 3] [--workers 1]
                           [--project DIR] [--no-pin] [--no-mlflow] [--baseline-src DIR]
@@ -216,6 +220,19 @@ def http_request(port: int, body: bytes) -> bytes:
         f"POST /invocations HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
         f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
     ).encode() + body
+
+
+def server_cpu(pid: int) -> float:
+    """CPU seconds (user + system) of a server process and its worker processes so far."""
+    import psutil
+
+    proc = psutil.Process(pid)
+    total = 0.0
+    for p in [proc, *proc.children(recursive=True)]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            times = p.cpu_times()
+            total += times.user + times.system
+    return total
 
 
 def median_of(runs: list[dict]) -> dict:
@@ -466,16 +483,21 @@ def main() -> None:
                 for _ in range(args.runs):
                     for (name, kind), port in ports.items():
                         total = args.mlflow_requests if name == "mlflow" else args.requests
+                        cpu = server_cpu(pids[(name, kind)])
                         job = pool.submit(
                             run_load, port, requests[(name, kind)], total, conc, load_cpu
                         )
-                        samples.setdefault((name, kind, n, conc), []).append(job.result())
+                        sample = job.result()
+                        cpu = server_cpu(pids[(name, kind)]) - cpu
+                        sample["cpu_us"] = cpu / total * 1e6  # server CPU per request
+                        samples.setdefault((name, kind, n, conc), []).append(sample)
                 for name, kind in ports:
                     runs = samples[(name, kind, n, conc)]
                     r = results[(name, kind, n, conc)] = median_of(runs)
                     print(
                         f"  {name:8s} {kind:9s} rows={n:3d} c={conc:2d}: {r['rps']:8.0f} "
-                        f"req/s  p50 {r['p50']:7.2f} ms  p99 {r['p99']:7.2f} ms  (runs: "
+                        f"req/s  p50 {r['p50']:7.2f} ms  p99 {r['p99']:7.2f} ms  "
+                        f"server CPU {r['cpu_us']:6.0f} µs/req  (runs: "
                         + ", ".join(f"{x['rps']:.0f}" for x in runs)
                         + ")",
                         flush=True,
@@ -483,8 +505,11 @@ def main() -> None:
 
     print()
     if args.baseline_src:
-        print("| bundle | rows/req | conc | relayml req/s | baseline req/s | relayml/baseline |")
-        print("|---|---:|---:|---:|---:|---:|")
+        print(
+            "| bundle | rows/req | conc | relayml req/s | baseline req/s | relayml/baseline "
+            "| relayml CPU µs/req | baseline CPU µs/req | baseline/relayml CPU |"
+        )
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
         for kind in uris:
             for n in bodies:
                 for conc in CONCURRENCY:
@@ -492,7 +517,8 @@ def main() -> None:
                     b = results[("baseline", kind, n, conc)]
                     print(
                         f"| {kind} | {n} | {conc} | {a['rps']:.0f} | {b['rps']:.0f} "
-                        f"| {a['rps'] / b['rps']:.2f} |"
+                        f"| {a['rps'] / b['rps']:.2f} | {a['cpu_us']:.0f} | {b['cpu_us']:.0f} "
+                        f"| {b['cpu_us'] / a['cpu_us']:.2f} |"
                     )
         print()
     if args.no_mlflow:

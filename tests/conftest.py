@@ -7,7 +7,9 @@ Tests talk to relayml through its public API and CLI. Everything a test creates 
 from __future__ import annotations
 
 import atexit
+import inspect
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -18,6 +20,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import CodeType, ModuleType
 
 import pytest
 
@@ -31,6 +34,117 @@ PROJECT_FILES = ("relay.toml", "steps.py", "features.py", "generate.py")
 # interpreter's environment, also when pytest runs as `.venv/bin/python -m pytest` without an
 # activated venv (as `make test` and CI do).
 os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]])
+
+
+# -- markers for ``make test-fast`` ------------------------------------------------------------
+#
+# Every test is marked by what it needs, found from its code (the test function, the fixtures it
+# uses and the test-module helpers they call, followed a few levels down), so that a new test is
+# classified without anyone remembering to: ``postgres`` (a PostgreSQL database), ``server`` (a
+# server on a port: MLflow's, ``relay server/serve/ui``, uvicorn), ``cli_process`` (a separate
+# Python process: the CLI as a process, a fresh interpreter or venv). ``slow`` stays explicit.
+# ``make test-fast`` deselects all four; ``make test`` runs everything.
+
+_FIXTURE_MARKS = {
+    "postgres_url": ("postgres",),
+    "pg_database": ("postgres",),
+    "mlflow_server": ("postgres", "server"),
+}
+_CODE_MARKS = {
+    "server": re.compile(
+        r'relay_process\(\s*"(?:server|serve|ui)"|\buvicorn\b|"models",\s*"serve"'
+    ),
+    "cli_process": re.compile(r"\brelay_process\(|\bsys\.executable\b|\brun_clients\("),
+}
+_TESTS = Path(__file__).resolve().parent
+_OWN = (_TESTS, ROOT / "bench")  # code followed: the tests' and the benchmarks' (not conftest)
+
+
+def _ours(obj: object) -> Path | None:
+    try:
+        path = Path(inspect.getsourcefile(obj) or "").resolve()  # type: ignore[arg-type]
+    except TypeError:
+        return None
+    if path.name == "conftest.py" or not any(path.is_relative_to(d) for d in _OWN):
+        return None
+    return path
+
+
+def _names(code: CodeType) -> set[str]:
+    found = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, CodeType):
+            found |= _names(const)
+    return found
+
+
+_SOURCES: dict[object, str] = {}
+
+
+def _reached_source(funcs: list[object], depth: int = 4) -> str:
+    """The source of ``funcs`` and of the test/bench functions they call (``depth`` levels)."""
+    seen: set[int] = set()
+    texts: list[str] = []
+    level = [inspect.unwrap(f) for f in funcs]  # type: ignore[arg-type]
+    for _ in range(depth):
+        following: list[object] = []
+        for func in level:
+            if id(func) in seen or not callable(func) or _ours(func) is None:
+                continue
+            seen.add(id(func))
+            if func not in _SOURCES:
+                try:
+                    _SOURCES[func] = inspect.getsource(func)  # type: ignore[arg-type]
+                except (OSError, TypeError):
+                    _SOURCES[func] = ""
+            texts.append(_SOURCES[func])
+            code = getattr(func, "__code__", None)
+            if code is None:
+                continue
+            names = _names(code)
+            for name in names:
+                target = func.__globals__.get(name)  # type: ignore[attr-defined]
+                if isinstance(target, ModuleType):  # team.run_clients, ...
+                    following += [getattr(target, n) for n in names if hasattr(target, n)]
+                elif inspect.isfunction(target):
+                    following.append(inspect.unwrap(target))
+        level = following
+    return "\n".join(texts)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if not isinstance(item, pytest.Function):
+            continue
+        names = set(item.fixturenames)
+        marks = {m for n in names for m in _FIXTURE_MARKS.get(n, ())}
+        defs = item._fixtureinfo.name2fixturedefs
+        fixtures = [d[-1].func for n, d in defs.items() if n in names and d]
+        text = _reached_source([item.function, *fixtures])
+        marks |= {m for m, pattern in _CODE_MARKS.items() if pattern.search(text)}
+        module = item.path.name
+        if module in _MEASURED_SLOW or f"{module}::{item.originalname}" in _MEASURED_SLOW:
+            marks.add("slow")
+        for mark in sorted(marks - {m.name for m in item.iter_markers()}):
+            item.add_marker(mark)
+    # heaviest modules first, so that xdist's workers finish together (longest job first)
+    order = {name: i for i, name in enumerate(_HEAVY_FIRST)}
+    items.sort(key=lambda it: order.get(it.path.name, len(order)))
+
+
+# measured (pytest --durations=0, one whole run), heaviest first; the rest keep their order
+_MEASURED_SLOW = {
+    line.strip()
+    for line in (_TESTS / "slow_tests.txt").read_text().splitlines()
+    if line.strip() and not line.startswith("#")
+}
+_HEAVY_FIRST: tuple[str, ...] = (
+    "test_team.py", "test_lifecycle_refresh.py", "test_bundle_clean_env.py", "test_readstore.py",
+    "test_serve.py", "test_s3_artifacts.py", "test_ui.py", "test_chain_claims.py",
+    "test_bundle.py", "test_team_outputs.py", "test_lifecycle_reproduce.py",
+    "test_lifecycle_delete.py", "test_runs.py", "test_run.py", "test_crash.py",
+)  # fmt: skip
 
 
 @pytest.fixture(autouse=True)

@@ -359,6 +359,59 @@ def test_requirements_are_computed_exact_and_pinned(fraud):
     threshold = _artifacts(fraud["threshold"])
     assert (threshold / "requirements.txt").read_text().split() == requirements
     assert sorted(p.name for p in (threshold / "code").glob("*.py")) == ["relay_bundle_runtime.py"]
+    shipped = (threshold / "code" / "relay_bundle_runtime.py").read_text()
+    assert shipped == Path(relayml.bundle_runtime.__file__).read_text()
+
+
+def test_bundle_runtime_imports_nothing_of_relayml():
+    import ast
+
+    import relayml.bundle_runtime
+
+    tree = ast.parse(Path(relayml.bundle_runtime.__file__).read_text())
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported.update(a.name.partition(".")[0] for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            assert node.level == 0, "the runtime is copied alone: no relative import"
+            imported.add((node.module or "").partition(".")[0])
+    assert imported <= {
+        "__future__",
+        "collections",
+        "typing",
+        "numpy",
+        "pandas",
+        "sklearn",
+        "mlflow",
+    }
+
+
+def test_log_bundle_writes_to_the_given_store_not_mlflows_current_uri(fraud, tmp_path):
+    from relayml.config import Settings
+    from relayml.store import Store
+
+    before = mlflow.get_tracking_uri()
+    store = Store(
+        Settings(root=tmp_path, project="other", tracking_uri=f"sqlite:///{tmp_path}/o.db")
+    )
+    try:
+        run_id = store.create_run("training", start_ms=0, run_name="r", tags={}).info.run_id
+        mlflow.set_tracking_uri(before)  # MLflow's current URI stays another store's
+        uri = log_bundle(
+            fraud["processor"],
+            fraud["model"],
+            raw_example=fraud["test"],
+            run_id=run_id,
+            store=store,
+        )
+        assert mlflow.get_tracking_uri() == before
+        assert load_bundle(uri, store=store).columns == FEATURES
+        model = store.client.get_logged_model(uri.removeprefix("models:/"))
+        assert (model.source_run_id, str(model.status)) == (run_id, "READY")
+    finally:
+        mlflow.set_tracking_uri(before)
+        mlflow.set_registry_uri(before)
 
 
 def _module(folder: Path, name: str, source: str, monkeypatch: pytest.MonkeyPatch):
@@ -486,6 +539,27 @@ def test_bundle_that_fails_the_load_proof_fails_with_the_childs_error(fraud, tmp
             log_bundle(processor, model, raw_example=fraud["test"], run_id=run.info.run_id)
         assert "fraud_plugins.py" in str(e.value)  # the end of the child's traceback follows
         assert _logged_models(run.info.run_id) == []  # the bad bundle is not left behind
+
+
+def test_a_proof_never_sees_the_code_an_earlier_bundle_shipped(fraud, tmp_path, monkeypatch):
+    # the proof's warm interpreter serves every bundle of this process: each proof runs in a
+    # fresh fork, so a module shipped by one bundle cannot be imported by the next
+    first = _module(tmp_path, "fraud_first", "def clip(x):\n    return x\n", monkeypatch)
+    _fit_log(_clip_processor(first.clip), fraud["test"])
+    second = _module(
+        tmp_path,
+        "fraud_second",
+        """
+        import importlib
+
+        def clip(x):
+            importlib.import_module("fraud_" + "first")
+            return x
+        """,
+        monkeypatch,
+    )
+    with pytest.raises(BundleError, match=r"does not load without relayml.*'fraud_first'"):
+        _fit_log(_clip_processor(second.clip), fraud["test"])
 
 
 _INLINE_VARIANT = """

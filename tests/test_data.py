@@ -119,7 +119,7 @@ def pg_db(frame: pd.DataFrame, postgres_url: str) -> Iterator[DB]:
         engine.dispose()
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def db(request: pytest.FixtureRequest) -> DB:
     return request.getfixturevalue(f"{request.param}_db" if request.param == "sqlite" else "pg_db")
 

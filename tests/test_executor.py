@@ -69,7 +69,7 @@ def test_grid_search_and_batch_scoring_match_local(
 ) -> None:
     import pandas as pd
 
-    from relayml.serve import predict_file
+    from relayml.serving.batch import predict_file
 
     # the example's liblinear is unseeded (it draws from numpy's global generator): seed it
     # here so that two runs of the search can be compared exactly

@@ -111,8 +111,12 @@ LAYERS: dict[str, tuple[int, str]] = {
             "relayml.runs",
             "relayml.bundle",
             "relayml.bundle_child",
+            "relayml.bundle_compile",
+            "relayml.bundle_load",
+            "relayml.bundle_log",
             "relayml.bundle_proof",
             "relayml.bundle_requirements",
+            "relayml.bundle_runtime",
             "relayml.bundle_trust",
         )
     },
@@ -135,11 +139,7 @@ LAYERS: dict[str, tuple[int, str]] = {
         m: (4, "services")
         for m in (
             "relayml.lifecycle",
-            "relayml.serve",
             "relayml.serving",
-            "relayml.serving_http",
-            "relayml.serving_limits",
-            "relayml.batch",
             "relayml.executor",
             "relayml.scaffold",
         )

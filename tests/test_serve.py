@@ -1,4 +1,4 @@
-"""Tests of relayml.serve: the scoring app (vs. `mlflow models serve`), errors, batch scoring."""
+"""Tests of relayml.serving: the scoring app (vs. `mlflow models serve`), errors, batch scoring."""
 
 from __future__ import annotations
 
@@ -21,7 +21,8 @@ from test_bundle import FEATURES, fit_fraud, fit_fraud_example, make_fraud_table
 from relayml import __version__
 from relayml.bundle import load_bundle, log_bundle
 from relayml.errors import UsageError
-from relayml.serve import create_app, predict_file
+from relayml.serving.app import create_app
+from relayml.serving.batch import predict_file
 
 with warnings.catch_warnings():  # "use httpx2": the test client still works with httpx
     warnings.simplefilter("ignore")
@@ -481,7 +482,7 @@ def test_http_semantics_allow_www_authenticate_and_scheme_case(served):
 
 
 def test_check_bind_refuses_bad_ports_and_warns_on_open_hosts():
-    from relayml.serve import check_bind
+    from relayml.serving.http import check_bind
 
     for port in (0, -1, 65536, 70000):
         with pytest.raises(UsageError, match="out of range"):
@@ -498,7 +499,7 @@ def guarded(served):
 
     import uvicorn
 
-    from relayml.serving_http import GuardedHttpProtocol
+    from relayml.serving.http import GuardedHttpProtocol
 
     class Quick(GuardedHttpProtocol):
         header_timeout = 1.0
@@ -531,6 +532,22 @@ def test_connections_that_send_nothing_are_closed(guarded, sends):
             time.sleep(0.4)
         assert s.recv(100) == b""  # closed by the server
     assert httpx.get(f"http://127.0.0.1:{guarded}/ping").status_code == 200
+
+
+def test_a_stalled_body_is_closed_and_a_slow_one_is_not(guarded):
+    head = b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: text/csv\r\n"
+    with socket.create_connection(("127.0.0.1", guarded)) as s:  # stalls after 10 of 100
+        s.settimeout(20)
+        s.sendall(head + b"Content-Length: 100\r\n\r\n" + b"x" * 10)
+        assert s.recv(100) == b""  # closed by the server
+    body = b"Time\n" + b"1\n" * 8
+    with socket.create_connection(("127.0.0.1", guarded)) as s:  # slow, never stalled 1 s
+        s.settimeout(20)
+        s.sendall(head + f"Content-Length: {len(body)}\r\n\r\n".encode())
+        for i in range(0, len(body), 4):
+            time.sleep(0.3)
+            s.sendall(body[i : i + 4])
+        assert s.recv(100).startswith(b"HTTP/1.1 ")  # answered, not cut off
 
 
 def test_fuzzed_bodies_never_sink_the_server(served):

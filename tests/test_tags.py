@@ -65,3 +65,23 @@ def test_run_ids_are_recognised() -> None:
     assert not tags.is_run_id("0" * 31)
     assert not tags.is_run_id("A" * 32)
     assert not tags.is_run_id("training/logreg@latest")
+
+
+def test_the_architecture_page_names_every_module_in_its_layer() -> None:
+    import sys
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from test_imports import layer
+
+    text = ARCHITECTURE.read_text()
+    rows = [line for line in text.splitlines() if line.startswith("| ")]
+    missing = []
+    for path in sorted(SRC.rglob("*.py")):
+        if path.name == "__init__.py":
+            continue
+        rel = path.relative_to(SRC)
+        module = "relayml." + ".".join(rel.with_suffix("").parts)
+        name = layer(module)[1]
+        if not any(line.startswith(f"| {name} |") and path.name in line for line in rows):
+            missing.append(f"{rel} ({name})")
+    assert missing == [], "add a line to docs/ARCHITECTURE.md's module table"

@@ -65,8 +65,8 @@ _EXPORTS: dict[str, str] = {
     "refresh": "relayml.lifecycle",
     "promote": "relayml.lifecycle",
     # serving
-    "serve": "relayml.serve",
-    "predict": "relayml.serve",
+    "serve": "relayml.serving.api",
+    "predict": "relayml.serving.api",
     "load_bundle": "relayml.bundle",
     # configuration and errors
     "Settings": "relayml.config",
@@ -109,9 +109,9 @@ def __dir__() -> list[str]:
 
 
 class _Package(types.ModuleType):
-    """Keeps ``relay.runs``, ``relay.chain`` and ``relay.serve`` the public functions.
+    """Keeps ``relay.runs`` and ``relay.chain`` the public functions.
 
-    Importing a submodule sets it as an attribute of its package; three submodules share a
+    Importing a submodule sets it as an attribute of its package; two submodules share a
     name with the function they export, so that attribute is skipped and the function stays.
     Import those modules' contents with ``from relayml.runs import ...``.
     """
@@ -153,5 +153,5 @@ if TYPE_CHECKING:
     from relayml.outputs import Outputs
     from relayml.runner import Context, run
     from relayml.runs import Run, RunList, get, open_project, runs
-    from relayml.serve import predict, serve
+    from relayml.serving.api import predict, serve
     from relayml.steps import Param, Step, Variant, step

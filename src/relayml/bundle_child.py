@@ -1,21 +1,27 @@
 """The child side of a bundle's load proof: load a bundle without relayml and predict.
 
-:mod:`relayml.bundle_proof` runs this file as a script, ``python -I bundle_child.py``: an
-isolated interpreter (no ``PYTHONPATH``, no user site, no current folder on ``sys.path``) that
-must never import relayml, so this file imports only the standard library at its top. The
-parent talks to it on stdin, one JSON object per line:
+:mod:`relayml.bundle_proof` runs this file as a script, ``python -I -B bundle_child.py``: an
+isolated interpreter (no ``PYTHONPATH``, no user site, no current folder on ``sys.path``, no
+bytecode written into a bundle's code) that must never import relayml, so this file imports only
+the standard library at its top. The parent talks to it on stdin, one JSON object per line:
 
 1. ``{"allowed": [...], "warm": [...]}``: the top-level modules of MLflow and its
    dependencies (every bundle requires MLflow). From then on any other import fails as if the
-   module were not installed: relayml, test tools, Dask... The ``warm`` modules (MLflow, the
-   flavors, skops) are imported at once, while the parent trains and logs the model.
-2. ``{"allowed": [...], "model": DIR, "out": FILE}``: add the modules the bundle's
-   requirements (with their dependencies) and its shipped code provide, load the model in
-   ``DIR`` with ``mlflow.pyfunc.load_model``, predict its input example and write the
-   prediction to ``FILE`` (``.npz``, see :func:`prediction_arrays`).
+   module were not installed: relayml, test tools, Dask... The ``warm`` modules (pandas,
+   Parquet, scikit-learn) are imported at once, while the parent trains and logs the model.
+2. then, for each bundle, ``{"allowed": [...], "model": DIR, "example": FILE, "out": FILE,
+   "stderr": FILE, "estimators": [...]}``:
+   the warm interpreter forks a fresh process (so one bundle's code never reaches the next
+   proof), which adds the modules the bundle's requirements (with their dependencies) and its
+   shipped code provide, loads the model in ``DIR`` as MLflow does (:func:`_load`), predicts
+   the records of the ``example`` Parquet file and writes the prediction to ``FILE``
+   (``.npz``, see :func:`prediction_arrays`), its errors to the ``stderr`` file. The warm
+   interpreter answers ``{"code": N}`` on stdout (0: proven) and waits for the next bundle; it
+   ends at the end of its stdin. Where ``os.fork`` does not exist, it runs the one bundle
+   itself and ends.
 
-Exit code 0 on success; on failure the traceback goes to stderr, its last line being
-``ErrorType: message``, and the exit code is 1.
+On failure the traceback goes to stderr, its last line being ``ErrorType: message``, and the
+exit code is 1.
 """
 
 from __future__ import annotations
@@ -94,14 +100,95 @@ def prediction_arrays(prediction: Any) -> dict[str, Any]:
     return {k: v.astype(str) if v.dtype.hasobject else v for k, v in arrays.items()}
 
 
-def _predict(model_dir: str, out: str) -> None:
-    import mlflow.pyfunc
-    import numpy as np
-    from mlflow.models import Model
+def _import_skops(estimators: list[str] | None) -> Any:
+    """``skops.io``, imported with scikit-learn's estimator names given rather than computed.
 
-    model = mlflow.pyfunc.load_model(model_dir, suppress_warnings=True)  # same env: no mismatch
-    example = Model.load(model_dir).load_input_example(model_dir)
-    np.savez(out, **prediction_arrays(model.predict(example)))
+    Importing skops lists every scikit-learn estimator (its default trusted types), which
+    imports all of scikit-learn: seconds. The parent has skops imported already and sends the
+    same names; the trusted types are then exactly skops's own.
+    """
+    if estimators is None or "skops.io" in sys.modules:
+        import skops.io
+
+        return skops.io
+    import sklearn.utils
+
+    named = []
+    for name in estimators:
+        module, _, qualname = name.rpartition(".")
+        named.append((qualname, type(qualname, (), {"__module__": module})))
+    real = sklearn.utils.all_estimators
+    sklearn.utils.all_estimators = lambda *args, **kwargs: named
+    try:
+        import skops.io
+    finally:
+        sklearn.utils.all_estimators = real
+    return skops.io
+
+
+def _load(model_dir: str, estimators: list[str] | None) -> Any:
+    """The ``predict`` of the MLflow model in ``model_dir``, loaded as MLflow loads it.
+
+    A scikit-learn bundle saved with skops is loaded the way ``mlflow.pyfunc.load_model``
+    does (the flavor's ``code`` folder first on ``sys.path``, then ``skops.io.load`` with the
+    trusted types of its ``MLmodel``) without importing MLflow; any other bundle with
+    ``mlflow.pyfunc.load_model`` itself.
+    """
+    import yaml
+
+    with open(os.path.join(model_dir, "MLmodel"), encoding="utf-8") as f:
+        flavors = yaml.safe_load(f)["flavors"]
+    conf = flavors.get("sklearn")
+    if conf is None or conf.get("serialization_format") != "skops":
+        import mlflow.pyfunc
+
+        return mlflow.pyfunc.load_model(model_dir, suppress_warnings=True).predict
+    code = (flavors.get("python_function") or {}).get("code") or conf.get("code")
+    if code:
+        sys.path.insert(0, os.path.join(model_dir, code))
+    skops_io = _import_skops(estimators)
+    path = os.path.join(model_dir, conf["pickled_model"])
+    return skops_io.load(path, trusted=conf.get("skops_trusted_types")).predict
+
+
+def _predict(job: dict[str, Any]) -> None:
+    import numpy as np
+    import pandas as pd
+
+    predict = _load(job["model"], job.get("estimators"))
+    example = pd.read_parquet(job["example"])
+    np.savez(job["out"], **prediction_arrays(predict(example)))
+
+
+def _report(e: BaseException) -> int:
+    traceback.print_exc()
+    print(f"{type(e).__name__}: {e}", file=sys.stderr)
+    sys.stderr.flush()
+    return 1
+
+
+def _prove(blocker: ImportBlocker, job: dict[str, Any]) -> int:
+    """Load and predict one bundle in this process; the exit code."""
+    try:
+        blocker.allowed.update(job["allowed"])  # the bundle's own requirements and code
+        _predict(job)
+    except BaseException as e:
+        return _report(e)
+    return 0
+
+
+def _forked(blocker: ImportBlocker, job: dict[str, Any]) -> int:
+    """Prove one bundle in a forked copy of this warm interpreter; its exit code."""
+    pid = os.fork()
+    if pid == 0:  # the copy: its stderr goes to the job's file
+        code = 1
+        try:
+            fd = os.open(job["stderr"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            os.dup2(fd, 2)
+            code = _prove(blocker, job)
+        finally:
+            os._exit(code)
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
 
 
 def main() -> int:
@@ -113,17 +200,14 @@ def main() -> int:
         for name in setup.get("warm", []):
             with contextlib.suppress(ImportError):  # loading says what is missing, if it matters
                 importlib.import_module(name)
-        line = sys.stdin.readline()
-        if not line:
-            return 0  # the parent gave up (no bundle, or logging failed)
-        job = json.loads(line)
-        blocker.allowed.update(job["allowed"])  # the bundle's own requirements and code
-        _predict(job["model"], job["out"])
     except BaseException as e:
-        traceback.print_exc()
-        print(f"{type(e).__name__}: {e}", file=sys.stderr)
-        return 1
-    return 0
+        return _report(e)
+    while line := sys.stdin.readline():
+        job = json.loads(line)
+        if not hasattr(os, "fork"):
+            return _prove(blocker, job)
+        print(json.dumps({"code": _forked(blocker, job)}), flush=True)
+    return 0  # the parent is done (or gave up)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,8 @@ from relayml.store import Store, get_store, quote
 if TYPE_CHECKING:
     from mlflow.entities import Run as MlflowRun
 
+    from relayml.readstore import RunRecord
+
 __all__ = ["FAILED", "NEW", "REUSED", "Chain", "Planned", "record", "records"]
 
 RECORD_TAG = tag.CHAIN_RECORD  # on a chain's final run: the id of the chain's record
@@ -98,7 +100,7 @@ class Chain:
     notes: list[str] = field(default_factory=list)
 
     @property
-    def record(self) -> MlflowRun | None:
+    def record(self) -> MlflowRun | RunRecord | None:
         """The chain's record run (an ``mlflow.entities.Run``, fetched from the store)."""
         runs = list(self.runs.values())
         if self.record_id is None or not runs:
@@ -216,7 +218,7 @@ def record(
     now = int(time.time() * 1000)
     name = f"chain {final.run.key}" if final.run else f"chain {final.step}/{final.variant}"
     entity = store.create_run(tag.CHAINS_EXPERIMENT, start_ms=now, run_name=name, tags=tags)
-    run_id = entity.info.run_id
+    run_id: str = entity.info.run_id
     metrics = result.metrics if error is None else {}
     store.log(run_id, params=params, metrics=metrics)
     store.finish(run_id, "FAILED" if error else "FINISHED")
@@ -244,7 +246,7 @@ def _note(result: Chain) -> str:
     return "\n".join(lines)
 
 
-def records(project: Project = None, *, limit: int = 100) -> list[MlflowRun]:
+def records(project: Project = None, *, limit: int = 100) -> list[MlflowRun | RunRecord]:
     """The chain records of a project, newest first (``mlflow.entities.Run`` objects).
 
     Example:

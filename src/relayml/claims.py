@@ -19,8 +19,16 @@ each other both withdraw and retry after a random jitter.
 This module only searches and writes through :class:`relayml.store.Store`.
 
 Example:
-    >>> outcome = claim(store, request)  # doctest: +SKIP
-    >>> outcome.reused is None  # we hold the claim: run it in outcome.run_id  # doctest: +SKIP
+    >>> from relayml.request import prepare
+    >>> from relayml.runner import execute
+    >>> from relayml.store import get_store
+    >>> request = prepare("processing", "plain", {"seed": 1})
+    >>> store = get_store(request.settings)
+    >>> outcome = claim(store, request)
+    >>> outcome.reused is None  # we hold the claim: run the step in outcome.run_id
+    True
+    >>> done = execute(request, created=(outcome.run_id, outcome.key))
+    >>> claim(store, request).reused == done  # the next claimant reuses it
     True
 """
 
@@ -65,8 +73,12 @@ def finished_like(store: Store, req: Request, limit: int = 5) -> list[Run]:
     """FINISHED runs with the request's fingerprint, newest first: one indexed search.
 
     Example:
-        >>> [r.key for r in finished_like(store, request)]  # doctest: +SKIP
-        [RunKey(step='processing', variant='plain', time='20190209101500')]
+        >>> from relayml.request import prepare
+        >>> from relayml.store import get_store
+        >>> request = prepare("processing", "plain")
+        >>> found = finished_like(get_store(request.settings), request)
+        >>> [(r.key.variant, r.params["seed"]) for r in found]
+        [('plain', '42')]
     """
     flt = f"tags.`relay.fingerprint` = {quote(req.fingerprint)} AND attributes.status = 'FINISHED'"
     found = store.search([req.step], flt, limit=limit)
@@ -99,8 +111,14 @@ def claim(
         run to reuse.
 
     Example:
-        >>> c = claim(store, request)  # doctest: +SKIP
-        >>> done = c.reused or runner.execute(request, created=(c.run_id, c.key))  # doctest: +SKIP
+        >>> from relayml.request import prepare
+        >>> from relayml.runner import execute
+        >>> from relayml.store import get_store
+        >>> request = prepare("processing", "plain", {"test_size": 0.3})
+        >>> c = claim(get_store(request.settings), request)
+        >>> done = c.reused or execute(request, created=(c.run_id, c.key))
+        >>> done.status, done.params["test_size"]
+        ('FINISHED', '0.3')
     """
     started = time.monotonic()
     announced: set[str] = set()

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from relayml.checks import Checks
-from relayml.config import Settings
+from relayml.config import Settings, Source
 from relayml.errors import ChecksFailed, UnknownName, UsageError
 from relayml.keys import RunKey
 from relayml.store import Store
@@ -248,7 +248,7 @@ class Context:
         self._snapshots.append((name, snap, id(frame)))
         return frame
 
-    def _source(self, name: str):
+    def _source(self, name: str) -> Source:
         try:
             return self.settings.sources[name]
         except KeyError:
@@ -304,7 +304,9 @@ class Context:
         with joblib_backend(self.settings):
             yield
 
-    def progress(self, items: Iterable[Any], description: str = "", total: int | None = None):
+    def progress(
+        self, items: Iterable[Any], description: str = "", total: int | None = None
+    ) -> Iterable[Any]:
         """Iterate with a progress bar (hidden when progress is off).
 
         Example:

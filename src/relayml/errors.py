@@ -38,23 +38,56 @@ __all__ = [
 
 
 class RelayError(Exception):
-    """Base class of every error relayml raises on purpose."""
+    """Base class of every error relayml raises on purpose.
+
+    ``exit_code`` is what the CLI exits with for it.
+
+    Example:
+        >>> try:
+        ...     relay.get("training/rf@latest")
+        ... except relay.RelayError as e:
+        ...     print(type(e).__name__, e.exit_code)
+        NotFound 2
+    """
 
     exit_code = 1
 
 
 class UsageError(RelayError):
-    """Bad input from the user (a malformed key, an unknown name, a wrong type). Exit code 2."""
+    """Bad input from the user (a malformed key, an unknown name, a wrong type). Exit code 2.
+
+    Example:
+        >>> relay.run("processing", "plain", {"seed": "seven"})
+        Traceback (most recent call last):
+        ...
+        relayml.errors.UsageError: parameter 'seed' expects int, got 'seven'...
+    """
 
     exit_code = 2
 
 
 class ConfigError(UsageError):
-    """``relay.toml`` is missing, malformed, or names something that does not exist."""
+    """``relay.toml`` is missing, malformed, or names something that does not exist.
+
+    Example:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> relay.load_settings(Path(tempfile.mkdtemp()))
+        Traceback (most recent call last):
+        ...
+        relayml.errors.ConfigError: no relay.toml in /... or any parent folder; run 'relay init' ...
+    """
 
 
 class NotFound(UsageError, LookupError):
-    """A reference that matches no run (exit code 2)."""
+    """A reference that matches no run (exit code 2).
+
+    Example:
+        >>> relay.get("training/rf@latest")
+        Traceback (most recent call last):
+        ...
+        relayml.errors.NotFound: no finished run matches 'training/rf@latest'; ...
+    """
 
 
 class UnknownName(UsageError, KeyError):
@@ -64,6 +97,13 @@ class UnknownName(UsageError, KeyError):
         kind: what was looked up, e.g. ``"variant"``.
         name: what the user typed.
         valid: the names that exist; the closest ones are suggested.
+
+    Example:
+        >>> try:
+        ...     relay.run("training", "lgreg")
+        ... except relay.UnknownName as e:
+        ...     print(e)
+        unknown variant 'lgreg' of step 'training'; did you mean 'logreg'? (valid: ...)
     """
 
     def __init__(
@@ -89,24 +129,67 @@ class UnknownName(UsageError, KeyError):
 
 
 class SourceError(RelayError):
-    """A data source failed: unreachable database, bad query, unreadable file (exit code 1)."""
+    """A data source failed: unreachable database, bad query, unreadable file (exit code 1).
+
+    In a step it fails the run: :class:`StepFailed` is raised from it.
+
+    Example:
+        >>> with open("steps.py", "a") as f:
+        ...     _ = f.write('''
+        ... @load.variant("missing")
+        ... def missing(ctx: relay.Context):
+        ...     return ctx.query("fraud", "SELECT * FROM no_such_table")
+        ... ''')
+        >>> try:
+        ...     relay.run("load", "missing")
+        ... except relay.StepFailed as e:
+        ...     print(type(e.__cause__).__name__, relay.runs("load", variant="missing")[0].status)
+        SourceError FAILED
+    """
 
 
 class StepFailed(RelayError):
-    """A step's own code raised; its run is FAILED and the traceback is an artifact."""
+    """A step's own code raised; its run is FAILED and the traceback is an artifact.
+
+    Example:
+        >>> relay.run("processing", "plain", {"test_size": 2.0})
+        Traceback (most recent call last):
+        ...
+        relayml.errors.StepFailed: processing/plain@... failed: InvalidParameterError: ...
+        >>> run = relay.runs("processing", status="FAILED")[0]
+        >>> run.status, "error/traceback.txt" in run.artifacts
+        ('FAILED', True)
+    """
 
 
 class OutputError(RelayError):
     """A step's output cannot be stored as data: a bad name or a type with no safe format.
 
     The run ends FAILED and none of its outputs is stored (exit code 1).
+
+    Example:
+        >>> with open("steps.py", "a") as f:
+        ...     _ = f.write('''
+        ... @training.variant("badname")
+        ... def badname(processing):
+        ...     return {"../model": 1}
+        ... ''')
+        >>> relay.run("training", "badname")
+        Traceback (most recent call last):
+        ...
+        relayml.errors.OutputError: output name '../model' of training/badname@... is not valid: ...
     """
 
 
 class UntrustedOutput(RelayError):
     """An output that could run code when loaded (a pickle) from a writer not trusted.
 
-    Raised before anything is unpickled (exit code 1).
+    Raised before anything is unpickled (exit code 1). Writing pickles is opt-in
+    (``[outputs] allow_pickle``); reading them is for the users of ``trusted_users``.
+
+    Example:
+        >>> relay.UntrustedOutput.exit_code, issubclass(relay.UntrustedOutput, relay.RelayError)
+        (1, True)
     """
 
 
@@ -116,6 +199,10 @@ class BundleError(RelayError):
     Raised at the end of a training step: the pipeline holds a lambda or a function of a
     module that imports relayml, or the bundle failed to load and predict in a clean child
     interpreter. The message names the object, the module and the fix.
+
+    Example:
+        >>> relay.BundleError.exit_code, issubclass(relay.BundleError, relay.RelayError)
+        (1, True)
     """
 
 
@@ -123,10 +210,17 @@ class ChecksFailed(StepFailed):
     """A load's data broke the checks declared on its variant (exit code 1).
 
     The run is FAILED, its report is the artifact ``checks/report.txt`` and nothing
-    downstream builds on it. ``report`` holds the :class:`relayml.checks.CheckReport` list.
+    downstream builds on it. ``reports`` holds the :class:`relayml.checks.CheckReport` list.
+
+    Example:
+        >>> try:  # before the first transaction: the load's min_rows=1 check fails
+        ...     relay.run("load", "transactions", as_of="2019-01-01")
+        ... except relay.ChecksFailed as e:
+        ...     print(sorted(f.name for r in e.reports for f in r.failures))
+        ['min_rows']
     """
 
-    def __init__(self, message: str, reports: list | None = None) -> None:
+    def __init__(self, message: str, reports: list[Any] | None = None) -> None:
         super().__init__(message)
         self.reports = list(reports or [])
 
@@ -135,6 +229,14 @@ class ChainFailed(StepFailed):
     """A step of the chain failed (exit 1).
 
     ``.chain`` (a :class:`relayml.Chain`) holds what was resolved and run.
+
+    Example:
+        >>> try:
+        ...     relay.chain("load=transactions@latest", "processing=plain",
+        ...                 params={"processing.test_size": 2.0})
+        ... except relay.ChainFailed as e:
+        ...     print([p.status for p in e.chain.steps])
+        ['reused', 'failed']
     """
 
     def __init__(self, message: str, chain: Any) -> None:
@@ -143,11 +245,21 @@ class ChainFailed(StepFailed):
 
 
 class MixedData(UsageError):
-    """Runs from different data versions were asked to be ranked together (exit code 2)."""
+    """Runs from different data versions were asked to be ranked together (exit code 2).
+
+    Example:
+        >>> relay.MixedData.exit_code, issubclass(relay.MixedData, relay.UsageError)
+        (2, True)
+    """
 
 
 class RefreshBusy(RelayError):
-    """Another refresh of the same alias is running (exit code 1; nothing was done)."""
+    """Another refresh of the same alias is running (exit code 1; nothing was done).
+
+    Example:
+        >>> relay.RefreshBusy.exit_code, issubclass(relay.RefreshBusy, relay.RelayError)
+        (1, True)
+    """
 
 
 class BundleInputError(UsageError):
@@ -156,6 +268,11 @@ class BundleInputError(UsageError):
     Args:
         message: what is wrong and how to fix it.
         field: the offending column (or request field), if any.
+
+    Example:
+        >>> e = relay.BundleInputError("column 'Amount' is missing", field="Amount")
+        >>> e.field, e.exit_code
+        ('Amount', 2)
     """
 
     def __init__(self, message: str, field: str | None = None) -> None:

@@ -2,7 +2,7 @@
 
 :func:`predict_partitions` scores a CSV or Parquet file partition by partition on the workers
 of the project's executor (:mod:`relayml.cluster`), with output identical to
-:func:`relayml.batch.predict_file`.
+:func:`relayml.serving.batch.predict_file`.
 
 Workers need the same Python packages as the client (``pip install 'relayml[dask]'`` and the
 libraries the project's models use). They need no access to the tracking store: the bundle is
@@ -52,8 +52,8 @@ def predict_partitions(
     The client streams the input in partitions of ``partition_rows`` rows, the workers score
     them (a few partitions in flight per worker), and the client writes the results in input
     order. The output has the same columns, order and values as
-    :func:`relayml.batch.predict_file` gives for the same model and input; it is written to a
-    temporary file renamed at the end.
+    :func:`relayml.serving.batch.predict_file` gives for the same model and input; it is
+    written to a temporary file renamed at the end.
 
     Args:
         model_uri: the bundle (``models:/fraud@champion``, ``runs:/ID/model``, a folder).
@@ -82,7 +82,7 @@ def predict_partitions(
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
-    from relayml.batch import PARQUET_SUFFIXES, scoring_input
+    from relayml.serving.batch import PARQUET_SUFFIXES, scoring_input
 
     input, output = Path(input), Path(output)
     bundle, batches, key_column = scoring_input(
@@ -177,8 +177,8 @@ def _bundle_on_worker(token: str, payload: bytes) -> Any:
 def _score_partition(payload: bytes, token: str, part: Any, key_column: str | None, start: int):
     """Score one partition on a worker; returns an Arrow table (key column + predictions)."""
 
-    from relayml.batch import prediction_table
     from relayml.errors import BundleInputError
+    from relayml.serving.batch import prediction_table
 
     bundle = _bundle_on_worker(token, payload)
     try:

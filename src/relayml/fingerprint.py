@@ -108,13 +108,13 @@ def code_parts(
         for top in sorted(graph.tops):
             for name, version in dists.get(top) or [[top, NOT_INSTALLED]]:
                 parts[f"dist:{name}"] = version
-    for path in _included(settings, step):
-        parts[f"file:{_rel(path, root)}"] = _sha(path.read_bytes())
+    for included in _included(settings, step):
+        parts[f"file:{_rel(included, root)}"] = _sha(included.read_bytes())
     for name, source in settings.sources.items():
         if name in graph.strings:
-            where = source.path and _rel(source.path, root)
+            rel = source.path and _rel(source.path, root)
             parts[f"config:sources.{name}"] = digest(
-                canonical({"url": source.url, "path": where, "password_env": source.password_env})
+                canonical({"url": source.url, "path": rel, "password_env": source.password_env})
             )
     return parts
 

@@ -171,7 +171,7 @@ class Reference:
     def __str__(self) -> str:
         if self.run_id:
             return self.run_id
-        head = self.step + (f"/{self.variant}" if self.variant else "")
+        head = (self.step or "") + (f"/{self.variant}" if self.variant else "")
         when = self.time or (self.day.isoformat() if self.day else "latest")
         return f"{head}@{when}"
 

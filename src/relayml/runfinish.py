@@ -86,9 +86,9 @@ def finish(
         tags[tag.RETRIEVAL_TIME] = ctx.retrieval_time.isoformat()
     else:
         _log_upstream_datasets(store, ctx.run_id, req)
-    for out, v in outputs.items():
+    for name, v in outputs.items():
         if id(v) in by_frame:
-            manifest[out] = f"snapshot:{holders[by_frame[id(v)]]}"
+            manifest[name] = f"snapshot:{holders[by_frame[id(v)]]}"
     if any(staged.iterdir()):
         store.upload(ctx.run_id, staged, "outputs")
     tags[tag.OUTPUTS] = canonical(manifest)
@@ -108,7 +108,8 @@ def _store_snapshot(store: Store, settings: Settings, snap: Snapshot) -> str:
         limit=1,
     )
     if found:
-        return found[0].info.run_id
+        found_id: str = found[0].info.run_id
+        return found_id
     entity = store.create_run(
         tag.SNAPSHOTS_EXPERIMENT,
         start_ms=int(time.time() * 1000),
@@ -120,7 +121,7 @@ def _store_snapshot(store: Store, settings: Settings, snap: Snapshot) -> str:
             tag.BYTES: str(snap.bytes),
         },
     )
-    holder = entity.info.run_id
+    holder: str = entity.info.run_id
     staged = snap.path.with_name("snapshot.parquet")
     side = sidecar_path(snap.path)  # the rows' hashes, when the variant declares a key
     files = [staged, sidecar_path(staged)] if side.exists() else [staged]
@@ -295,4 +296,5 @@ def _bundle(
         threshold=outputs.get("threshold"),
         tags=tags,
         proof=proof,
+        store=store,
     )

@@ -228,7 +228,8 @@ class Run:
     @property
     def outputs(self) -> dict[str, str]:
         """``{name: how it is stored}`` of the run's outputs."""
-        return json.loads(self._entity.data.tags.get(tag.OUTPUTS, "{}"))
+        manifest: dict[str, str] = json.loads(self._entity.data.tags.get(tag.OUTPUTS, "{}"))
+        return manifest
 
     @property
     def model_uri(self) -> str | None:
@@ -250,7 +251,7 @@ class Run:
         """The underlying ``mlflow.entities.Run`` (read with MLflow's client if the run was
         read without it)."""
         if type(self._entity).__module__.startswith("relayml."):
-            self._entity = self.store.client.get_run(self.run_id)
+            self._entity = self.store.mlflow_run(self.run_id)
         return self._entity  # type: ignore[return-value]
 
     def load(self, name: str = "output") -> Any:
@@ -326,7 +327,7 @@ class RunList(list[Run]):
         return pd.DataFrame(rows)
 
     @property
-    def keys(self) -> list[str]:  # type: ignore[override]
+    def keys(self) -> list[str]:
         """The run keys as strings."""
         return [str(r.key) for r in self]
 
@@ -404,7 +405,7 @@ def _not_found(ref: Reference, settings: Settings, store: Store) -> str:
         return f"no runs of step {ref.step!r}{hint} (steps with runs: {', '.join(valid) or 'none'})"
     what = "finished run" if not ref.time else "run"
     msg = f"no {what} matches {str(ref)!r}"
-    recent = store.search([ref.step], "", limit=200)  # type: ignore[list-item]
+    recent = store.search([ref.step], "", limit=200)
     keys = [e.data.tags[tag.KEY] for e in recent if visible(e)]
     near = difflib.get_close_matches(str(ref), keys, n=3, cutoff=0.6)
     if near:

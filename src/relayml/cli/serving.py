@@ -70,7 +70,8 @@ def serve_command(
     """
     from relayml.bundle import load_bundle
     from relayml.errors import UsageError
-    from relayml.serve import check_bind, resolve_model, run_server
+    from relayml.serving.api import resolve_model
+    from relayml.serving.http import check_bind, run_server
 
     token = None
     if token_env:
@@ -115,7 +116,7 @@ def predict_command(
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from relayml.errors import UsageError
-    from relayml.serve import predict
+    from relayml.serving.api import predict
 
     if not output.parent.is_dir():
         raise UsageError(

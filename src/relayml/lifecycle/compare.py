@@ -14,7 +14,7 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, overload
 
 from relayml import tags as tag
 from relayml.config import Settings
@@ -76,6 +76,51 @@ class Ranking:
         }
 
 
+@overload
+def compare(
+    step: str | None = None,
+    *,
+    metric: str,
+    refs: Sequence[str | Run] | None = None,
+    data: str | None = None,
+    by_data: Literal[False] = False,
+    lower_is_better: bool | None = None,
+    variant: str | None = None,
+    limit: int | None = 1000,
+    project: Project = None,
+) -> Ranking: ...
+
+
+@overload
+def compare(
+    step: str | None = None,
+    *,
+    metric: str,
+    refs: Sequence[str | Run] | None = None,
+    data: str | None = None,
+    by_data: Literal[True],
+    lower_is_better: bool | None = None,
+    variant: str | None = None,
+    limit: int | None = 1000,
+    project: Project = None,
+) -> list[Ranking]: ...
+
+
+@overload
+def compare(
+    step: str | None = None,
+    *,
+    metric: str,
+    refs: Sequence[str | Run] | None = None,
+    data: str | None = None,
+    by_data: bool = False,
+    lower_is_better: bool | None = None,
+    variant: str | None = None,
+    limit: int | None = 1000,
+    project: Project = None,
+) -> Ranking | list[Ranking]: ...
+
+
 def compare(
     step: str | None = None,
     *,
@@ -114,11 +159,11 @@ def compare(
         UsageError: no run to rank, or none has the metric.
 
     Example:
-        >>> ranking = relay.compare(  # doctest: +SKIP
+        >>> ranking = relay.compare(
         ...     "training", metric="test_roc_auc", data="load/transactions@latest"
         ... )
-        >>> ranking.best.key  # doctest: +SKIP
-        RunKey(step='training', variant='rf', time='20190210094501')
+        >>> ranking.metric, ranking.best.step, ranking.best.variant
+        ('test_roc_auc', 'training', 'logreg')
     """
     settings = open_project(project)
     if not metric:

@@ -33,12 +33,15 @@ from relayml.store.backend import (
     quote,
 )
 from relayml.store.tracking import _STORES as _STORES  # bench/resolve.py clears it
-from relayml.store.tracking import Store, get_store
+from relayml.store.tracking import Store, activate_uris, active_uris, current_store, get_store
 
 __all__ = [
     "EXPERIMENT_KIND",
     "PAGE",
     "Store",
+    "activate_uris",
+    "active_uris",
+    "current_store",
     "ensure_indexes",
     "experiment_description",
     "get_store",

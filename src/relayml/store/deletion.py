@@ -9,9 +9,10 @@ below it; when MLflow renames them, this is the one place to follow it. A tracki
 offers none of them (its own ``mlflow gc`` purges, see :func:`relayml.store.purge_deleted`).
 
 Example:
-    >>> store = get_store(open_project())  # doctest: +SKIP
-    >>> store.deleted_run_ids(older_than_ms=0)  # doctest: +SKIP
-    ['9f2c...']
+    >>> from relayml.store import get_store
+    >>> store = get_store(relay.open_project())  # the embedded SQLite store purges
+    >>> store.can_purge, store.deleted_run_ids(older_than_ms=365 * 86_400_000)
+    (True, [])
 """
 
 from __future__ import annotations

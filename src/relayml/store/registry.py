@@ -6,18 +6,21 @@ models, versions, aliases, their tags) and its logged-model API. Everything here
 instead of raising MLflow's exceptions, so callers never import MLflow.
 
 Example:
-    >>> store = get_store(open_project())  # doctest: +SKIP
-    >>> store.model_version_by_alias("fraud", "champion")  # doctest: +SKIP
-    {'name': 'fraud', 'version': 1, 'run_id': '9f2c...'}
+    >>> from relayml.store import get_store
+    >>> store = get_store(relay.open_project())
+    >>> store.model_version_by_alias("fraud", "no-such-alias") is None
+    True
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from relayml.errors import RelayError
-from relayml.store.backend import quote
+from relayml.store.backend import quote, tag_value
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -39,6 +42,8 @@ class RegistryMethods:
         def activate(self) -> None: ...
 
         def _read(self, call: Callable[[Any], Any], *, missing: Any) -> Any: ...
+
+        def get_run(self, run_id: str) -> Any: ...
 
     # -- registered models and versions ----------------------------------------------------
 
@@ -221,3 +226,65 @@ class RegistryMethods:
             >>> store.delete_logged_model("m-0123abcd")  # doctest: +SKIP
         """
         self.client.delete_logged_model(model_id)
+
+    def create_logged_model(
+        self, run_id: str, *, name: str, tags: Mapping[str, str] | None = None
+    ) -> tuple[str, str]:
+        """A new logged model (MLflow 3) of a run, in the run's experiment and with its params.
+
+        Returns:
+            ``(model_id, artifact_location)``; the model stays PENDING until
+            :meth:`finalize_logged_model`.
+
+        Example:
+            >>> model_id, where = store.create_logged_model(run_id, name="model")  # doctest: +SKIP
+        """
+        run = self.get_run(run_id)
+        if run is None:
+            raise RelayError(f"no run {run_id!r} in {self.settings.tracking_uri}")
+        model = self.client.create_logged_model(
+            experiment_id=str(run.info.experiment_id),
+            name=name,
+            source_run_id=run_id,
+            tags={k: tag_value(k, v) for k, v in (tags or {}).items()},
+            params={k: str(v) for k, v in run.data.params.items()},
+        )
+        return model.model_id, model.artifact_location
+
+    def log_model_artifacts(self, model_id: str, folder: Path) -> None:
+        """Upload a saved model folder as the artifacts of a logged model.
+
+        Example:
+            >>> store.log_model_artifacts(model_id, Path("model"))  # doctest: +SKIP
+        """
+        self.client.log_model_artifacts(model_id, str(folder))
+
+    def link_logged_model(self, run_id: str, model_id: str) -> None:
+        """Record a logged model as an output of its run, with the run's metrics, as
+        ``mlflow.<flavor>.log_model`` does (MLflow's UI shows them on the model's page).
+
+        Example:
+            >>> store.link_logged_model(run_id, model_id)  # doctest: +SKIP
+        """
+        from mlflow.entities import LoggedModelOutput, Metric
+
+        self.client.log_outputs(run_id, [LoggedModelOutput(model_id, step=0)])
+        run = self.get_run(run_id)
+        metrics = run.data.metrics if run is not None else {}
+        if metrics:
+            now = int(time.time() * 1000)
+            self.client.log_batch(
+                run_id,
+                metrics=[
+                    Metric(k, float(v), now, 0, run_id=run_id, model_id=model_id)
+                    for k, v in metrics.items()
+                ],
+            )
+
+    def finalize_logged_model(self, model_id: str, *, ready: bool) -> None:
+        """Mark a logged model READY (complete) or FAILED.
+
+        Example:
+            >>> store.finalize_logged_model(model_id, ready=True)  # doctest: +SKIP
+        """
+        self.client.finalize_logged_model(model_id, "READY" if ready else "FAILED")

@@ -10,9 +10,9 @@ read path cannot answer. The registry and logged models are in
 :mod:`relayml.store.registry`, purging in :mod:`relayml.store.deletion`.
 
 Example:
-    >>> store = get_store(open_project())  # doctest: +SKIP
-    >>> store.experiment_id("load")  # doctest: +SKIP
-    '1'
+    >>> store = get_store(relay.open_project())
+    >>> [e.data.tags["relay.step"] for e in store.search(["load"], limit=1)]
+    ['load']
 """
 
 from __future__ import annotations
@@ -50,9 +50,10 @@ if TYPE_CHECKING:
     from mlflow.entities import Run as MlflowRun
     from mlflow.tracking import MlflowClient
 
-__all__ = ["Store", "get_store"]
+__all__ = ["Store", "activate_uris", "active_uris", "get_store"]
 
 _STORES: dict[tuple[str, str, str], Store] = {}
+_CURRENT: dict[tuple[str, str], Store] = {}  # current_store(): one per MLflow URI
 _LOCK = threading.Lock()
 
 
@@ -60,8 +61,9 @@ def get_store(settings: Settings) -> Store:
     """The store of a project's tracking URI (one per process and URI).
 
     Example:
-        >>> get_store(settings).client.tracking_uri  # doctest: +SKIP
-        'sqlite:////work/fraud/.relay/mlflow.db'
+        >>> store = get_store(relay.open_project())
+        >>> store is get_store(relay.open_project()), store.settings.project
+        (True, 'fraud')
     """
     ident = (settings.tracking_uri, settings.project, settings.artifact_location)
     with _LOCK:
@@ -70,6 +72,53 @@ def get_store(settings: Settings) -> Store:
         store = _STORES[ident]
     follow(store)
     return store
+
+
+def active_uris() -> tuple[str, str]:
+    """The tracking and registry URIs MLflow's process-wide (fluent) API points at.
+
+    Example:
+        >>> tracking, registry = active_uris()
+        >>> tracking == registry or bool(registry)
+        True
+    """
+    import mlflow
+
+    return mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+
+
+def activate_uris(tracking_uri: str | None, registry_uri: str | None = None) -> None:
+    """Point MLflow's fluent API at these URIs (a fresh process given its parent's store).
+
+    A URI left None is left as it is. :meth:`Store.activate` does this for a project.
+
+    Example:
+        >>> activate_uris(*active_uris())
+    """
+    import mlflow
+
+    if tracking_uri:
+        mlflow.set_tracking_uri(tracking_uri)
+    if registry_uri:
+        mlflow.set_registry_uri(registry_uri)
+
+
+def current_store() -> Store:
+    """A store on the tracking URI MLflow's fluent API uses now, for code outside a project
+    (one per process and URI).
+
+    Example:
+        >>> current_store().settings.tracking_uri  # doctest: +SKIP
+        'sqlite:///mlflow.db'
+    """
+    import mlflow
+
+    uri = mlflow.get_tracking_uri()
+    with _LOCK:
+        if ("", uri) not in _CURRENT:
+            settings = Settings(root=Path.cwd(), project="", tracking_uri=uri)
+            _CURRENT[("", uri)] = Store(settings, read_path=False)
+        return _CURRENT[("", uri)]
 
 
 class Store(RegistryMethods, DeletionMethods):
@@ -305,6 +354,15 @@ class Store(RegistryMethods, DeletionMethods):
             return self.client.get_run(run_id)
         except MlflowException:
             return None
+
+    def mlflow_run(self, run_id: str) -> MlflowRun:
+        """The run as MLflow's own ``mlflow.entities.Run``, read with MLflow's client.
+
+        Example:
+            >>> store.mlflow_run(run_id).info.run_id == run_id  # doctest: +SKIP
+            True
+        """
+        return self.client.get_run(run_id)
 
     # -- logged models and the registry (MLflow's public client API) -----------------------
 

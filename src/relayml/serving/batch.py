@@ -6,8 +6,9 @@ partition with :func:`prediction_table`), so both give the same output. It reads
 loads bundles; it starts no server and imports neither the scoring app nor the executor.
 
 Example:
-    >>> predict_file("models:/fraud@champion", Path("new.csv"), Path("out.csv"))  # doctest: +SKIP
-    284807
+    >>> relay.get("load/transactions@latest").load("output").head(5).to_csv("new.csv")
+    >>> predict_file(relay.get("training/logreg@latest").model_uri, Path("new.csv"), Path("o.csv"))
+    5
 """
 
 from __future__ import annotations
@@ -58,9 +59,14 @@ def predict_file(
         UsageError: unknown suffix, missing file, unknown key column, or bad records.
 
     Example:
-        >>> uri = "models:/fraud@champion"
-        >>> predict_file(uri, Path("new.parquet"), Path("out.csv"))  # doctest: +SKIP
-        284807
+        >>> uri = relay.get("training/logreg@latest").model_uri
+        >>> relay.get("load/transactions@latest").load("output").head(5).to_parquet("new.parquet")
+        >>> predict_file(uri, Path("new.parquet"), Path("out.csv"))
+        5
+        >>> predict_file(uri, Path("new.parquet"), Path("out.txt"))
+        Traceback (most recent call last):
+        ...
+        relayml.errors.UsageError: output out.txt: unknown suffix; use .csv or .parquet
     """
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
@@ -138,8 +144,13 @@ def prediction_table(bundle: Bundle, batch: Any, key_column: str | None, start: 
         BundleInputError: a record the model cannot take (the message names the column).
 
     Example:
-        >>> prediction_table(bundle, batch, "id", 0).column_names  # doctest: +SKIP
-        ['id', 'label', 'score']
+        >>> import pyarrow as pa
+        >>> from relayml.bundle import load_bundle
+        >>> bundle = load_bundle(relay.get("training/logreg@latest").model_uri)
+        >>> records = relay.get("load/transactions@latest").load("output").head(3)
+        >>> batch = pa.RecordBatch.from_pandas(records, preserve_index=False)
+        >>> prediction_table(bundle, batch, None, 0).column_names
+        ['row', 'label', 'score']
     """
     import pyarrow as pa
 
@@ -169,8 +180,15 @@ def scoring_input(
             the input, an unknown key column, or fewer than one row per batch.
 
     Example:
-        >>> args = (uri, Path("in.csv"), Path("out.csv"), 1000, None)
-        >>> bundle, batches, key = scoring_input(*args)  # doctest: +SKIP
+        >>> uri = relay.get("training/logreg@latest").model_uri
+        >>> relay.get("load/transactions@latest").load("output").head(5).to_csv("in.csv")
+        >>> bundle, batches, key = scoring_input(uri, Path("in.csv"), Path("out.csv"), 2, None)
+        >>> [b.num_rows for b in batches]
+        [2, 2, 1]
+        >>> scoring_input(uri, Path("missing.csv"), Path("out.csv"), 2, None)
+        Traceback (most recent call last):
+        ...
+        relayml.errors.UsageError: input missing.csv: no such file
     """
     for what, path in (("input", input), ("output", output)):
         if path.suffix.lower() not in (".csv", *PARQUET_SUFFIXES):
@@ -200,7 +218,12 @@ def open_input(input: Path, bundle: Bundle, rows: int) -> tuple[list[str], Itera
     input schema, and a value that does not convert is a UsageError naming the column.
 
     Example:
-        >>> names, batches = open_input(Path("new.csv"), bundle, 100_000)  # doctest: +SKIP
+        >>> from relayml.bundle import load_bundle
+        >>> bundle = load_bundle(relay.get("training/logreg@latest").model_uri)
+        >>> relay.get("load/transactions@latest").load("output").head(3).to_parquet("in.parquet")
+        >>> names, batches = open_input(Path("in.parquet"), bundle, 2)
+        >>> "Amount" in names, [b.num_rows for b in batches]
+        (True, [2, 1])
     """
     import pyarrow as pa
     import pyarrow.csv as pacsv

@@ -103,6 +103,7 @@ LAYERS: dict[str, tuple[int, str]] = {
             "relayml.data_digest",
             "relayml.data_sources",
             "relayml.data_summary",
+            "relayml.data_rowhash",
             "relayml.datadiff",
             "relayml.datadrift",
             "relayml.fingerprint",

@@ -242,7 +242,8 @@ try:
 except SystemExit as e:
     code = e.code
 heavy = sorted(
-    {m.split(".")[0] for m in sys.modules} & {"mlflow", "pandas", "sklearn", "sqlalchemy"}
+    {m.split(".")[0] for m in sys.modules}
+    & {"mlflow", "pandas", "sklearn", "sqlalchemy", "duckdb", "pyarrow"}
 )
 print("HEAVY", ",".join(heavy), file=sys.stderr)
 """
@@ -256,6 +257,7 @@ def test_reads_in_a_fresh_process_never_import_mlflow(project: Path, relay) -> N
         ["runs"], ["runs", "--json"], ["show", "training/logreg@latest"],
         ["show", "training/logreg@latest", "--json"], ["lineage", "training/logreg@latest"],
         ["steps"],
+        ["compare", "training", "--metric", "test_roc_auc"],
         ["chain", "load=transactions@latest", "processing=plain", "training=logreg"],
     ]  # fmt: skip
     for args in commands:

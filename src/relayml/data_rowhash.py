@@ -39,7 +39,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -96,6 +95,8 @@ def _values(arr: pa.Array) -> np.ndarray:
             return x.view(np.uint64)
         return x.astype(np.int64, copy=False).view(np.uint64)
     # strings, decimals and anything else: pandas' SipHash of each value
+    import pandas as pd
+
     return pd.util.hash_array(arr.to_numpy(zero_copy_only=False).astype(object), categorize=False)
 
 

@@ -22,7 +22,6 @@ from relayml import tags as tag
 from relayml.codeinfo import canonical
 from relayml.config import Settings
 from relayml.context import Context
-from relayml.data_rowhash import sidecar_path
 from relayml.outputs import cache_dir, check_name, is_frame, stage_outputs
 from relayml.request import Request
 from relayml.runs import Run
@@ -122,6 +121,9 @@ def _store_snapshot(store: Store, settings: Settings, snap: Snapshot) -> str:
         },
     )
     holder: str = entity.info.run_id
+    # here, not at the top: numpy, pyarrow and pandas stay out of reads and reused chains
+    from relayml.data_rowhash import sidecar_path
+
     staged = snap.path.with_name("snapshot.parquet")
     side = sidecar_path(snap.path)  # the rows' hashes, when the variant declares a key
     files = [staged, sidecar_path(staged)] if side.exists() else [staged]

@@ -16,9 +16,7 @@ from collections.abc import Callable, Mapping
 from contextlib import suppress
 from typing import Any
 
-from relayml.bundle import load_bundle
 from relayml.config import Settings
-from relayml.datadiff import diff, rows_not_in, snapshot_of
 from relayml.errors import RelayError, UsageError
 from relayml.outputs import load_output
 from relayml.runs import Run
@@ -60,6 +58,10 @@ def score_bundle(uri: str, rows: Any, target: str, metric: str) -> float:
     Raises:
         UsageError: relay cannot compute this metric itself.
     """
+    # bundles and data diffs load scikit-learn, pyarrow and DuckDB: imported when a refresh
+    # scores, not when `relay compare` imports the lifecycle package
+    from relayml.bundle import load_bundle
+
     found = metric_fn(metric)
     if found is None:
         raise UsageError(f"relay cannot compute {metric!r} itself (roc_auc, f1, ...)")
@@ -89,6 +91,9 @@ def score_fresh(
     model is scored on rows it was trained on. Returns ``(served, {run_id: score})``;
     ``served["note"]`` says why nothing was scored when that was not possible.
     """
+    from relayml.bundle import load_bundle
+    from relayml.datadiff import rows_not_in, snapshot_of
+
     version, served_run = champ
     served: dict[str, Any] = {"version": version, "key": str(served_run.key)}
     holder = next((r for r in ups.values() if "test_rows" in r.outputs), None)
@@ -135,6 +140,9 @@ def served_diff(
     max_drift: float | None,
 ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
     """``relay diff`` of the served model's data and the fresh data; the largest feature PSI."""
+    from relayml.bundle import load_bundle
+    from relayml.datadiff import diff
+
     if not served_run.data_keys:
         return None, None
     try:

@@ -61,10 +61,6 @@ def sidecar_path(snapshot: Path) -> Path:
     return snapshot.with_name(stem + SUFFIX)
 
 
-def _quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
 _P = np.uint64(0x9E3779B97F4A7C15)  # odd: multiplying by it is a bijection of uint64
 _SHIFT = np.uint64(29)
 

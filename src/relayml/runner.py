@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -36,7 +37,7 @@ from relayml.redaction import redact
 from relayml.request import Request, pipeline_of, prepare
 from relayml.runfinish import early_proof, finish, log_checks
 from relayml.runs import Project, Run
-from relayml.runstart import Heartbeat, create_run, quiet, record_code
+from relayml.runstart import Heartbeat, create_run, record_code
 from relayml.store import Store, get_store
 
 __all__ = ["Context", "Request", "Terminated", "execute", "pipeline_of", "prepare", "run"]
@@ -86,11 +87,11 @@ def execute(
         raise
     except (Exception, SystemExit) as e:  # sys.exit() in a variant fails its run, too
         tb = traceback.format_exc()
-        with quiet():
+        with contextlib.suppress(Exception):
             store.log_text(run_id, tb, "error/traceback.txt")
             if isinstance(e, SystemExit):
                 store.set_tag(run_id, tag.EXIT_CODE, str(e.code))
-        with quiet():
+        with contextlib.suppress(Exception):
             log_checks(store, ctx)
         msg = redact(_short(e))
         _end(store, run_id, "FAILED", msg)
@@ -158,7 +159,7 @@ def _arguments(req: Request, ctx: Context) -> dict[str, Any]:
 
 
 def _end(store: Store, run_id: str, status: str, message: str) -> None:
-    with quiet():
+    with contextlib.suppress(Exception):
         store.set_tag(run_id, tag.ERROR, message[:4000])
     store.finish(run_id, status)
 

@@ -38,7 +38,6 @@ __all__ = [
     "Heartbeat",
     "create_run",
     "data_tags",
-    "quiet",
     "record_code",
     "run_description",
 ]
@@ -152,11 +151,6 @@ def record_code(store: Store, run_id: str, req: Request) -> None:
         store.log_text(run_id, req.code.diff, "code/uncommitted.diff")
 
 
-def quiet() -> contextlib.suppress:
-    """Best effort: a logging error must never hide the step's own outcome."""
-    return contextlib.suppress(Exception)
-
-
 class Heartbeat:
     """A daemon thread that stamps ``relay.heartbeat`` while the step runs.
 
@@ -172,7 +166,7 @@ class Heartbeat:
 
     def _loop(self) -> None:
         while not self._stop.wait(self.every):
-            with quiet():
+            with contextlib.suppress(Exception):  # best effort: never hide the step's outcome
                 self.store.set_tag(self.run_id, tag.HEARTBEAT, f"{time.time():.3f}")
 
     def __enter__(self) -> Heartbeat:

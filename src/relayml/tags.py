@@ -226,7 +226,7 @@ MEANINGS: tuple[tuple[str, str], ...] = (
     (REFRESH_WINNER, "refresh record: the winning run"),
     (REFRESH_METRIC, "refresh record: the metric compared"),
     (refresh_metric("<alias>"), "refresh record: the metric of each contender"),
-    (refresh_run(0).replace("0", "<i>"), "refresh record: a challenger's run id"),
+    (f"{REFRESH}run.<i>", "refresh record: a challenger's run id"),
     (REFRESH_LOWER_IS_BETTER, "refresh record: the metric's direction"),
     (REFRESH_MARGIN, "refresh record: the margin a challenger must beat"),
     (REFRESH_ALIAS, "refresh record: the registry alias moved"),

@@ -223,6 +223,20 @@ def test_a_collision_jumps_past_every_taken_second(project: Path, monkeypatch) -
     assert len(keys) == len(set(keys)) == 5
 
 
+def test_latest_is_the_run_that_started_last(project: Path, monkeypatch) -> None:
+    """A key moved ahead of the clock by a collision does not make its run the newest."""
+    relayml.run("load", "transactions")
+    frozen = time.time()
+    monkeypatch.setattr(time, "time", lambda: frozen)
+    relayml.run("processing", "plain")
+    ahead = relayml.run("processing", "plain", params={"seed": 1})  # collides: key one second on
+    monkeypatch.setattr(time, "time", lambda: frozen + 0.5)
+    later = relayml.run("processing", "robust")
+    assert ahead.key.moment > later.key.moment  # the key ran ahead ...
+    assert relayml.get("processing@latest") == later  # ... the start time did not
+    assert relayml.runs("processing")[0] == later
+
+
 STARTER = """
 import pathlib, sys, time
 import relayml.runner

@@ -3,8 +3,9 @@
 Run keys are unique even when two processes start the same variant in the same second: a
 new run is created with its key, then the store is searched for that key; a run that finds
 another run holding the same key withdraws (its run is deleted before any work) and tries
-again one second later. Whichever search comes last sees both runs, so two runs can never
-both keep a key.
+again one second after the variant's newest key. Whichever search comes last sees both runs,
+so two runs can never both keep a key. A key may so run ahead of the clock; the run's MLflow
+start time never does, so ``@latest`` is the run that started last.
 
 Example:
     >>> from relayml.runstart import data_tags
@@ -51,11 +52,11 @@ CODE_PARTS_TAG_MAX = 8000  # MLflow's limit on a tag value; longer parts are in 
 def create_run(store: Store, req: Request) -> tuple[str, RunKey]:
     """Create the run under a key no other active run holds (see the module docstring)."""
     store.prepare_writes()  # before the start time and heartbeat are stamped
-    now = time.time()
-    key = RunKey.at(req.step, req.variant.name, datetime.fromtimestamp(now, UTC))
-    millis = int(now * 1000) % 1000
+    key = RunKey.at(req.step, req.variant.name, datetime.fromtimestamp(time.time(), UTC))
     for _ in range(60):
-        start_ms = int(key.moment.timestamp()) * 1000 + millis
+        # the real clock, even when the key had to move ahead of it: '@latest' is the run
+        # that started last, whatever variant's keys ran ahead
+        start_ms = int(time.time() * 1000)
         entity = store.create_run(
             req.step, start_ms=start_ms, run_name=str(key), tags=_base_tags(req, key)
         )
@@ -76,7 +77,12 @@ def _after_newest(store: Store, key: RunKey) -> RunKey:
     When many runs of a variant start each second their keys run ahead of the clock; jumping
     past the newest one costs one search instead of a collision per taken second.
     """
-    found = store.search([key.step], f"tags.`relay.variant` = {quote(key.variant)}", limit=1)
+    found = store.search(
+        [key.step],
+        f"tags.`relay.variant` = {quote(key.variant)}",
+        order_by=(f"tags.`{tag.KEY}` DESC",),  # start times follow the clock, keys may not
+        limit=1,
+    )
     newest = found[0].data.tags.get(tag.KEY) if found else None
     later = parse_key(newest) if newest else key
     return max(key, later, key=lambda k: k.time).next_second()

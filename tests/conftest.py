@@ -392,7 +392,7 @@ def mlflow_server(pg_database: str, tmp_path: Path) -> Iterator[str]:
             "--port",
             str(port),
             "--workers",
-            "2",
+            "1",  # each worker imports MLflow's server (seconds of CPU); one serves the tests
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

@@ -226,7 +226,7 @@ def test_a_collision_jumps_past_every_taken_second(project: Path, monkeypatch) -
 def test_latest_is_the_run_that_started_last(project: Path, monkeypatch) -> None:
     """A key moved ahead of the clock by a collision does not make its run the newest."""
     relayml.run("load", "transactions")
-    frozen = time.time()
+    frozen = int(time.time()) + 0.1  # early in a second: +0.5 stays in it
     monkeypatch.setattr(time, "time", lambda: frozen)
     relayml.run("processing", "plain")
     ahead = relayml.run("processing", "plain", params={"seed": 1})  # collides: key one second on

@@ -87,7 +87,7 @@ def test_s3_artifacts_through_a_server(
     server_env = {**S3_ENV, "MLFLOW_S3_ENDPOINT_URL": s3}
     server = relay_process(
         "server", "--backend", pg_database, "--artifacts", f"s3://{BUCKET}/mlflow",
-        "--port", str(port), cwd=project, env=server_env, start_new_session=True,
+        "--port", str(port), "--workers", "1", cwd=project, env=server_env, start_new_session=True,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     client = {  # no S3 credentials on the client: everything goes through the server

@@ -25,7 +25,7 @@ def test_server_purges_runs_deleted_longer_ago(project: Path, tmp_path: Path) ->
     port = free_port()
     server = relay_process(
         "server", "--port", str(port), "--artifacts", str(tmp_path / "store"),
-        "--purge-deleted-after", "2s",
+        "--purge-deleted-after", "2s", "--workers", "1",
         cwd=project, start_new_session=True,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"

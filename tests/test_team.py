@@ -118,7 +118,7 @@ def test_relay_server_on_postgres_with_auth(
     env = {"RELAY_DB_PASSWORD": secret, "MLFLOW_AUTH_ADMIN_PASSWORD": "admin-Pw-123456"}
     server = relay_process(
         "server", "--backend", backend, "--password-env", "RELAY_DB_PASSWORD",
-        "--artifacts", str(tmp_path / "store"), "--port", str(port), "--auth",
+        "--artifacts", str(tmp_path / "store"), "--port", str(port), "--auth", "--workers", "1",
         cwd=project, env=env, start_new_session=True,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"

@@ -39,7 +39,7 @@ def test_a_colleagues_malicious_pickle_never_runs(pg_database: str, tmp_path: Pa
     port = free_port()
     server = relay_process(
         "server", "--backend", pg_database, "--artifacts", str(tmp_path / "store"),
-        "--port", str(port), "--auth",
+        "--port", str(port), "--auth", "--workers", "1",
         cwd=bob, env={"MLFLOW_AUTH_ADMIN_PASSWORD": ADMIN[1]}, start_new_session=True,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"

@@ -5,8 +5,10 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 EXAMPLE := examples/fraud
 export RELAY_TEST_POSTGRES_URL ?= postgresql+psycopg://postgres@127.0.0.1:5432/test
-# pytest workers (pytest-xdist); a module's tests stay on one worker (its module fixtures once)
-WORKERS ?= auto
+# pytest workers (pytest-xdist): two per core, since many tests wait on servers and child
+# processes; a module's tests stay on one worker (its module fixtures once), the heaviest
+# modules start first, the docstring examples are one unit (see conftest.py)
+WORKERS ?= $(shell echo $$((2 * $$(nproc))))
 XDIST   := -n $(WORKERS) --dist loadfile
 FAST    := not postgres and not server and not cli_process and not slow and not doctest
 

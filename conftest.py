@@ -68,6 +68,23 @@ def build_doctest_project(root: Path, *, days: int = 3, rows_per_day: int = 1500
     return root
 
 
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    """xdist hands whole test files to its workers (a module's fixtures are built once), in the
+    order the items were sorted (``tests/conftest.py``: the heaviest first), and every doctest
+    module as one unit, so that the doctests' project is built by one worker, not by each."""
+    from xdist.scheduler import LoadFileScheduling
+
+    class Files(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return DOCTESTS if nodeid.startswith("src/") else super()._split_scope(nodeid)
+
+    config.option.loadscopereorder = False  # keep the heaviest-first order
+    return Files(config, log)
+
+
+DOCTESTS = "doctests"  # the work unit of every docstring example
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Docstring examples carry the ``doctest`` mark (``make test-fast`` leaves them out:
     their project costs a chain run)."""

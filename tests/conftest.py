@@ -6,7 +6,7 @@ Tests talk to relayml through its public API and CLI. Everything a test creates 
 
 from __future__ import annotations
 
-import atexit
+import fcntl
 import inspect
 import os
 import re
@@ -129,8 +129,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         for mark in sorted(marks - {m.name for m in item.iter_markers()}):
             item.add_marker(mark)
     # heaviest modules first, so that xdist's workers finish together (longest job first)
+    # (the docstring examples are one unit of work: see the repository's conftest.py)
     order = {name: i for i, name in enumerate(_HEAVY_FIRST)}
-    items.sort(key=lambda it: order.get(it.path.name, len(order)))
+    items.sort(
+        key=lambda it: order.get(
+            it.path.name if it.path.is_relative_to(_TESTS) else "doctests", len(order)
+        )
+    )
 
 
 # measured (pytest --durations=0, one whole run), heaviest first; the rest keep their order
@@ -140,10 +145,11 @@ _MEASURED_SLOW = {
     if line.strip() and not line.startswith("#")
 }
 _HEAVY_FIRST: tuple[str, ...] = (
-    "test_team.py", "test_lifecycle_refresh.py", "test_bundle_clean_env.py", "test_readstore.py",
-    "test_serve.py", "test_s3_artifacts.py", "test_ui.py", "test_chain_claims.py",
-    "test_bundle.py", "test_team_outputs.py", "test_lifecycle_reproduce.py",
-    "test_lifecycle_delete.py", "test_runs.py", "test_run.py", "test_crash.py",
+    "test_team.py", "test_team_outputs.py", "test_s3_artifacts.py", "doctests", "test_serve.py",
+    "test_chain_claims.py", "test_readstore.py", "test_lifecycle_delete.py", "test_bundle.py",
+    "test_ui.py", "test_lifecycle_reproduce.py", "test_crash.py", "test_lifecycle_refresh.py",
+    "test_secrets.py", "test_bundle_clean_env.py", "test_data_quality.py", "test_runs.py",
+    "test_serve_cli.py", "test_run.py", "test_server_purge.py",
 )  # fmt: skip
 
 
@@ -170,20 +176,28 @@ def make_project(
     """Copy the fraud example into ``root`` with its generated data, committed to a git repo,
     and an empty tracking store already migrated (``.relay/mlflow.db``, ignored by git).
 
-    Each shape is built once per session and copied (generating rows, three git calls and
-    MLflow's migration chain cost seconds a project).
+    Each shape is built once per test run, by the first xdist worker that needs it, and copied
+    (generating rows, three git calls and MLflow's migration chain cost seconds a project).
     """
-    key = (days, rows_per_day, commit)
-    if key not in _TEMPLATES:
-        template = Path(tempfile.mkdtemp(prefix="relay-template-")) / "fraud"
-        atexit.register(shutil.rmtree, template.parent, ignore_errors=True)
-        _build_project(template, days=days, rows_per_day=rows_per_day, commit=commit)
-        _TEMPLATES[key] = template
-    shutil.copytree(_TEMPLATES[key], root, symlinks=True, dirs_exist_ok=True)
+    shared = _SHARED[0] if _SHARED else Path(tempfile.mkdtemp(prefix="relay-templates-"))
+    template = shared / f"template-{days}-{rows_per_day}-{commit}" / "fraud"
+    with open(template.parent.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # the other workers wait for the first one's build
+        if not (template.parent / "built").exists():
+            shutil.rmtree(template.parent, ignore_errors=True)  # a build that was interrupted
+            _build_project(template, days=days, rows_per_day=rows_per_day, commit=commit)
+            (template.parent / "built").touch()
+    shutil.copytree(template, root, symlinks=True, dirs_exist_ok=True)
     return root
 
 
-_TEMPLATES: dict[tuple[int, int, bool], Path] = {}
+_SHARED: list[Path] = []  # the folder of the run's templates, shared by its xdist workers
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _shared_templates(tmp_path_factory: pytest.TempPathFactory) -> None:
+    base = tmp_path_factory.getbasetemp()
+    _SHARED[:] = [base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base]
 
 
 def _build_project(root: Path, *, days: int, rows_per_day: int, commit: bool) -> None:

@@ -301,3 +301,48 @@ def test_mlflow_imported_after_a_read_follows_the_project_store(tmp_path: Path) 
     env.pop("MLFLOW_TRACKING_URI", None)
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert out.stdout.split() == [uri, uri], out.stderr[-2000:]
+
+
+def test_server_reads_use_the_credentials_of_the_moment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A process acting for another user reads as that user (MLflow reads them per request)."""
+    import base64
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from relayml.readstore.rest import RestReader
+
+    seen: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            seen.append(self.headers.get("Authorization", ""))
+            body = json.dumps({"experiments": []}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        reader = RestReader(f"http://127.0.0.1:{server.server_address[1]}")
+        for user in ("bob", "alice"):
+            monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", user)
+            monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", f"{user}-pw")
+            assert reader.experiments("p/") == {}
+        monkeypatch.delenv("MLFLOW_TRACKING_USERNAME")
+        monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", "t0ken")
+        reader.experiments("p/")
+        reader.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+    users = [base64.b64decode(h.split()[1]).decode() for h in seen[:2]]
+    assert users == ["bob:bob-pw", "alice:alice-pw"]
+    assert seen[2] == "Bearer t0ken"

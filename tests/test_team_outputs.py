@@ -1,10 +1,11 @@
 """Team mode: a colleague's malicious output never runs on your machine.
 
-Two users of one ``relay server --auth`` (PostgreSQL backend, proxied artifacts): bob, whose
-project allows pickles, publishes a processing run whose output is a real malicious pickle
-(unpickling it writes a marker file); alice, who allows pickles too but does not list bob in
-``trusted_users``, trains on it: her run fails with a clear error and the marker is never
-written. Once she trusts bob, the output loads.
+Two users of one ``relay server --auth`` (PostgreSQL backend, proxied artifacts; the CLI runs
+in the test's process, as each user in turn): bob, whose project allows pickles, publishes a
+processing run whose output is a real malicious pickle (unpickling it writes a marker file);
+alice, who allows pickles too but does not list bob in ``trusted_users``, trains on it: her run
+fails with a clear error and the marker is never written. Once she trusts bob, the output
+loads.
 """
 
 from __future__ import annotations
@@ -22,15 +23,19 @@ from conftest import free_port, relay_process, wait_http
 ADMIN = ("admin", "admin-Pw-123456")
 
 
-def _relay(project: Path, env: dict[str, str], *args: str) -> tuple[int, str, str]:
-    proc = relay_process(*args, cwd=project, env=env)
-    out, err = proc.communicate(timeout=300)
-    return proc.returncode, out, err
+def _as(monkeypatch: pytest.MonkeyPatch, project: Path, url: str, user: str) -> None:
+    """Work in ``project`` as ``user`` of the server (the CLI runs in this process)."""
+    monkeypatch.chdir(project)
+    monkeypatch.setenv("RELAY_TRACKING_URI", url)
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", user)
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", f"{user}-Pw-123456")
 
 
 @pytest.mark.postgres
 @pytest.mark.slow
-def test_a_colleagues_malicious_pickle_never_runs(pg_database: str, tmp_path: Path) -> None:
+def test_a_colleagues_malicious_pickle_never_runs(
+    pg_database: str, tmp_path: Path, relay, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import httpx
 
     bob = write(tmp_path / "bob" / "tiny", "allow_pickle = true")
@@ -53,31 +58,26 @@ def test_a_colleagues_malicious_pickle_never_runs(pg_database: str, tmp_path: Pa
             )
             assert made.status_code == 200, made.text
 
-        def as_user(user: str) -> dict[str, str]:
-            return {
-                "RELAY_TRACKING_URI": url,
-                "MLFLOW_TRACKING_USERNAME": user,
-                "MLFLOW_TRACKING_PASSWORD": f"{user}-Pw-123456",
-            }
-
+        _as(monkeypatch, bob, url, "bob")
         for args in (("load", "rows"), ("processing", "evil", "-P", f"marker={marker}")):
-            code, out, err = _relay(bob, as_user("bob"), "run", *args, "--json")
-            assert code == 0, err
-        assert json.loads(out)["status"] == "FINISHED"
+            done = relay("run", *args, "--json")
+            assert done.code == 0, done
+        assert json.loads(done.out)["status"] == "FINISHED"
         assert not marker.exists()
 
-        code, out, err = _relay(alice, as_user("alice"), "run", "training", "use")
-        assert code == 1, (out, err)
-        assert "output 'box'" in err and "written by 'bob'" in err
-        assert "[outputs] trusted_users" in err
-        assert "Traceback" not in err
+        _as(monkeypatch, alice, url, "alice")
+        used = relay("run", "training", "use")
+        assert used.code == 1, used
+        assert "output 'box'" in used.err and "written by 'bob'" in used.err
+        assert "[outputs] trusted_users" in used.err
+        assert "Traceback" not in used.err
         assert not marker.exists()
-        code, out, err = _relay(alice, as_user("alice"), "runs", "training", "--json")
-        assert [r["status"] for r in json.loads(out)] == ["FAILED"], (out, err)
+        listed = relay("runs", "training", "--json")
+        assert [r["status"] for r in json.loads(listed.out)] == ["FAILED"], listed
 
         set_outputs(alice, 'allow_pickle = true\ntrusted_users = ["bob"]')
-        code, out, err = _relay(alice, as_user("alice"), "run", "training", "use")
-        assert code == 0, err
+        used = relay("run", "training", "use")
+        assert used.code == 0, used
         assert marker.read_text() == "pwned"  # trusted: bob's pickle was loaded (and ran)
     finally:
         if server.poll() is None:

@@ -33,9 +33,32 @@ from relayml.readstore.records import (
 if TYPE_CHECKING:
     import httpx
 
-__all__ = ["RestReader"]
+__all__ = ["RestReader", "credentials"]
 
 PAGE = 1000
+
+
+def credentials() -> dict[str, Any]:
+    """MLflow's credentials as the environment holds them now, as httpx request arguments.
+
+    Read for every request, as MLflow's client does: a process that acts for another user
+    (``MLFLOW_TRACKING_USERNAME`` changed) reads as that user from then on.
+
+    Example:
+        >>> import os
+        >>> os.environ["MLFLOW_TRACKING_USERNAME"] = "alice"
+        >>> credentials()["auth"][0]
+        'alice'
+        >>> del os.environ["MLFLOW_TRACKING_USERNAME"]
+        >>> credentials()
+        {}
+    """
+    env = os.environ
+    if env.get("MLFLOW_TRACKING_TOKEN"):
+        return {"headers": {"Authorization": f"Bearer {env['MLFLOW_TRACKING_TOKEN']}"}}
+    if env.get("MLFLOW_TRACKING_USERNAME"):
+        return {"auth": (env["MLFLOW_TRACKING_USERNAME"], env.get("MLFLOW_TRACKING_PASSWORD", ""))}
+    return {}
 
 
 class RestReader:
@@ -47,25 +70,17 @@ class RestReader:
 
     @property
     def http(self) -> httpx.Client:
-        """The HTTP client (created on first use, with MLflow's credentials)."""
+        """The HTTP client (created on first use; TLS settings from MLflow's variables)."""
         if self._client is None:
             import httpx
 
             env = os.environ
-            auth: Any = None
-            headers = {}
-            if env.get("MLFLOW_TRACKING_TOKEN"):
-                headers["Authorization"] = f"Bearer {env['MLFLOW_TRACKING_TOKEN']}"
-            elif env.get("MLFLOW_TRACKING_USERNAME"):
-                auth = (env["MLFLOW_TRACKING_USERNAME"], env.get("MLFLOW_TRACKING_PASSWORD", ""))
             verify: Any = True
             if env.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() == "true":
                 verify = False
             elif env.get("MLFLOW_TRACKING_SERVER_CERT_PATH"):
                 verify = env["MLFLOW_TRACKING_SERVER_CERT_PATH"]
-            self._client = httpx.Client(
-                base_url=self.uri, auth=auth, headers=headers, verify=verify, timeout=120
-            )
+            self._client = httpx.Client(base_url=self.uri, verify=verify, timeout=120)
         return self._client
 
     def close(self) -> None:
@@ -77,7 +92,7 @@ class RestReader:
         """One API call; None for RESOURCE_DOES_NOT_EXIST. Other failures are Unsupported:
         MLflow's client then retries and reports them in its own words."""
         try:
-            res = self.http.request(method, path, **kw)
+            res = self.http.request(method, path, **credentials(), **kw)
         except Exception as e:
             raise Unsupported(f"{method} {path}: {e}") from e
         if res.status_code == 404 and "RESOURCE_DOES_NOT_EXIST" in res.text:

@@ -255,6 +255,12 @@ def test_diff_reads_row_hash_sidecars_with_the_same_result(tmp_path: Path) -> No
     slow = diff_files(plain / "a.parquet", plain / "b.parquet", key=["id"], labels=labels)
     assert (fast.added, fast.removed) == (7, 40)
     assert fast.changed > 0 and fast == slow
+    # examples are read by position, across b's row groups of 97 rows
+    assert [e["id"] for e in fast.examples["added"]] == [10_000, 10_001, 10_002, 10_003, 10_004]
+    assert [e["x"] for e in fast.examples["added"][:3]] == a["x"].iloc[:3].tolist()
+    assert [e["id"] for e in fast.examples["removed"]] == [0, 50, 100, 150, 200]
+    removed = a["x"].iloc[[0, 50, 100, 150, 200]].tolist()
+    assert [e["x"] for e in fast.examples["removed"]] == removed
     # a sidecar of another snapshot (a stale one, copied by hand) is ignored, not trusted
     shutil.copy(sidecar_path(with_hash / "a.parquet"), sidecar_path(plain / "b.parquet"))
     shutil.copy(sidecar_path(with_hash / "a.parquet"), sidecar_path(plain / "a.parquet"))

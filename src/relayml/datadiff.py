@@ -6,7 +6,8 @@ DuckDB's limit, not by the size of the data) and reads each file once for the ro
 * Rows, with a key: one query scans each version once (its key and one hash of each row's
   values), joins them on the key (FULL OUTER JOIN) and aggregates the rows added, removed and
   changed (a change is any difference in a common column) and the smallest keys of each kind
-  together; only those few example rows are read again (by key, so row groups are pruned).
+  together, with their positions; only the row groups holding those few example rows are
+  read again.
   Without a key: the rows found only in one version, as multisets of row hashes (a changed
   row is then one removed and one added).
 * Sidecars: a snapshot written with a key keeps its rows' hashes beside it
@@ -217,7 +218,7 @@ def diff_files(
         if key:
             same = list(types["a"].items()) == list(types["b"].items())
             sides = [sidecar_for(Path(p), key, values) if same else None for p in (a, b)]
-            _keyed(con, out, key, values, sides if None not in sides else None)
+            _keyed(con, out, key, values, (a, b), sides if None not in sides else None)
         else:
             _unkeyed(con, out, common)
         others = [c for c in values if c not in binned]
@@ -252,80 +253,94 @@ def _keyed(
     out: DataDiff,
     key: list[str],
     values: list[str],
+    paths: Sequence[Path],
     sidecars: Sequence[Path | None] | None = None,
 ) -> None:
-    """Rows added, removed and changed, and the keys of a few of each, in one pass.
+    """Rows added, removed and changed, and a few of each, in one pass over each version.
 
-    One query scans each version once (its key and one hash of each row's values, read from
-    the two sidecars when both serve, else computed over the snapshot), joins them on the key
-    (FULL OUTER JOIN, DuckDB's hash join) and aggregates the three counts and the smallest
-    keys of each kind (``min(key, n)``) together: no temporary table, no second join. Only the
-    few example rows are read again (by key, so Parquet row groups are pruned).
+    One query scans each version once (its key, one hash of each row's values and the row's
+    position, read from the two sidecars when both serve, else computed over the snapshot),
+    joins them on the key (FULL OUTER JOIN, DuckDB's hash join) and aggregates the three
+    counts and the smallest keys of each kind (``min(key, n)``) with their positions together:
+    no temporary table, no second join. The example rows are then read by position, each
+    Parquet row group that holds one decoded once.
     """
     keys = ", ".join(ident(k) for k in key)
     on = " AND ".join(f"x.{ident(k)} = y.{ident(k)}" for k in key)
-    kx = "row(" + ", ".join(f"x.{ident(k)}" for k in key) + ")"
-    ky = "row(" + ", ".join(f"y.{ident(k)}" for k in key) + ")"
-    side = {v: f"SELECT {keys}, {_row_hash(v, values)} AS h__ FROM {v}" for v in ("a", "b")}
-    if sidecars:
-        side = {
-            v: f"SELECT {keys}, {HASH_COLUMN} AS h__ FROM read_parquet({_literal(p)})"  # type: ignore[arg-type]
-            for v, p in zip(("a", "b"), sidecars, strict=True)
-        }
+    kx = ", ".join(f"x.{ident(k)}" for k in key)
+    ky = ", ".join(f"y.{ident(k)}" for k in key)
+    files = [_literal(Path(p)) for p in (sidecars or paths)]
+    side = {  # a sidecar holds its snapshot's rows in the snapshot's order
+        v: f"SELECT {keys}, {HASH_COLUMN if sidecars else _row_hash(v, values)} AS h__, "
+        f"file_row_number AS p__ FROM read_parquet({f}, file_row_number = true) {v}"
+        for v, f in zip(("a", "b"), files, strict=True)
+    }
     added, removed, changed, ex_added, ex_removed, ex_changed = con.execute(
         f"""SELECT count(*) FILTER (WHERE x.h__ IS NULL),
                    count(*) FILTER (WHERE y.h__ IS NULL),
                    count(*) FILTER (WHERE x.h__ <> y.h__),
-                   min({ky}, {EXAMPLES}) FILTER (WHERE x.h__ IS NULL),
-                   min({kx}, {EXAMPLES}) FILTER (WHERE y.h__ IS NULL),
-                   min({kx}, {EXAMPLES}) FILTER (WHERE x.h__ <> y.h__)
+                   min(row({ky}, y.p__), {EXAMPLES}) FILTER (WHERE x.h__ IS NULL),
+                   min(row({kx}, x.p__), {EXAMPLES}) FILTER (WHERE y.h__ IS NULL),
+                   min(row({kx}, x.p__, y.p__), {EXAMPLES}) FILTER (WHERE x.h__ <> y.h__)
             FROM ({side["a"]}) x FULL OUTER JOIN ({side["b"]}) y ON {on}"""
     ).fetchone()
     out.added, out.removed, out.changed = int(added), int(removed), int(changed)
-    examples: dict[str, list[Any]] = {
-        "added": _rows_by_key(con, "b", key, _tuples(ex_added)),
-        "removed": _rows_by_key(con, "a", key, _tuples(ex_removed)),
+    n = len(key)
+    adds, removes, changes = _tuples(ex_added), _tuples(ex_removed), _tuples(ex_changed)
+    old = _rows_at(paths[0], [t[n] for t in removes] + [t[n] for t in changes])
+    new = _rows_at(paths[1], [t[n] for t in adds] + [t[n + 1] for t in changes])
+    out.examples = {
+        "added": [new[t[n]] for t in adds],
+        "removed": [old[t[n]] for t in removes],
+        "changed": [
+            {
+                "key": {k: old[t[n]][k] for k in key},
+                "changes": {
+                    c: [old[t[n]][c], new[t[n + 1]][c]]
+                    for c in values
+                    if old[t[n]][c] != new[t[n + 1]][c]
+                },
+            }
+            for t in changes
+        ],
     }
-    picked = _tuples(ex_changed)
-    old = {_k(r, key): r for r in _rows_by_key(con, "a", key, picked)}
-    new = {_k(r, key): r for r in _rows_by_key(con, "b", key, picked)}
-    examples["changed"] = [
-        {
-            "key": {k: old[k_][k] for k in key},
-            "changes": {c: [old[k_][c], new[k_][c]] for c in values if old[k_][c] != new[k_][c]},
-        }
-        for k_ in sorted(old, key=str)
-        if k_ in new
-    ]
-    out.examples = examples
 
 
 def _tuples(keys: list[Any] | None) -> list[tuple[Any, ...]]:
-    """The keys ``min(row(...), n)`` returned, as tuples (``None``: no row of that kind)."""
+    """The rows ``min(row(...), n)`` returned, as tuples (``None``: no row of that kind)."""
     return [tuple(k.values()) if isinstance(k, dict) else tuple(k) for k in keys or []]
 
 
-def _k(row: Mapping[str, Any], key: list[str]) -> tuple[Any, ...]:
-    return tuple(row[k] for k in key)
+def _rows_at(path: Path, positions: list[int]) -> dict[int, dict[str, Any]]:
+    """The rows of a Parquet file at these positions: only the row groups holding them are read.
 
+    Example:
+        >>> import pandas as pd, tempfile, pathlib
+        >>> p = pathlib.Path(tempfile.mkdtemp()) / "a.parquet"
+        >>> pd.DataFrame({"id": [7, 8, 9]}).to_parquet(p, row_group_size=2)
+        >>> _rows_at(p, [2, 0])
+        {0: {'id': 7}, 2: {'id': 9}}
+    """
+    import bisect
 
-def _rows_by_key(
-    con: duckdb.DuckDBPyConnection, view: str, key: list[str], keys: list[tuple[Any, ...]]
-) -> list[dict[str, Any]]:
-    """The rows holding a few key values (bound parameters: Parquet row groups are pruned)."""
-    if not keys:
-        return []
-    ors, params = [], []
-    for row in keys:  # "=" (not IS NOT DISTINCT FROM) lets Parquet row-group statistics prune
-        parts = [
-            f"{ident(k)} IS NULL" if v is None else f"{ident(k)} = ?"
-            for k, v in zip(key, row, strict=True)
-        ]
-        ors.append("(" + " AND ".join(parts) + ")")
-        params += [v for v in row if v is not None]
-    where = " OR ".join(ors)
-    order = ", ".join(ident(k) for k in key)
-    return _rows(con, f"SELECT * FROM {view} WHERE {where} ORDER BY {order}", params)
+    import pyarrow.parquet as pq
+
+    if not positions:
+        return {}
+    pf = pq.ParquetFile(path)
+    starts = [0]
+    for i in range(pf.num_row_groups):
+        starts.append(starts[-1] + pf.metadata.row_group(i).num_rows)
+    wanted: dict[int, list[int]] = {}
+    for p in sorted(set(positions)):
+        wanted.setdefault(bisect.bisect_right(starts, p) - 1, []).append(p)
+    names = pf.schema_arrow.names
+    found: dict[int, dict[str, Any]] = {}
+    for group, rows in wanted.items():
+        table = pf.read_row_group(group).take([p - starts[group] for p in rows])
+        for p, row in zip(rows, table.to_pylist(), strict=True):
+            found[p] = {n: _plain(row[n]) for n in names}
+    return found
 
 
 def _unkeyed(con: duckdb.DuckDBPyConnection, out: DataDiff, common: list[str]) -> None:
@@ -340,14 +355,6 @@ def _unkeyed(con: duckdb.DuckDBPyConnection, out: DataDiff, common: list[str]) -
                   FROM ({both}) GROUP BY h__)"""
     ).fetchone()
     out.added, out.removed, out.changed = int(added), int(removed), None
-
-
-def _rows(
-    con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = None
-) -> list[dict[str, Any]]:
-    cur = con.execute(sql, params or [])
-    names = [d[0] for d in cur.description]
-    return [{n: _plain(v) for n, v in zip(names, row, strict=True)} for row in cur.fetchall()]
 
 
 def _plain(value: Any) -> Any:

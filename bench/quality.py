@@ -187,6 +187,21 @@ def child(args: list[str]) -> dict:
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
+def measure_snapshots(a: argparse.Namespace, snaps: dict[str, list[dict]]) -> tuple[Path, Path]:
+    """Snapshot the PostgreSQL table in each mode (into ``snaps``); returns the two versions."""
+    table = ensure_postgres(a.pg_url, a.rows)
+    with tempfile.TemporaryDirectory() as d:
+        out = Path(d) / "snap.parquet"
+        for i in range(a.repeat):
+            for mode in ("plain", "summary+checks", "summary+checks+hash"):
+                r = child(["--snapshot", mode, "--table", table, "--out", str(out),
+                           "--pg-url", a.pg_url])  # fmt: skip
+                snaps.setdefault(mode, []).append(r)
+                print(f"  snapshot {i + 1}/{a.repeat} {mode:19} {r['seconds']:6.2f} s "
+                      f"peak {r['peak_rss_mb']:6.0f} MB", file=sys.stderr)  # fmt: skip
+        return ensure_versions(out, a.cache_dir, a.rows)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--rows", type=int, default=2_000_000)
@@ -199,6 +214,10 @@ def main() -> None:
     )
     p.add_argument("--cache-dir", type=Path, default=Path(tempfile.gettempdir()) / "relay-bench")
     p.add_argument("--skip-diff", action="store_true", help="measure the snapshots only")
+    p.add_argument(
+        "--skip-snapshots", action="store_true",
+        help="measure the diffs only, on the versions an earlier run left in --cache-dir",
+    )  # fmt: skip
     p.add_argument("--snapshot", help=argparse.SUPPRESS)
     p.add_argument("--diff", help=argparse.SUPPRESS)
     p.add_argument("--table", help=argparse.SUPPRESS)
@@ -213,18 +232,14 @@ def main() -> None:
         print(json.dumps(measure_diff(a.diff, a.a, a.b)))
         return
 
-    table = ensure_postgres(a.pg_url, a.rows)
     snaps: dict[str, list[dict]] = {}
-    with tempfile.TemporaryDirectory() as d:
-        out = Path(d) / "snap.parquet"
-        for i in range(a.repeat):
-            for mode in ("plain", "summary+checks", "summary+checks+hash"):
-                r = child(["--snapshot", mode, "--table", table, "--out", str(out),
-                           "--pg-url", a.pg_url])  # fmt: skip
-                snaps.setdefault(mode, []).append(r)
-                print(f"  snapshot {i + 1}/{a.repeat} {mode:19} {r['seconds']:6.2f} s "
-                      f"peak {r['peak_rss_mb']:6.0f} MB", file=sys.stderr)  # fmt: skip
-        va, vb = ensure_versions(out, a.cache_dir, a.rows)
+    if a.skip_snapshots:
+        folder = a.cache_dir / f"quality_{a.rows}"
+        va, vb = folder / "a.parquet", folder / "b.parquet"
+        if not (va.exists() and vb.exists()):
+            raise SystemExit(f"no versions in {folder}: run once without --skip-snapshots")
+    else:
+        va, vb = measure_snapshots(a, snaps)
     diffs: dict[str, list[dict]] = {}
     for i in range(0 if a.skip_diff else a.repeat):
         for mode in ("relay", "pandas", "relay-bare"):
@@ -237,11 +252,12 @@ def main() -> None:
         return statistics.median(r[key] for r in results[mode])
 
     print(f"\nrows: {a.rows:,}   repeat: {a.repeat} (medians)   source: PostgreSQL")
-    print(f"{'snapshot':20} {'seconds':>8} {'CPU s':>8} {'peak RSS MB':>12}")
+    if snaps:
+        print(f"{'snapshot':20} {'seconds':>8} {'CPU s':>8} {'peak RSS MB':>12}")
     for mode in snaps:
         secs, cpu = med(snaps, mode, "seconds"), med(snaps, mode, "cpu_seconds")
         print(f"{mode:20} {secs:8.2f} {cpu:8.2f} {med(snaps, mode, 'peak_rss_mb'):12.0f}")
-    for mode in ("summary+checks", "summary+checks+hash"):
+    for mode in ("summary+checks", "summary+checks+hash") if snaps else ():
         for what in ("seconds", "cpu_seconds", "peak_rss_mb"):
             ratio = med(snaps, mode, what) / med(snaps, "plain", what) - 1
             target = "within 10%" if what == "peak_rss_mb" else "<= +15%"

@@ -67,17 +67,17 @@ def _objects(endpoint: str) -> list[str]:
     return keys
 
 
-def _cli(project: Path, env: dict[str, str], *args: str, timeout: float = 600) -> str:
-    proc = relay_process(*args, cwd=project, env=env)
-    out, err = proc.communicate(timeout=timeout)
-    assert proc.returncode == 0, (args, err[-3000:])
-    return out
+def _cli(relay, *args: str) -> str:
+    """The CLI in this process, as a client of the server (see ``client`` below)."""
+    done = relay(*args)
+    assert done.code == 0, (args, done.err[-3000:])
+    return done.out
 
 
 @pytest.mark.postgres
 @pytest.mark.slow
 def test_s3_artifacts_through_a_server(
-    project: Path, pg_database: str, s3: str, tmp_path: Path
+    project: Path, pg_database: str, s3: str, tmp_path: Path, relay, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import httpx
     import pandas as pd
@@ -94,10 +94,12 @@ def test_s3_artifacts_through_a_server(
         "RELAY_TRACKING_URI": url,
         **{k: "" for k in (*S3_ENV, "MLFLOW_S3_ENDPOINT_URL")},
     }
+    for var, value in client.items():
+        monkeypatch.setenv(var, value)
     try:
         wait_http(f"{url}/health", timeout=120, proc=server)
         links = ("load=transactions", "processing=plain", "training=logreg")
-        chain = json.loads(_cli(project, client, "chain", *links, "--json"))
+        chain = json.loads(_cli(relay, "chain", *links, "--json"))
         assert chain["complete"], chain
         ids = {s["step"]: s["run_id"] for s in chain["steps"]}
         stored = _objects(s3)
@@ -105,7 +107,7 @@ def test_s3_artifacts_through_a_server(
             assert any(f"/{run_id}/" in k for k in stored), run_id
         assert any("/models/" in k for k in stored)  # the bundle, an MLflow logged model
 
-        _cli(project, client, "promote", "training/logreg@latest")
+        _cli(relay, "promote", "training/logreg@latest")
         engine = sa.create_engine(f"sqlite:///{project / 'data' / 'fraud.db'}")
         with engine.connect() as con:
             raw = pd.read_sql("SELECT * FROM transactions ORDER BY id LIMIT 20", con)
@@ -131,7 +133,7 @@ def test_s3_artifacts_through_a_server(
             serving.communicate(timeout=30)
 
         load_key = chain["steps"][0]["key"]
-        out = _cli(project, client, "delete", load_key, "--cascade", "--force", "--yes")
+        out = _cli(relay, "delete", load_key, "--cascade", "--force", "--yes")
         assert "freed" in out
         left = _objects(s3)
         for run_id in ids.values():

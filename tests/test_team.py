@@ -95,7 +95,7 @@ def test_server_auth_needs_an_admin_password(relay, project: Path, monkeypatch) 
 @pytest.mark.postgres
 @pytest.mark.slow
 def test_relay_server_on_postgres_with_auth(
-    project: Path, pg_database: str, tmp_path: Path, relay
+    project: Path, pg_database: str, tmp_path: Path, relay, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The real thing: PG backend (password from an env var), proxied artifacts, basic auth."""
     import httpx
@@ -127,22 +127,21 @@ def test_relay_server_on_postgres_with_auth(
         assert (
             httpx.get(f"{url}/api/2.0/mlflow/experiments/search?max_results=1").status_code == 401
         )
-        client_env = {
-            "RELAY_TRACKING_URI": url,
-            "MLFLOW_TRACKING_USERNAME": "admin",
-            "MLFLOW_TRACKING_PASSWORD": "admin-Pw-123456",
-        }
-        run = relay_process("run", "load", "transactions", "--json", cwd=project, env=client_env)
-        out, err = run.communicate(timeout=180)
-        assert run.returncode == 0, err
-        done = json.loads(out)
-        assert done["status"] == "FINISHED"
-        assert "admin-Pw-123456" not in out + err
+        monkeypatch.setenv("RELAY_TRACKING_URI", url)  # the client: the CLI in this process
+        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "admin-Pw-123456")
+        run = relay("run", "load", "transactions", "--json")
+        assert run.code == 0, run
+        assert json.loads(run.out)["status"] == "FINISHED"
+        assert "admin-Pw-123456" not in run.out + run.err
         # the artifacts went through the server into its store
         assert any((tmp_path / "store").rglob("*.parquet"))
-        anonymous = relay_process("runs", cwd=project, env={"RELAY_TRACKING_URI": url})
-        _, err = anonymous.communicate(timeout=120)
-        assert anonymous.returncode != 0
+        monkeypatch.delenv("MLFLOW_TRACKING_USERNAME")  # anonymous from now on
+        monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD")
+        anonymous = relay("runs")
+        assert anonymous.code == 1, anonymous
+        assert "HTTP 401" in anonymous.err and "MLFLOW_TRACKING_USERNAME" in anonymous.err
+        assert "Traceback" not in anonymous.err
     finally:
         if server.poll() is None:
             os.killpg(server.pid, signal.SIGTERM)

@@ -61,7 +61,30 @@ def main() -> None:
         if isinstance(e, typer.Abort):
             err_console.print("Aborted.")
             sys.exit(1)
+        refused = _refusal(e)
+        if refused:
+            err_console.print(f"[red]Error:[/red] {refused}", highlight=False, soft_wrap=True)
+            sys.exit(1)
         raise
+
+
+def _refusal(e: Exception) -> str | None:
+    """What to tell a user whom the tracking server refused (401, 403), or None."""
+    mlflow_errors = sys.modules.get("mlflow.exceptions")
+    if mlflow_errors is None or not isinstance(e, mlflow_errors.MlflowException):
+        return None
+    status = e.get_http_status_code()
+    if status == 401:
+        return (
+            "the tracking server asks who you are (HTTP 401): set MLFLOW_TRACKING_USERNAME and "
+            "MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) for it"
+        )
+    if status == 403:
+        return (
+            "the tracking server refused this to your user (HTTP 403): ask its administrator "
+            "for the permission on the experiment"
+        )
+    return None
 
 
 def _quiet_libraries() -> None:

@@ -48,7 +48,7 @@ test: lint browser  ## the whole suite (PostgreSQL tests use RELAY_TEST_POSTGRES
 	$(BIN)/python -m pytest -q $(XDIST) --durations=15
 
 test-fast: install  ## the edit loop: no PostgreSQL, no servers, no CLI processes, nothing slow
-	$(BIN)/python -m pytest -q -m "$(FAST)" $(XDIST)
+	$(BIN)/python -m pytest -q -m "$(FAST)" -n auto --dist loadfile  # nothing waits: one a core
 
 bench: install  ## every benchmark of bench/ (several minutes)
 	$(BIN)/python bench/search.py

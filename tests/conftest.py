@@ -154,13 +154,32 @@ _HEAVY_FIRST: tuple[str, ...] = (
 
 
 @pytest.fixture(autouse=True)
-def _isolated_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for var in _STORE_VARS:
-        monkeypatch.delenv(var, raising=False)
+def _isolated_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    _drop_store_vars()
     monkeypatch.setenv("GIT_AUTHOR_NAME", "relay-tests")
     monkeypatch.setenv("GIT_AUTHOR_EMAIL", "tests@relay.invalid")
     monkeypatch.setenv("GIT_COMMITTER_NAME", "relay-tests")
     monkeypatch.setenv("GIT_COMMITTER_EMAIL", "tests@relay.invalid")
+    yield
+    _drop_store_vars()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _isolated_module() -> Iterator[None]:
+    """The same for module fixtures (set up before any test's, torn down after): a module's
+    teardown (``mlflow.set_tracking_uri(old)``) must not reach the next module's set-up."""
+    _drop_store_vars()
+    yield
+    _drop_store_vars()
+
+
+def _drop_store_vars() -> None:
+    """No store variable reaches a test or a module's fixtures: not the caller's, and not one a
+    test, a fixture or a library left behind (MLflow's ``set_tracking_uri`` exports
+    ``MLFLOW_TRACKING_URI``: relay would take it for the user's store, and a module fixture set
+    up next wrote its runs into a stray ``./mlflow.db``). Tests set them with ``monkeypatch``."""
+    for var in (*_STORE_VARS, "MLFLOW_REGISTRY_URI"):
+        os.environ.pop(var, None)
 
 
 def git(root: Path, *args: str) -> str:
@@ -232,6 +251,7 @@ def _build_project(root: Path, *, days: int, rows_per_day: int, commit: bool) ->
 
 
 _STORE_VARS = ("RELAY_TRACKING_URI", "MLFLOW_TRACKING_URI", "RELAY_PROJECT", "RELAY_EXECUTOR")
+_drop_store_vars()  # before any session or module fixture
 
 
 @pytest.fixture

@@ -47,8 +47,9 @@ browser:  ## Debian's chromium for the relay ui tests (Playwright drives it; not
 test: lint browser  ## the whole suite (PostgreSQL tests use RELAY_TEST_POSTGRES_URL)
 	$(BIN)/python -m pytest -q $(XDIST) --durations=15
 
+# (nothing in it waits on a server or a child process: one worker a core)
 test-fast: install  ## the edit loop: no PostgreSQL, no servers, no CLI processes, nothing slow
-	$(BIN)/python -m pytest -q -m "$(FAST)" -n auto --dist loadfile  # nothing waits: one a core
+	$(BIN)/python -m pytest -q -m "$(FAST)" -n auto --dist loadfile
 
 bench: install  ## every benchmark of bench/ (several minutes)
 	$(BIN)/python bench/search.py

@@ -6,6 +6,7 @@ Tests talk to relayml through its public API and CLI. Everything a test creates 
 
 from __future__ import annotations
 
+import atexit
 import fcntl
 import inspect
 import os
@@ -198,8 +199,10 @@ def make_project(
     Each shape is built once per test run, by the first xdist worker that needs it, and copied
     (generating rows, three git calls and MLflow's migration chain cost seconds a project).
     """
-    shared = _SHARED[0] if _SHARED else Path(tempfile.mkdtemp(prefix="relay-templates-"))
-    template = shared / f"template-{days}-{rows_per_day}-{commit}" / "fraud"
+    if not _SHARED:  # outside pytest (bench/cli.py): one folder for this process, removed at exit
+        _SHARED.append(Path(tempfile.mkdtemp(prefix="relay-templates-")))
+        atexit.register(shutil.rmtree, _SHARED[0], ignore_errors=True)
+    template = _SHARED[0] / f"template-{days}-{rows_per_day}-{commit}" / "fraud"
     with open(template.parent.with_suffix(".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # the other workers wait for the first one's build
         if not (template.parent / "built").exists():

@@ -1,8 +1,8 @@
 """Team benchmark: 1, 2, 4 and 8 data scientists at once on a PostgreSQL-backed MLflow server.
 
-Each client is a separate process that, for a fixed time, sends the same mix of requests to
-the fraud example (``relay`` CLI commands run in-process, so a request does not pay for
-Python's start-up):
+Each client is a separate process (forked once relayml, MLflow and scikit-learn are imported)
+that, for a fixed time, sends the same mix of requests to the fraud example (``relay`` CLI
+commands run in-process, so a request does not pay for Python's start-up):
 
 - ``cached``: ``relay chain load=<L> processing=plain training=logreg -P training.C=1.0``,
   the same for everyone: computed once (by whoever comes first), reused afterwards;
@@ -121,6 +121,51 @@ def client_main(project: str, load_id: str, client: int, seconds: float, go: str
 # -- many clients ------------------------------------------------------------------------
 
 
+def launch_clients(
+    project: str, load_id: str, clients: int, seconds: float, go: str, outs: list[str]
+) -> None:
+    """Import relayml, MLflow and the steps' libraries once, then fork ``clients`` clients.
+
+    Each client is a separate process with its own store connections (opened after the fork),
+    as ``clients`` data scientists would be; only the imports' CPU is shared. Exits non-zero if
+    any client failed.
+    """
+    import traceback
+
+    os.chdir(project)
+    import mlflow.tracking
+    import pandas  # noqa: F401
+    import sklearn.ensemble  # noqa: F401
+
+    import relayml.chain
+    import relayml.cli
+    import relayml.runner  # noqa: F401
+    from relayml.trust import import_skops
+
+    import_skops()
+    import mlflow.store.tracking.sqlalchemy_store  # noqa: F401  (the embedded store's)
+
+    children = []
+    for i, out in enumerate(outs):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:
+            code = 0
+            try:
+                client_main(project, load_id, i, seconds, go, out)
+            except BaseException:
+                traceback.print_exc()
+                code = 1
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        children.append(pid)
+    failed = [pid for pid in children if os.waitpid(pid, 0)[1] != 0]
+    sys.exit(f"{len(failed)} client(s) failed" if failed else 0)
+
+
 def run_clients(
     project: Path,
     load_id: str,
@@ -130,38 +175,35 @@ def run_clients(
     work: Path,
     probe: Callable[[], object] | None = None,
 ) -> tuple[list[dict[str, Any]], list[float]]:
-    """Start ``clients`` client processes at once; return every request's result, and the
-    durations of ``probe`` called four times a second meanwhile (in a thread of this
-    process, which otherwise only waits)."""
+    """Start ``clients`` client processes at once (forked by one launcher: see
+    :func:`launch_clients`); return every request's result, and the durations of ``probe``
+    called four times a second meanwhile (in a thread of this process, which otherwise only
+    waits)."""
     work.mkdir(parents=True, exist_ok=True)
     go = work / "go"
     go.unlink(missing_ok=True)
-    procs, outs = [], []
-    for i in range(clients):
-        out = work / f"client-{i}.json"
+    outs = [work / f"client-{i}.json" for i in range(clients)]
+    for out in outs:
         out.unlink(missing_ok=True)
-        outs.append(out)
-        code = (
-            f"import sys; sys.path.insert(0, {str(ROOT / 'bench')!r}); import team; "
-            f"team.client_main({str(project)!r}, {load_id!r}, {i}, {seconds}, {str(go)!r}, "
-            f"{str(out)!r})"
-        )
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, "-c", code],
-                cwd=project,
-                env={**os.environ, **env},
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-        )
+    code = (
+        f"import sys; sys.path.insert(0, {str(ROOT / 'bench')!r}); import team; "
+        f"team.launch_clients({str(project)!r}, {load_id!r}, {clients}, {seconds}, "
+        f"{str(go)!r}, {[str(o) for o in outs]!r})"
+    )
+    launcher = subprocess.Popen(
+        [sys.executable, "-c", code],
+        cwd=project,
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 300
     while not all(Path(str(o) + ".ready").exists() for o in outs):
-        for p in procs:
-            if p.poll() is not None:
-                raise RuntimeError(f"a client died at start: {p.communicate()[1][-3000:]}")
+        if launcher.poll() is not None:
+            raise RuntimeError(f"a client died at start: {launcher.communicate()[1][-3000:]}")
         if time.monotonic() > deadline:
+            launcher.kill()
             raise TimeoutError("clients did not start")
         time.sleep(0.1)
     go.write_text(str(time.time()))
@@ -170,11 +212,11 @@ def run_clients(
         threading.Thread(
             target=_probe_loop, args=(probe, time.monotonic() + seconds, probed), daemon=True
         ).start()
+    _, err = launcher.communicate(timeout=seconds + 600)
+    if launcher.returncode != 0 or not all(out.exists() for out in outs):
+        raise RuntimeError(f"clients exited with {launcher.returncode}: {err[-3000:]}")
     results: list[dict[str, Any]] = []
-    for p, out in zip(procs, outs, strict=True):
-        _, err = p.communicate(timeout=seconds + 600)
-        if p.returncode != 0 or not out.exists():
-            raise RuntimeError(f"client exited with {p.returncode}: {err[-3000:]}")
+    for out in outs:
         results.extend(json.loads(out.read_text()))
     return results, probed
 

@@ -87,7 +87,6 @@ LAYERS: dict[str, tuple[int, str]] = {
             "relayml.keys",
             "relayml.config",
             "relayml.redaction",
-            "relayml.trust",
             "relayml.codeinfo",
         )
     },
@@ -108,6 +107,7 @@ LAYERS: dict[str, tuple[int, str]] = {
             "relayml.datadrift",
             "relayml.fingerprint",
             "relayml.outputs",
+            "relayml.trust",
             "relayml.lineage",
             "relayml.runs",
             "relayml.bundle",

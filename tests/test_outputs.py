@@ -214,3 +214,46 @@ def test_skops_types_a_reader_may_not_trust() -> None:
     assert unsafe_types(["builtins.exec", "numpy.load", "sklearn.utils._testing.x"]) == [
         "builtins.exec", "numpy.load", "sklearn.utils._testing.x"
     ]  # fmt: skip
+
+
+_SKOPS_CHILD = """
+import json, sys
+import sklearn.linear_model
+from relayml.trust import import_skops
+names = import_skops()._general.SKLEARN_ESTIMATOR_TYPE_NAMES
+print(json.dumps({"names": names, "listed": "sklearn.neural_network" in sys.modules}))
+"""
+
+
+def test_skops_is_imported_with_its_own_trusted_types_from_a_private_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+    import stat
+    import subprocess
+    import sys
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+
+    def child() -> dict:
+        done = subprocess.run(
+            [sys.executable, "-c", _SKOPS_CHILD], capture_output=True, text=True, check=True
+        )
+        return json.loads(done.stdout)
+
+    first = child()  # no cache: skops lists scikit-learn's estimators, relay keeps the list
+    assert first["listed"] and "sklearn.linear_model._logistic.LogisticRegression" in first["names"]
+    (cache,) = (tmp_path / "relayml").glob("skops-*-sklearn-*-estimators.json")
+    assert stat.S_IMODE(cache.stat().st_mode) == 0o600
+    assert json.loads(cache.read_text()) == first["names"]
+    again = child()  # from the cache: the same trusted types, scikit-learn not listed
+    assert again == {"names": first["names"], "listed": False}
+
+    cache.write_text(json.dumps([*first["names"], "builtins.eval"]))  # a name not of sklearn
+    poisoned = child()
+    assert poisoned == {"names": first["names"], "listed": True}  # ignored, listed again
+    assert json.loads(cache.read_text()) == first["names"]  # and the cache rewritten
+
+    cache.write_text(json.dumps([*first["names"], "sklearn.fake.Thing"]))
+    os.chmod(cache, 0o666)  # others may write it: not trusted
+    assert child() == {"names": first["names"], "listed": True}

@@ -100,12 +100,17 @@ def prediction_arrays(prediction: Any) -> dict[str, Any]:
     return {k: v.astype(str) if v.dtype.hasobject else v for k, v in arrays.items()}
 
 
-def _import_skops(estimators: list[str] | None) -> Any:
+def import_skops_named(estimators: list[str] | None) -> Any:
     """``skops.io``, imported with scikit-learn's estimator names given rather than computed.
 
     Importing skops lists every scikit-learn estimator (its default trusted types), which
-    imports all of scikit-learn: seconds. The parent has skops imported already and sends the
-    same names; the trusted types are then exactly skops's own.
+    imports all of scikit-learn: a second or more. Given the names skops would list (the
+    parent's, or :func:`relayml.trust.import_skops`'s cache), the trusted types are exactly
+    skops's own; ``None`` imports skops as usual.
+
+    Example:
+        >>> import_skops_named(None).__name__
+        'skops.io'
     """
     if estimators is None or "skops.io" in sys.modules:
         import skops.io
@@ -146,7 +151,7 @@ def _load(model_dir: str, estimators: list[str] | None) -> Any:
     code = (flavors.get("python_function") or {}).get("code") or conf.get("code")
     if code:
         sys.path.insert(0, os.path.join(model_dir, code))
-    skops_io = _import_skops(estimators)
+    skops_io = import_skops_named(estimators)
     path = os.path.join(model_dir, conf["pickled_model"])
     return skops_io.load(path, trusted=conf.get("skops_trusted_types")).predict
 

@@ -37,6 +37,7 @@ from relayml.bundle_compile import RUNTIME_MODULE, compile_pipeline
 from relayml.bundle_trust import load_without_pickle, pickle_forbidden
 from relayml.errors import BundleInputError, NotFound, UsageError
 from relayml.store import Store
+from relayml.trust import import_skops
 
 __all__ = ["Bundle", "allow_deserialization", "load_bundle", "runtime", "runtime_source"]
 
@@ -312,6 +313,7 @@ def load_bundle(uri: str, *, store: Store | None = None) -> Bundle:
     else:
         with allow_deserialization():
             if "sklearn" in info.flavors:
+                import_skops()  # before MLflow imports it (not listing scikit-learn again)
                 model = mlflow.sklearn.load_model(uri)
                 compiled = compile_pipeline(model, schema)
             else:

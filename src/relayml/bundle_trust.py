@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from relayml.errors import UsageError
+from relayml.trust import import_skops
 
 __all__ = ["load_without_pickle", "pickle_forbidden"]
 
@@ -69,8 +70,9 @@ def load_without_pickle(uri: str, *, own_runtime: Callable[[str], bool]) -> Any:
         >>> model = load_without_pickle(uri, own_runtime=lambda text: False)  # doctest: +SKIP
     """
     import mlflow
-    import skops.io
     from mlflow.models import Model
+
+    skops_io = import_skops()
 
     local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
     flavors = Model.load(local).flavors
@@ -80,7 +82,7 @@ def load_without_pickle(uri: str, *, own_runtime: Callable[[str], bool]) -> Any:
     if conf.get("serialization_format") != "skops":
         raise _refuse(uri, f"it is saved as {conf.get('serialization_format')}")
     path = local / conf["pickled_model"]
-    untrusted = set(skops.io.get_untrusted_types(file=path))
+    untrusted = set(skops_io.get_untrusted_types(file=path))
     shipped = local / (conf.get("code") or "code") / f"{_RUNTIME_TYPE.split('.')[0]}.py"
     if _RUNTIME_TYPE in untrusted and shipped.is_file() and own_runtime(shipped.read_text()):
         untrusted.discard(_RUNTIME_TYPE)
@@ -90,4 +92,4 @@ def load_without_pickle(uri: str, *, own_runtime: Callable[[str], bool]) -> Any:
     if untrusted:
         names = ", ".join(sorted(untrusted))
         raise _refuse(uri, f"its skops file holds types skops does not trust ({names})")
-    return skops.io.load(path, trusted=trusted)
+    return skops_io.load(path, trusted=trusted)

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from relayml.errors import NotFound, OutputError, UntrustedOutput
-from relayml.trust import check_pickle, skops_types, unsafe_types
+from relayml.trust import check_pickle, import_skops, skops_types, unsafe_types
 
 Run = Any  # a relayml.runs.Run; not imported: the runs module imports this one
 
@@ -198,10 +198,8 @@ def _write(value: Any, folder: Path, name: str) -> tuple[str | None, str]:
         (folder / f"{name}.json").write_text(json.dumps(value))
         return "json", ""
     if _is_estimator(value):
-        import skops.io
-
         try:
-            data = skops.io.dumps(value)
+            data = import_skops().dumps(value)
         except Exception as e:  # a lambda or a local function in it: no skops form
             return None, f"skops cannot store it ({str(e).splitlines()[0]})"
         if bad := unsafe_types(skops_types(data=data)):
@@ -297,8 +295,6 @@ def _read(how: str, path: Path, name: str, where: str) -> Any:
     if how == "json":
         return json.loads(path.read_text())
     if how == "skops":
-        import skops.io
-
         types = skops_types(file=path)
         if bad := unsafe_types(types):
             raise UntrustedOutput(
@@ -307,7 +303,7 @@ def _read(how: str, path: Path, name: str, where: str) -> Any:
                 "classes and project functions of modules already imported (import your steps "
                 "module first) and numpy ufuncs are loaded from a skops file"
             )
-        return skops.io.load(path, trusted=types)
+        return import_skops().load(path, trusted=types)
     import cloudpickle
 
     with open(path, "rb") as f:

@@ -7,6 +7,9 @@ Stored outputs and bundles are data, not code. Two rules live here, and only her
   :func:`unsafe_types` says which of them a reader may *not* trust whoever wrote the file:
   anything but classes of scikit-learn, numpy and scipy, scikit-learn estimator classes
   already imported (a project's own transformer), and numpy ufuncs.
+* **skops's own list.** :func:`import_skops` imports skops with scikit-learn's estimator
+  names (skops's default trusted types) from a cache private to the user, rather than
+  importing all of scikit-learn to list them again in every process.
 * **pickles.** :func:`check_pickle` lets a pickle be unpickled only when the project opted in
   (``[outputs] allow_pickle = true``) and the run that wrote it belongs to the current user
   or to one of ``[outputs] trusted_users``.
@@ -25,9 +28,13 @@ from __future__ import annotations
 
 import getpass
 import importlib
+import json
 import os
+import re
+import stat
 import sys
 import sysconfig
+import tempfile
 import types
 from collections.abc import Iterable
 from pathlib import Path
@@ -35,7 +42,7 @@ from typing import Any
 
 from relayml.errors import UntrustedOutput
 
-__all__ = ["check_pickle", "current_user", "skops_types", "unsafe_types"]
+__all__ = ["check_pickle", "current_user", "import_skops", "skops_types", "unsafe_types"]
 
 SAFE_PACKAGES = ("sklearn", "numpy", "scipy")
 
@@ -68,11 +75,85 @@ def skops_types(
         >>> skops_types(StandardScaler())
         []
     """
-    import skops.io
-
+    skops_io = import_skops()
     if file is not None:
-        return skops.io.get_untrusted_types(file=file)
-    return skops.io.get_untrusted_types(data=data if data is not None else skops.io.dumps(obj))
+        return skops_io.get_untrusted_types(file=file)
+    return skops_io.get_untrusted_types(data=data if data is not None else skops_io.dumps(obj))
+
+
+def import_skops() -> types.ModuleType:
+    """``skops.io``, imported without listing every scikit-learn estimator in each process.
+
+    At import, skops lists scikit-learn's estimators (its default trusted types), which imports
+    all of scikit-learn: about a second of every ``relay run`` that stores a model. The list
+    depends only on the versions of scikit-learn and skops, so the first import writes it to
+    ``$XDG_CACHE_HOME/relayml`` (``~/.cache/relayml``) and later imports read it back. A cache
+    file is used only if it belongs to the user, no one else may write it, and it names only
+    ``sklearn.`` classes; the trusted types are then exactly skops's own.
+
+    Example:
+        >>> skops_io = import_skops()
+        >>> "sklearn.linear_model._logistic.LogisticRegression" in (
+        ...     skops_io._general.SKLEARN_ESTIMATOR_TYPE_NAMES
+        ... )
+        True
+    """
+    from relayml.bundle_child import import_skops_named
+
+    if "skops.io" in sys.modules:
+        return sys.modules["skops.io"]
+    cache = _estimator_cache()
+    names = _read_estimators(cache) if cache is not None else None
+    skops_io = import_skops_named(names)
+    if names is None and cache is not None:
+        _write_estimators(cache, skops_io._general.SKLEARN_ESTIMATOR_TYPE_NAMES)
+    return skops_io
+
+
+_ESTIMATOR_NAME = re.compile(r"sklearn(\.[A-Za-z_][A-Za-z0-9_]*)+")
+
+
+def _estimator_cache() -> Path | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        folder = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "relayml"
+        versions = f"skops-{version('skops')}-sklearn-{version('scikit-learn')}"
+    except (RuntimeError, PackageNotFoundError):  # no home folder; skops not installed
+        return None
+    return folder / f"{versions}-estimators.json"
+
+
+def _read_estimators(path: Path) -> list[str] | None:
+    """The cached names, or None for a missing, foreign, writable-by-others or odd file."""
+    try:
+        info = path.lstat()
+        if (
+            not stat.S_ISREG(info.st_mode)
+            or info.st_uid != os.getuid()
+            or info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+        ):
+            return None
+        names = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(names, list) or not names:
+        return None
+    if not all(isinstance(n, str) and _ESTIMATOR_NAME.fullmatch(n) for n in names):
+        return None
+    return names
+
+
+def _write_estimators(path: Path, names: list[str]) -> None:
+    """Write the cache atomically, readable and writable by the user only (best effort)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=".estimators-")
+        with os.fdopen(fd, "w") as f:  # mkstemp: mode 0600
+            json.dump(names, f)
+        os.replace(temporary, path)
+    except OSError:
+        pass
 
 
 def unsafe_types(types: Iterable[str]) -> list[str]:

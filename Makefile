@@ -14,6 +14,10 @@ FAST    := not postgres and not server and not cli_process and not slow and not 
 
 .PHONY: install demo test test-fast lint format bench clean browser
 
+# bytecode of the tests and of relayml is cached (pytest rewrites the asserts of ~150 modules in
+# every worker: seconds each) also where the machine sets PYTHONDONTWRITEBYTECODE
+test test-fast: export PYTHONDONTWRITEBYTECODE =
+
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip

@@ -32,7 +32,7 @@ KINDS = ("plain", "robust", "clipped")
 @pytest.fixture(scope="session")
 def example_bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Local copies of the training bundles of the example, one per processing variant."""
-    root = make_project(tmp_path_factory.mktemp("clean") / "fraud", days=2)
+    root = make_project(tmp_path_factory.mktemp("clean") / "fraud")
     copies = tmp_path_factory.mktemp("bundles")
     found: dict[str, Path] = {}
     with pytest.MonkeyPatch.context() as env:  # session fixtures run before _isolated_env

@@ -285,3 +285,24 @@ def test_public_functions_survive_submodule_imports() -> None:
 
     assert callable(relayml.runs) and relayml.runs.__module__ == "relayml.runs"
     assert callable(relayml.chain) and callable(relayml.serve)
+
+
+def test_steps_edited_in_a_long_lived_process_run_as_edited(project: Path) -> None:
+    """A notebook runs a step, the user edits steps.py and its helper module, runs again: the
+    edited code runs (before, the module imported first ran under the new file's digest)."""
+    load = relayml.run("load", "transactions")
+    first = relayml.run("processing", "plain", upstream=[load])
+    steps = project / "steps.py"
+    old = 'ctx.log_metrics({"train_rows": len(train), "test_rows": len(test)})'
+    assert old in steps.read_text()
+    steps.write_text(steps.read_text().replace(old, old.replace("len(train)", "len(train) + 1")))
+    second = relayml.run("processing", "plain", upstream=[load])
+    assert second.metrics["train_rows"] == first.metrics["train_rows"] + 1
+    assert second.tags["relay.code"] != first.tags["relay.code"]
+
+    features = project / "features.py"
+    features.write_text(features.read_text() + "\nEDITED = True\n")
+    relayml.run("processing", "plain", upstream=[load])
+    import features as imported  # the helper module this process holds now
+
+    assert imported.EDITED is True

@@ -178,8 +178,10 @@ def test_tracking_uri_from_environment(project: Path, relay, monkeypatch, tmp_pa
 def test_two_projects_in_one_process_keep_their_own_stores(tmp_path: Path) -> None:
     """MLflow exports its tracking URI to the environment; relay must not take it for the
     user's override and send the second project's runs into the first one's store."""
-    first = make_project(tmp_path / "a", days=1, rows_per_day=50)
-    second = make_project(tmp_path / "b", days=1, rows_per_day=60)
+    first = make_project(tmp_path / "a")
+    second = make_project(tmp_path / "b")
+    with sqlite3.connect(second / "data" / "fraud.db") as con:  # data of its own: 60 rows
+        con.execute("DELETE FROM transactions WHERE rowid > 60")  # rowids 1..N
     a = relayml.run("load", "transactions", project=first)
     b = relayml.run("load", "transactions", project=second)
     assert relayml.get("load@latest", project=first) == a

@@ -169,13 +169,3 @@ def test_ui_points_at_the_server_of_a_team_project(project: Path) -> None:
         os.killpg(proc.pid, signal.SIGTERM)
         _, err = proc.communicate(timeout=30)
     assert server in err
-
-
-def test_ui_starts_mlflow_ui_on_the_project_store(project: Path) -> None:
-    port = free_port()
-    proc = relay_process("ui", "--port", str(port), cwd=project, start_new_session=True)
-    try:
-        wait_http(f"http://127.0.0.1:{port}/health", timeout=120, proc=proc)
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.communicate(timeout=30)

@@ -29,7 +29,7 @@ import json
 import os
 import sys
 import types
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -130,7 +130,9 @@ def load_pipeline(root: Path, module: str, *, cached: bool = True) -> Pipeline:
     path = _module_path(root, module)
     mod = sys.modules.get(module)
     if mod is not None and _same_file(mod, path):
-        return _collect(mod, path)
+        if _IMPORTED.get(module, {}) == _project_files(root, _IMPORTED.get(module, {})):
+            return _collect(mod, path)
+        _forget_project_modules(root)  # edited since this process imported it: import again
     use_cache = cached and not os.environ.get(NO_CACHE_ENV)
     if use_cache:
         before = _file_digest(path)
@@ -150,10 +152,46 @@ def load_pipeline(root: Path, module: str, *, cached: bool = True) -> Pipeline:
     except Exception as e:
         sys.modules.pop(module, None)
         raise ConfigError(f"importing steps module {path} failed: {e!r}") from e
+    _IMPORTED[module] = _project_files(root)
     pipeline = _collect(mod, path)
     if use_cache and pipeline.module_digest == before:  # unchanged while it was imported
         _write_cache(root, module, pipeline)
     return pipeline
+
+
+_IMPORTED: dict[str, dict[str, str]] = {}
+"""Steps module name → ``{file: digest}`` of the project's modules as this process imported
+them: a module edited since (a notebook, a long-lived server) is imported again, so that the
+code that runs is the code whose digest the run records."""
+
+
+def _project_files(root: Path, only: Iterable[str] | None = None) -> dict[str, str]:
+    """``{file: digest}`` of the imported modules of the project in ``root`` (or of ``only``
+    those files; a file gone is left out)."""
+    if only is not None:
+        return {f: _file_digest(Path(f)) for f in only if Path(f).is_file()}
+    here = root.resolve()
+    names = _module_names(root)
+    found = {}
+    for name, mod in list(sys.modules.items()):
+        file = getattr(mod, "__file__", None)
+        if name.partition(".")[0] in names and file and Path(file).resolve().is_relative_to(here):
+            found[file] = _file_digest(Path(file))
+    return found
+
+
+def _module_names(root: Path) -> set[str]:
+    """The top-level module names the project in ``root`` provides (``features``, ...)."""
+    return {p.stem for p in root.glob("*.py")} | {p.parent.name for p in root.glob("*/__init__.py")}
+
+
+def _forget_project_modules(root: Path) -> None:
+    """Drop the imported modules of the project in ``root`` (to import their files again)."""
+    here = root.resolve()
+    for name, mod in list(sys.modules.items()):
+        file = getattr(mod, "__file__", None)
+        if file and Path(file).resolve().is_relative_to(here):
+            del sys.modules[name]
 
 
 def _forget_foreign_modules(root: Path) -> None:
@@ -164,8 +202,7 @@ def _forget_foreign_modules(root: Path) -> None:
     ``sys.modules`` by the other.
     """
     here = root.resolve()
-    names = {p.stem for p in root.glob("*.py")}
-    names |= {p.parent.name for p in root.glob("*/__init__.py")}
+    names = _module_names(root)
     for name in [n for n in sys.modules if n.partition(".")[0] in names]:
         file = getattr(sys.modules[name], "__file__", None)
         if file and not Path(file).resolve().is_relative_to(here):

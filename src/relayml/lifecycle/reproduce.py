@@ -1,8 +1,9 @@
 """``relay reproduce``: re-run a training run's chain from what was recorded (commit, diff,
 params, data snapshot) and check the metrics.
 
-Each step runs as ``relay run`` in a subprocess against the same tracking store, at the
-recorded commit (a temporary ``git worktree``) with the recorded uncommitted diff applied.
+Each step runs at the recorded code against the same tracking store: in this process when the
+working tree holds exactly that code, else as ``relay run`` in a subprocess at the recorded
+commit (a temporary ``git worktree``) with the recorded uncommitted diff applied.
 
 Example:
     >>> nothing_rerun = Reproduction(relay.get("load@latest"), reproduced={}, checks=[])
@@ -25,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from relayml import runner
 from relayml import tags as tag
 from relayml.codeinfo import code_state
 from relayml.config import Settings
@@ -104,8 +106,9 @@ def reproduce(
     The recorded load run is re-used as the data (its snapshot, not a fresh query); every
     later step of the chain is run again with the recorded params, at the recorded commit
     (in a temporary ``git worktree`` when it differs from the working tree) with the recorded
-    uncommitted diff applied. Each step runs in a subprocess (``relay run``) against the same
-    tracking store; the new runs are tagged ``relay.reproduces=<run id>``.
+    uncommitted diff applied. A step whose code is the working tree's runs in this process;
+    one at another commit runs as ``relay run`` in a subprocess in that worktree. The new
+    runs go to the same tracking store, tagged ``relay.reproduces=<run id>``.
 
     Args:
         ref: the run to reproduce (usually a training run).
@@ -154,7 +157,7 @@ def reproduce(
         for r in again:
             ups = {s: mapping.get(i, i) for s, i in r.upstream_ids.items()}
             say(f"re-running {r.key} ...")
-            new = _relay_run(settings, place(r), r, ups, as_of=None)
+            new = _rerun(settings, place(r), r, ups, as_of=None)
             store.set_tag(new.run_id, tag.REPRODUCES, r.run_id)
             mapping[r.run_id] = new.run_id
             result.reproduced[r.step] = new.refresh()
@@ -264,11 +267,19 @@ def _checkout(
     return folder
 
 
-def _relay_run(
+def _rerun(
     settings: Settings, cwd: Path, r: Run, upstream: Mapping[str, str], *, as_of: str | None
 ) -> Run:
-    """``relay run`` of the recorded variant and params, in a subprocess."""
+    """Run the recorded variant and params again: here when ``cwd`` is the working tree
+    (its code is the recorded one), else as ``relay run`` in a subprocess in ``cwd``."""
     params = {k: v for k, v in r.params.items() if k != "as_of"}
+    if cwd == settings.root:
+        try:
+            return runner.run(
+                r.step, r.variant, params, upstream=dict(upstream), as_of=as_of, project=settings
+            )
+        except StepFailed as e:
+            raise StepFailed(f"reproducing {r.key} failed: {e}") from e
     args = [sys.executable, "-m", "relayml", "run", r.step, r.variant, "--json"]
     for k, v in params.items():
         args += ["-P", f"{k}={v}"]
@@ -309,7 +320,7 @@ def _refetch(
     if not when:
         raise UsageError(f"{load.key} recorded no retrieval time; it cannot be fetched again")
     say(f"repeating {load.key} as of {when} ...")
-    new = _relay_run(settings, cwd, load, {}, as_of=when)
+    new = _rerun(settings, cwd, load, {}, as_of=when)
     store.set_tag(new.run_id, tag.REPRODUCES, load.run_id)
     return {
         "load": str(load.key),

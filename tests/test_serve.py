@@ -127,20 +127,42 @@ def mlflow_server(uri: str, tracking: str):
             proc.wait()
 
 
+@contextlib.contextmanager
+def mlflow_scoring(uri: str, tracking: str, *, process: bool):
+    """``post(body, headers)`` to MLflow's scoring server for the model at ``uri``: the real
+    ``mlflow models serve`` process, or the same app (``scoring_server.init``, what that
+    process serves) in this process."""
+    if process:
+        with mlflow_server(uri, tracking) as url:
+            yield lambda body, headers: httpx.post(
+                f"{url}/invocations", content=body, headers=headers
+            )
+        return
+    from mlflow.pyfunc import scoring_server
+
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("MLFLOW_TRACKING_URI", tracking)
+        env.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "true")
+        app = scoring_server.init(mlflow.pyfunc.load_model(uri))
+    scoring = TestClient(app)
+    yield lambda body, headers: scoring.post("/invocations", content=body, headers=headers)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["plain", "threshold", "example"])
 def test_answers_equal_mlflow_models_serve(served, kind):
+    """Every content type, one row and many: relay's answers are MLflow's, byte for byte
+    once parsed (the ``plain`` bundle against a real ``mlflow models serve`` process)."""
     bundle = served[kind]
     assert bundle.numeric  # the compiled numpy path is what is compared
     client = TestClient(create_app(bundle))
     rows = served["test"].head(100)
-    with mlflow_server(bundle.uri, served["tracking"]) as url:
+    with mlflow_scoring(bundle.uri, served["tracking"], process=kind == "plain") as theirs_post:
         for fmt, (ctype, body) in payloads(rows).items():
             for sample in (body, payloads(rows.head(1))[fmt][1]):
-                ours = client.post("/invocations", content=sample, headers={"content-type": ctype})
-                theirs = httpx.post(
-                    f"{url}/invocations", content=sample, headers={"content-type": ctype}
-                )
+                headers = {"content-type": ctype}
+                ours = client.post("/invocations", content=sample, headers=headers)
+                theirs = theirs_post(sample, headers)
                 assert theirs.status_code == 200, theirs.text
                 assert ours.status_code == 200, ours.text
                 assert ours.json() == theirs.json(), fmt

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from relayml.errors import UsageError
+
 from conftest import ROOT, free_port, relay_process, wait_http
 
 sys.path.insert(0, str(ROOT / "bench"))
@@ -90,6 +92,24 @@ def test_server_auth_needs_an_admin_password(relay, project: Path, monkeypatch) 
     result = relay("server", "--auth")
     assert result.code == 2
     assert "MLFLOW_AUTH_ADMIN_PASSWORD" in result.err
+
+
+def test_server_auth_caches_checked_passwords_for_a_minute(project: Path, monkeypatch) -> None:
+    """MLflow hashes the password of every request; its credential cache is on (60 s)."""
+    from relayml.cli.team import server_command
+    from relayml.config import load_settings
+
+    monkeypatch.setenv("MLFLOW_AUTH_ADMIN_PASSWORD", "admin-Pw-123456")
+    s = load_settings(project)
+    _, env = server_command(s, auth=True)
+    ini = Path(env["MLFLOW_AUTH_CONFIG_PATH"]).read_text()
+    assert "auth_cache_ttl_seconds = 60\n" in ini and "admin-Pw" not in ini
+    monkeypatch.setenv("RELAY_AUTH_CACHE_SECONDS", "0")
+    _, env = server_command(s, auth=True)
+    assert "auth_cache_ttl_seconds = 0\n" in Path(env["MLFLOW_AUTH_CONFIG_PATH"]).read_text()
+    monkeypatch.setenv("RELAY_AUTH_CACHE_SECONDS", "a minute")
+    with pytest.raises(UsageError, match="RELAY_AUTH_CACHE_SECONDS='a minute'"):
+        server_command(s, auth=True)
 
 
 @pytest.mark.postgres

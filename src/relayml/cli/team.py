@@ -125,6 +125,12 @@ def _auth_config(s: Settings) -> Path:
     Users live in ``.relay/basic_auth.db`` unless ``RELAY_AUTH_DATABASE`` names another
     SQLAlchemy URL. New users may create and edit runs (``default_permission = EDIT``), which
     suits a team that shares experiments; set ``RELAY_AUTH_DEFAULT_PERMISSION=READ`` to lock.
+
+    A server worker remembers a checked password for ``RELAY_AUTH_CACHE_SECONDS`` (default 60;
+    MLflow's ``auth_cache_ttl_seconds``): MLflow hashes the password of every request (about
+    0.1 s of CPU) and a ``relay run`` sends 15 to 50 requests. A password changed or a user
+    deleted through the API is refused at once by the worker that handled the change, by the
+    others within that time; 0 checks every request.
     """
     from relayml.errors import UsageError
 
@@ -136,6 +142,11 @@ def _auth_config(s: Settings) -> Path:
         raise UsageError(
             f"RELAY_AUTH_DEFAULT_PERMISSION={permission!r}: use READ, EDIT, MANAGE or "
             "NO_PERMISSIONS"
+        )
+    cache = os.environ.get("RELAY_AUTH_CACHE_SECONDS", "60")
+    if not cache.isdigit():
+        raise UsageError(
+            f"RELAY_AUTH_CACHE_SECONDS={cache!r}: use a whole number of seconds (0: no cache)"
         )
     first_start = db.startswith("sqlite:///") and not Path(db.removeprefix("sqlite:///")).exists()
     if first_start and not os.environ.get("MLFLOW_AUTH_ADMIN_PASSWORD"):
@@ -151,6 +162,7 @@ def _auth_config(s: Settings) -> Path:
         f"database_uri = {db}\n"
         f"admin_username = {os.environ.get('MLFLOW_AUTH_ADMIN_USERNAME', 'admin')}\n"
         "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+        f"auth_cache_ttl_seconds = {int(cache)}\n"
     )
     return path
 

@@ -22,12 +22,14 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import inspect
 import json
 import os
 import sys
+import sysconfig
 import types
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -168,16 +170,8 @@ code that runs is the code whose digest the run records."""
 def _project_files(root: Path, only: Iterable[str] | None = None) -> dict[str, str]:
     """``{file: digest}`` of the imported modules of the project in ``root`` (or of ``only``
     those files; a file gone is left out)."""
-    if only is not None:
-        return {f: _file_digest(Path(f)) for f in only if Path(f).is_file()}
-    here = root.resolve()
-    names = _module_names(root)
-    found = {}
-    for name, mod in list(sys.modules.items()):
-        file = getattr(mod, "__file__", None)
-        if name.partition(".")[0] in names and file and Path(file).resolve().is_relative_to(here):
-            found[file] = _file_digest(Path(file))
-    return found
+    files = only if only is not None else [str(p) for p in _project_modules(root).values()]
+    return {f: _file_digest(Path(f)) for f in files if Path(f).is_file()}
 
 
 def _module_names(root: Path) -> set[str]:
@@ -185,13 +179,35 @@ def _module_names(root: Path) -> set[str]:
     return {p.stem for p in root.glob("*.py")} | {p.parent.name for p in root.glob("*/__init__.py")}
 
 
-def _forget_project_modules(root: Path) -> None:
-    """Drop the imported modules of the project in ``root`` (to import their files again)."""
-    here = root.resolve()
+def _project_modules(root: Path) -> dict[str, Path]:
+    """``{name: resolved file}`` of the imported modules whose file is inside ``root`` (not in a
+    virtual environment there). The standard library's and installed packages' modules (most
+    of ``sys.modules``) are told apart by the start of their path, without resolving it."""
+    top = root.resolve()
+    installed = tuple(p for p in _installed_prefixes() if not str(top).startswith(p))
+    found = {}
     for name, mod in list(sys.modules.items()):
         file = getattr(mod, "__file__", None)
-        if file and Path(file).resolve().is_relative_to(here):
-            del sys.modules[name]
+        if not isinstance(file, str) or file.startswith(installed):
+            continue
+        path = Path(file).resolve()
+        if path.is_relative_to(top) and not {"site-packages", "dist-packages"} & set(path.parts):
+            found[name] = path
+    return found
+
+
+@functools.cache
+def _installed_prefixes() -> tuple[str, ...]:
+    """The folders of the standard library and installed packages, as written and resolved."""
+    folders = {sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")}
+    both = folders | {os.path.realpath(f) for f in folders}
+    return tuple(os.path.join(f, "") for f in sorted(both))
+
+
+def _forget_project_modules(root: Path) -> None:
+    """Drop the imported modules of the project in ``root`` (to import their files again)."""
+    for name in _project_modules(root):
+        del sys.modules[name]
 
 
 def _forget_foreign_modules(root: Path) -> None:
@@ -317,19 +333,9 @@ def _encode(root: Path, module: str, pipeline: Pipeline) -> dict[str, Any]:
 
 def _local_modules(root: Path, module_file: Path) -> dict[str, str]:
     """``{path: sha256}`` of the imported Python files inside the project folder."""
-    top = root.resolve()
-    out: dict[str, str] = {}
-    for mod in list(sys.modules.values()):
-        name = getattr(mod, "__file__", None)
-        if not name or not name.endswith(".py"):
-            continue
-        path = Path(name).resolve()
-        if path == module_file.resolve() or not path.is_relative_to(top):
-            continue
-        if {"site-packages", "dist-packages"} & set(path.parts) or not path.is_file():
-            continue  # a virtual environment inside the project
-        out[str(path)] = _file_digest(path)
-    return out
+    steps = module_file.resolve()
+    local = [p for p in _project_modules(root).values() if p.suffix == ".py" and p != steps]
+    return {str(p): _file_digest(p) for p in local if p.is_file()}
 
 
 def _write_cache(root: Path, module: str, pipeline: Pipeline) -> None:

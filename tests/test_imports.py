@@ -88,6 +88,7 @@ LAYERS: dict[str, tuple[int, str]] = {
             "relayml.config",
             "relayml.redaction",
             "relayml.codeinfo",
+            "relayml.usercache",
         )
     },
     **{m: (1, "MLflow boundary") for m in ("relayml.store", "relayml.readstore")},

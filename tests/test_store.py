@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 
 import relayml
@@ -39,3 +40,48 @@ def test_postgres_backend_gets_hash_index(pg_database: str, tmp_path: Path) -> N
     run = client.create_run(exp)
     client.set_tag(run.info.run_id, "relay.error", "x" * 7000)
     assert len(client.get_run(run.info.run_id).data.tags["relay.error"]) == 7000
+
+
+def test_a_new_store_is_a_copy_of_the_cached_migrated_schema(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MLflow's migration chain runs once per MLflow version; a tampered cache is not used."""
+    import os
+    import sqlite3
+
+    import mlflow
+    from outputs_project import write
+
+    from relayml.config import load_settings
+    from relayml.store import get_store
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    cached = tmp_path / "cache" / "relayml" / f"mlflow-{mlflow.__version__}-sqlite-schema.db"
+
+    def new_store(name: str) -> tuple[Path, list]:
+        root = write(tmp_path / name)
+        client = get_store(load_settings(root)).client
+        return root, client.search_experiments()
+
+    _, experiments = new_store("first")
+    assert cached.is_file() and oct(cached.stat().st_mode & 0o777) == "0o600"
+    assert [e.name for e in experiments] == ["Default"]  # MLflow's own, made for this store
+    made = cached.stat().st_mtime_ns
+    second, experiments = new_store("second")
+    assert cached.stat().st_mtime_ns == made  # copied, not migrated again
+    assert [e.name for e in experiments] == ["Default"]
+    run = relayml.run("load", "rows", project=second)  # a working store
+    assert relayml.get("load@latest", project=second) == run
+
+    with sqlite3.connect(cached) as con:  # something in it that a new store must not carry
+        con.execute(
+            "INSERT INTO experiments (experiment_id, name, lifecycle_stage, creation_time, "
+            "last_update_time, workspace) VALUES (7, 'planted', 'active', 0, 0, 'default')"
+        )
+    _, experiments = new_store("third")
+    assert [e.name for e in experiments] == ["Default"]  # not the planted one
+    assert cached.stat().st_mtime_ns != made  # rebuilt by MLflow's migrations
+
+    os.chmod(cached, 0o666)  # others may write it: not used, and written again privately
+    _, experiments = new_store("fourth")
+    assert oct(cached.stat().st_mode & 0o777) == "0o600"

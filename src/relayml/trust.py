@@ -31,16 +31,15 @@ import importlib
 import json
 import os
 import re
-import stat
 import sys
 import sysconfig
-import tempfile
 import types
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from relayml.errors import UntrustedOutput
+from relayml.usercache import cache_file, is_private, write_private
 
 __all__ = ["check_pickle", "current_user", "import_skops", "skops_types", "unsafe_types"]
 
@@ -117,23 +116,17 @@ def _estimator_cache() -> Path | None:
     from importlib.metadata import PackageNotFoundError, version
 
     try:
-        folder = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "relayml"
         versions = f"skops-{version('skops')}-sklearn-{version('scikit-learn')}"
-    except (RuntimeError, PackageNotFoundError):  # no home folder; skops not installed
+    except PackageNotFoundError:
         return None
-    return folder / f"{versions}-estimators.json"
+    return cache_file(f"{versions}-estimators.json")
 
 
 def _read_estimators(path: Path) -> list[str] | None:
     """The cached names, or None for a missing, foreign, writable-by-others or odd file."""
+    if not is_private(path):
+        return None
     try:
-        info = path.lstat()
-        if (
-            not stat.S_ISREG(info.st_mode)
-            or info.st_uid != os.getuid()
-            or info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
-        ):
-            return None
         names = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
@@ -145,15 +138,7 @@ def _read_estimators(path: Path) -> list[str] | None:
 
 
 def _write_estimators(path: Path, names: list[str]) -> None:
-    """Write the cache atomically, readable and writable by the user only (best effort)."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=".estimators-")
-        with os.fdopen(fd, "w") as f:  # mkstemp: mode 0600
-            json.dump(names, f)
-        os.replace(temporary, path)
-    except OSError:
-        pass
+    write_private(path, json.dumps(names).encode())
 
 
 def unsafe_types(types: Iterable[str]) -> list[str]:

@@ -11,6 +11,8 @@ Example:
 
 from __future__ import annotations
 
+import os
+import shutil
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from relayml import tags as tag
 from relayml.errors import ConfigError
 from relayml.redaction import redact
+from relayml.usercache import cache_file, is_private, write_private
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -224,6 +227,77 @@ def file_lock(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def seed_sqlite(path: Path) -> None:
+    """Start a new SQLite store as a copy of an empty one MLflow migrated, if it is new.
+
+    MLflow creates a store by running its whole migration chain (more than fifty alembic
+    revisions: seconds of a new project's first run). relay keeps one empty store per MLflow
+    version in the user's cache (:mod:`relayml.usercache`), migrated by MLflow itself, and
+    copies it; MLflow then only checks the schema's revision and adds its default experiment.
+    A cached store is used only when it is private to
+    the user and holds a migrated schema without experiments; else MLflow migrates as before.
+
+    Example:
+        >>> import tempfile
+        >>> path = Path(tempfile.mkdtemp()) / "mlflow.db"
+        >>> seed_sqlite(path)
+        >>> path.stat().st_size > 0
+        True
+    """
+    if path.exists():
+        return
+    template = _schema_template()
+    if template is None:
+        return
+    staged = path.with_name(f".{path.name}.{os.getpid()}.seed")
+    try:
+        shutil.copyfile(template, staged)
+        os.replace(staged, path)
+    except OSError:
+        staged.unlink(missing_ok=True)
+
+
+def _schema_template() -> Path | None:
+    import mlflow
+
+    cached = cache_file(f"mlflow-{mlflow.__version__}-sqlite-schema.db")
+    if cached is None:
+        return None
+    if not (is_private(cached) and _empty_schema(cached)):
+        write_private(cached, _migrate)
+    return cached if is_private(cached) and _empty_schema(cached) else None
+
+
+def _migrate(path: Path) -> None:
+    """An empty store at ``path``, migrated by MLflow, without its default experiment."""
+    import sqlalchemy as sa
+
+    # private: MLflow has no public call that creates the schema alone (SqlAlchemyStore()
+    # adds a default experiment whose artifact location is that of the store it opens)
+    from mlflow.store.db.utils import _initialize_tables
+
+    path.unlink(missing_ok=True)
+    engine = sa.create_engine(f"sqlite:///{path}")
+    try:
+        _initialize_tables(engine)
+    finally:
+        engine.dispose()
+
+
+def _empty_schema(path: Path) -> bool:
+    """A migrated MLflow schema with no experiment (read-only look)."""
+    try:
+        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            version = con.execute("SELECT version_num FROM alembic_version").fetchall()
+            experiments = con.execute("SELECT count(*) FROM experiments").fetchone()[0]
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return False
+    return len(version) == 1 and experiments == 0
 
 
 def prepare_sqlite(path: Path) -> None:

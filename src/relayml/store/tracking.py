@@ -41,6 +41,7 @@ from relayml.store.backend import (
     param_value,
     prepare_sqlite,
     quote,
+    seed_sqlite,
     tag_value,
 )
 from relayml.store.deletion import DeletionMethods
@@ -166,10 +167,12 @@ class Store(RegistryMethods, DeletionMethods):
         self.activate()
         if uri.startswith("sqlite:///"):
             path = Path(uri.removeprefix("sqlite:///"))
-            prepare_sqlite(path)
+            path.parent.mkdir(parents=True, exist_ok=True)
             with file_lock(path.with_name(path.name + ".init-lock")):
                 # MLflow creates and migrates the tables on first use; two processes doing
                 # it at once fail ("table ... already exists"), so they take turns.
+                seed_sqlite(path)
+                prepare_sqlite(path)
                 client = open_client(uri)
                 client.search_experiments(max_results=1)  # the schema exists from here
                 ensure_indexes(uri)

@@ -20,7 +20,8 @@ one variant:
 Imports are read from the source files with :mod:`ast` (nothing is imported), so the parts
 are computed as cheaply from the pipeline cache as from an imported module. Distribution
 versions come from the ``.dist-info`` folders on ``sys.path``; the mapping from import names to
-distributions is cached in ``<root>/.relay/cache/dists-<digest of those folder names>.json``.
+distributions is cached for the user (``~/.cache/relayml/dists-<digest of those folder
+names>.json``).
 The git commit and diff are not parts: they are recorded on each run for reproduction only.
 
 This module reads files; it never imports the project's code nor talks to MLflow.
@@ -45,6 +46,7 @@ from pathlib import Path
 
 from relayml.codeinfo import canonical, digest
 from relayml.config import Settings
+from relayml.usercache import cache_file, is_private, write_private
 
 __all__ = ["SCHEME", "changes", "code_parts", "parts_digest"]
 
@@ -104,7 +106,7 @@ def code_parts(
     for path, sha in graph.files.items():
         parts[f"module:{path.removeprefix(prefix).replace(os.sep, '/')}"] = sha
     if graph.tops:
-        dists = _distributions(root)
+        dists = _distributions()
         for top in sorted(graph.tops):
             for name, version in dists.get(top) or [[top, NOT_INSTALLED]]:
                 parts[f"dist:{name}"] = version
@@ -416,24 +418,27 @@ def _included(settings: Settings, step: str) -> list[Path]:
 # -- distributions -------------------------------------------------------------------------------
 
 
-def _distributions(root: Path) -> dict[str, list[list[str]]]:
+def _distributions() -> dict[str, list[list[str]]]:
     """``{import name: [[distribution, version], ...]}`` of the environment (cached).
 
-    The cache is keyed by the names of the ``.dist-info``/``.egg-info`` folders on
-    ``sys.path`` (a folder's name carries its version), so installing, removing or upgrading
+    The cache, in the user's cache folder (:mod:`relayml.usercache`: every project of the
+    environment shares it), is keyed by the names of the ``.dist-info``/``.egg-info`` folders
+    on ``sys.path`` (a folder's name carries its version), so installing, removing or upgrading
     anything makes a new mapping.
     """
     key = _listing_digest(tuple(sys.path))
     found = _DISTS.get(key)
     if found is not None:
         return found
-    cache = root / ".relay" / "cache" / f"dists-{key}.json"
+    cache = cache_file(f"dists-{key}.json")
     try:
+        if cache is None or not is_private(cache):
+            raise OSError("no private cache")
         found = json.loads(cache.read_text())
         assert isinstance(found, dict)
     except (OSError, ValueError, AssertionError):
         found = _scan_distributions()
-        _write(cache, found)
+        write_private(cache, json.dumps(found, sort_keys=True).encode())
     _DISTS[key] = found
     return found
 

@@ -49,6 +49,7 @@ os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.envir
 _FIXTURE_MARKS = {
     "postgres_url": ("postgres",),
     "pg_database": ("postgres",),
+    "pg_empty_database": ("postgres",),
     "mlflow_server": ("postgres", "server"),
 }
 _CODE_MARKS = {
@@ -358,13 +359,29 @@ def postgres_url() -> str:
 
 @pytest.fixture
 def pg_database(postgres_url: str) -> Iterator[str]:
-    """A fresh, empty PostgreSQL database for one test; dropped afterwards. Yields its URL."""
+    """A fresh PostgreSQL database for one test, with MLflow's schema (no experiment yet); dropped
+    afterwards. Yields its URL.
+
+    It is a copy of a template database that MLflow migrated once (MLflow's migration chain
+    costs seconds to every process that would otherwise run it on an empty database)."""
+    yield from _fresh_database(postgres_url, template=_mlflow_template(postgres_url))
+
+
+@pytest.fixture
+def pg_empty_database(postgres_url: str) -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for one test (tables created by whoever connects
+    first: a test whose server logs in as a role of its own); dropped afterwards."""
+    yield from _fresh_database(postgres_url, template=None)
+
+
+def _fresh_database(postgres_url: str, template: str | None) -> Iterator[str]:
     import sqlalchemy as sa
 
     name = f"relay_test_{uuid.uuid4().hex[:10]}"
     admin = sa.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
+    copy = f' TEMPLATE "{template}"' if template else ""
     with admin.connect() as con:
-        con.execute(sa.text(f'CREATE DATABASE "{name}"'))
+        con.execute(sa.text(f'CREATE DATABASE "{name}"{copy}'))
     url = sa.engine.make_url(postgres_url).set(database=name).render_as_string(hide_password=False)
     try:
         yield url
@@ -377,6 +394,38 @@ def pg_database(postgres_url: str) -> Iterator[str]:
                 {"n": name},
             )
             con.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}"'))
+        admin.dispose()
+
+
+def _mlflow_template(postgres_url: str) -> str:
+    """The name of the database MLflow migrated, built once per MLflow version (kept between
+    runs; built under a lock by the first xdist worker, under another name then renamed, so
+    that it exists only complete)."""
+    import mlflow
+    import sqlalchemy as sa
+    from mlflow.store.db.utils import _initialize_tables
+
+    name = f"relay_test_mlflow_{mlflow.__version__.replace('.', '_')}"
+    admin = sa.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
+    exists = sa.text("SELECT 1 FROM pg_database WHERE datname = :n")
+    try:
+        with open(Path(tempfile.gettempdir()) / f"{name}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            with admin.connect() as con:
+                if con.execute(exists, {"n": name}).first():
+                    return name
+                building = f"{name}_building_{os.getpid()}"
+                con.execute(sa.text(f'CREATE DATABASE "{building}"'))
+            url = sa.engine.make_url(postgres_url).set(database=building)
+            engine = sa.create_engine(url)
+            try:
+                _initialize_tables(engine)
+            finally:
+                engine.dispose()
+            with admin.connect() as con:
+                con.execute(sa.text(f'ALTER DATABASE "{building}" RENAME TO "{name}"'))
+            return name
+    finally:
         admin.dispose()
 
 

@@ -234,7 +234,7 @@ def test_a_source_password_reaches_nothing_end_to_end(
 @pytest.mark.postgres
 @pytest.mark.slow
 def test_relay_server_puts_no_password_on_any_command_line(
-    pg_database: str, tmp_path: Path
+    pg_empty_database: str, tmp_path: Path
 ) -> None:
     import psutil
     import sqlalchemy as sa
@@ -243,15 +243,15 @@ def test_relay_server_puts_no_password_on_any_command_line(
     project.mkdir()
     (project / "relay.toml").write_text('[project]\nname = "team"\n')
     secret = "p@ss w0rd-Srv"
-    with sa.create_engine(pg_database).connect() as con:
+    with sa.create_engine(pg_empty_database).connect() as con:
         con.execute(sa.text("DROP ROLE IF EXISTS relay_secret_test"))
         con.execute(sa.text(f"CREATE ROLE relay_secret_test LOGIN PASSWORD '{secret}'"))
-        db = sa.engine.make_url(pg_database).database
+        db = sa.engine.make_url(pg_empty_database).database
         con.execute(sa.text(f'GRANT ALL ON DATABASE "{db}" TO relay_secret_test'))
         con.execute(sa.text("GRANT ALL ON SCHEMA public TO relay_secret_test"))
         con.commit()
     backend = (
-        sa.engine.make_url(pg_database)
+        sa.engine.make_url(pg_empty_database)
         .set(username="relay_secret_test", password=None)
         .render_as_string(hide_password=False)
     )
@@ -270,7 +270,7 @@ def test_relay_server_puts_no_password_on_any_command_line(
             cmdline = " ".join(proc.cmdline())
             assert _leaks(secret, cmdline) == [], cmdline
         # the server did reach its backend: MLflow's tables exist, owned by the new role
-        with sa.create_engine(pg_database).connect() as con:
+        with sa.create_engine(pg_empty_database).connect() as con:
             owner = con.execute(
                 sa.text("SELECT tableowner FROM pg_tables WHERE tablename = 'experiments'")
             ).scalar()
@@ -281,7 +281,7 @@ def test_relay_server_puts_no_password_on_any_command_line(
         out, err = server.communicate(timeout=60)
     assert _leaks(secret, out + err) == []
     assert "relay_secret_test:***@" in err
-    with sa.create_engine(pg_database).connect() as con:  # the role must go before the db
+    with sa.create_engine(pg_empty_database).connect() as con:  # the role must go before the db
         con.execute(sa.text(f'REASSIGN OWNED BY relay_secret_test TO "{con.engine.url.username}"'))
         con.execute(sa.text("DROP OWNED BY relay_secret_test"))
         con.execute(sa.text("DROP ROLE relay_secret_test"))

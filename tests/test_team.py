@@ -115,22 +115,22 @@ def test_server_auth_caches_checked_passwords_for_a_minute(project: Path, monkey
 @pytest.mark.postgres
 @pytest.mark.slow
 def test_relay_server_on_postgres_with_auth(
-    project: Path, pg_database: str, tmp_path: Path, relay, monkeypatch: pytest.MonkeyPatch
+    project: Path, pg_empty_database: str, tmp_path: Path, relay, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The real thing: PG backend (password from an env var), proxied artifacts, basic auth."""
     import httpx
     import sqlalchemy as sa
 
     secret = "s3cr3t-Pw"
-    with sa.create_engine(pg_database).connect() as con:  # a role with a password
+    with sa.create_engine(pg_empty_database).connect() as con:  # a role with a password
         con.execute(sa.text("DROP ROLE IF EXISTS relay_team_test"))
         con.execute(sa.text(f"CREATE ROLE relay_team_test LOGIN PASSWORD '{secret}'"))
-        db = sa.engine.make_url(pg_database).database
+        db = sa.engine.make_url(pg_empty_database).database
         con.execute(sa.text(f'GRANT ALL ON DATABASE "{db}" TO relay_team_test'))
         con.execute(sa.text("GRANT ALL ON SCHEMA public TO relay_team_test"))
         con.commit()
     backend = (
-        sa.engine.make_url(pg_database)
+        sa.engine.make_url(pg_empty_database)
         .set(username="relay_team_test", password=None)
         .render_as_string(hide_password=False)
     )
@@ -168,7 +168,7 @@ def test_relay_server_on_postgres_with_auth(
         out, err = server.communicate(timeout=30)
     assert secret not in out + err
     assert "relay_team_test:***@" in err
-    with sa.create_engine(pg_database).connect() as con:  # the role must go before the db
+    with sa.create_engine(pg_empty_database).connect() as con:  # the role must go before the db
         con.execute(sa.text(f'REASSIGN OWNED BY relay_team_test TO "{con.engine.url.username}"'))
         con.execute(sa.text("DROP OWNED BY relay_team_test"))
         con.execute(sa.text("DROP ROLE relay_team_test"))

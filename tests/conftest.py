@@ -147,7 +147,7 @@ _MEASURED_SLOW = {
     if line.strip() and not line.startswith("#")
 }
 _HEAVY_FIRST: tuple[str, ...] = (
-    "test_team.py", "test_team_outputs.py", "test_s3_artifacts.py", "doctests", "test_serve.py",
+    "test_team.py", "test_s3_artifacts.py", "doctests", "test_serve.py",
     "test_chain_claims.py", "test_readstore.py", "test_lifecycle_delete.py", "test_bundle.py",
     "test_ui.py", "test_lifecycle_reproduce.py", "test_crash.py", "test_lifecycle_refresh.py",
     "test_secrets.py", "test_bundle_clean_env.py", "test_data_quality.py", "test_runs.py",
@@ -364,17 +364,18 @@ def pg_database(postgres_url: str) -> Iterator[str]:
 
     It is a copy of a template database that MLflow migrated once (MLflow's migration chain
     costs seconds to every process that would otherwise run it on an empty database)."""
-    yield from _fresh_database(postgres_url, template=_mlflow_template(postgres_url))
+    yield from fresh_database(postgres_url, template=_mlflow_template(postgres_url))
 
 
 @pytest.fixture
 def pg_empty_database(postgres_url: str) -> Iterator[str]:
     """A fresh, empty PostgreSQL database for one test (tables created by whoever connects
     first: a test whose server logs in as a role of its own); dropped afterwards."""
-    yield from _fresh_database(postgres_url, template=None)
+    yield from fresh_database(postgres_url, template=None)
 
 
-def _fresh_database(postgres_url: str, template: str | None) -> Iterator[str]:
+def fresh_database(postgres_url: str, template: str | None) -> Iterator[str]:
+    """Yield the URL of a new database (a copy of ``template``, or empty); drop it after."""
     import sqlalchemy as sa
 
     name = f"relay_test_{uuid.uuid4().hex[:10]}"

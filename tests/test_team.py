@@ -5,6 +5,10 @@ The concurrency tests start real client processes (the client of ``bench/team.py
 ``relay chain`` and ``relay run`` requests, then check the store: no client saw an error, no
 run reported to a client is lost, no two runs share a key, every chain record is coherent, and
 each identical missing step was computed once. The counts are printed (``pytest -s``).
+
+One ``relay server --auth`` on PostgreSQL serves the module's auth tests (``auth_server``): runs
+as the admin, anonymous refusals, and two users of whom one publishes a malicious pickle that
+the other's training never unpickles.
 """
 
 from __future__ import annotations
@@ -13,13 +17,15 @@ import json
 import os
 import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from outputs_project import set_outputs, write
 
 from relayml.errors import UsageError
 
-from conftest import ROOT, free_port, relay_process, wait_http
+from conftest import ROOT, free_port, fresh_database, make_project, relay_process, wait_http
 
 sys.path.insert(0, str(ROOT / "bench"))
 import team
@@ -112,67 +118,142 @@ def test_server_auth_caches_checked_passwords_for_a_minute(project: Path, monkey
         server_command(s, auth=True)
 
 
+ADMIN = ("admin", "admin-Pw-123456")
+SECRET = "s3cr3t-Pw"  # the database role's password, given to relay server in a variable
+
+
+@pytest.fixture(scope="module")
+def auth_server(postgres_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+    """The real thing, shared by the module's team tests: ``relay server --auth`` on a
+    PostgreSQL database of its own, logged in as a role whose password comes from an
+    environment variable (``--password-env``), artifacts proxied into a folder.
+
+    Yields ``{"url", "store", "project"}``. At the end the server's output must hold the
+    role's URL with its password masked, and never the password itself.
+    """
+    import sqlalchemy as sa
+
+    project = make_project(tmp_path_factory.mktemp("team-auth") / "fraud")
+    store = project.parent / "store"
+    for database in fresh_database(postgres_url, template=None):
+        with sa.create_engine(database).connect() as con:  # a role with a password
+            con.execute(sa.text("DROP ROLE IF EXISTS relay_team_test"))
+            con.execute(sa.text(f"CREATE ROLE relay_team_test LOGIN PASSWORD '{SECRET}'"))
+            db = sa.engine.make_url(database).database
+            con.execute(sa.text(f'GRANT ALL ON DATABASE "{db}" TO relay_team_test'))
+            con.execute(sa.text("GRANT ALL ON SCHEMA public TO relay_team_test"))
+            con.commit()
+        backend = (
+            sa.engine.make_url(database)
+            .set(username="relay_team_test", password=None)
+            .render_as_string(hide_password=False)
+        )
+        port = free_port()
+        env = {"RELAY_DB_PASSWORD": SECRET, "MLFLOW_AUTH_ADMIN_PASSWORD": ADMIN[1]}
+        server = relay_process(
+            "server", "--backend", backend, "--password-env", "RELAY_DB_PASSWORD",
+            "--artifacts", str(store), "--port", str(port), "--auth", "--workers", "1",
+            cwd=project, env=env, start_new_session=True,
+        )  # fmt: skip
+        url = f"http://127.0.0.1:{port}"
+        try:
+            wait_http(f"{url}/health", timeout=300, proc=server)  # a busy machine: slow start
+            yield {"url": url, "store": store, "project": project}
+        finally:
+            if server.poll() is None:
+                os.killpg(server.pid, signal.SIGTERM)
+            out, err = server.communicate(timeout=30)
+            with sa.create_engine(database).connect() as con:  # the role goes before the db
+                owner = con.engine.url.username
+                con.execute(sa.text(f'REASSIGN OWNED BY relay_team_test TO "{owner}"'))
+                con.execute(sa.text("DROP OWNED BY relay_team_test"))
+                con.execute(sa.text("DROP ROLE relay_team_test"))
+                con.commit()
+        assert SECRET not in out + err
+        assert "relay_team_test:***@" in err
+
+
 @pytest.mark.postgres
 @pytest.mark.slow
 def test_relay_server_on_postgres_with_auth(
-    project: Path, pg_empty_database: str, tmp_path: Path, relay, monkeypatch: pytest.MonkeyPatch
+    auth_server: dict, relay, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The real thing: PG backend (password from an env var), proxied artifacts, basic auth."""
+    """Runs go through the server as its admin; anonymous requests are refused clearly."""
     import httpx
-    import sqlalchemy as sa
 
-    secret = "s3cr3t-Pw"
-    with sa.create_engine(pg_empty_database).connect() as con:  # a role with a password
-        con.execute(sa.text("DROP ROLE IF EXISTS relay_team_test"))
-        con.execute(sa.text(f"CREATE ROLE relay_team_test LOGIN PASSWORD '{secret}'"))
-        db = sa.engine.make_url(pg_empty_database).database
-        con.execute(sa.text(f'GRANT ALL ON DATABASE "{db}" TO relay_team_test'))
-        con.execute(sa.text("GRANT ALL ON SCHEMA public TO relay_team_test"))
-        con.commit()
-    backend = (
-        sa.engine.make_url(pg_empty_database)
-        .set(username="relay_team_test", password=None)
-        .render_as_string(hide_password=False)
-    )
-    port = free_port()
-    env = {"RELAY_DB_PASSWORD": secret, "MLFLOW_AUTH_ADMIN_PASSWORD": "admin-Pw-123456"}
-    server = relay_process(
-        "server", "--backend", backend, "--password-env", "RELAY_DB_PASSWORD",
-        "--artifacts", str(tmp_path / "store"), "--port", str(port), "--auth", "--workers", "1",
-        cwd=project, env=env, start_new_session=True,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_http(f"{url}/health", timeout=120, proc=server)
-        assert (
-            httpx.get(f"{url}/api/2.0/mlflow/experiments/search?max_results=1").status_code == 401
+    url = auth_server["url"]
+    assert httpx.get(f"{url}/api/2.0/mlflow/experiments/search?max_results=1").status_code == 401
+    monkeypatch.chdir(auth_server["project"])
+    monkeypatch.setenv("RELAY_TRACKING_URI", url)  # the client: the CLI in this process
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", ADMIN[0])
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", ADMIN[1])
+    run = relay("run", "load", "transactions", "--json")
+    assert run.code == 0, run
+    assert json.loads(run.out)["status"] == "FINISHED"
+    assert ADMIN[1] not in run.out + run.err
+    # the artifacts went through the server into its store
+    assert any(auth_server["store"].rglob("*.parquet"))
+    monkeypatch.delenv("MLFLOW_TRACKING_USERNAME")  # anonymous from now on
+    monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD")
+    anonymous = relay("runs")
+    assert anonymous.code == 1, anonymous
+    assert "HTTP 401" in anonymous.err and "MLFLOW_TRACKING_USERNAME" in anonymous.err
+    assert "Traceback" not in anonymous.err
+
+
+def _as(monkeypatch: pytest.MonkeyPatch, project: Path, url: str, user: str) -> None:
+    """Work in ``project`` as ``user`` of the server (the CLI runs in this process)."""
+    monkeypatch.chdir(project)
+    monkeypatch.setenv("RELAY_TRACKING_URI", url)
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", user)
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", f"{user}-Pw-123456")
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_a_colleagues_malicious_pickle_never_runs(
+    auth_server: dict, tmp_path: Path, relay, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two users of the server (the CLI runs in the test's process, as each user in turn):
+    bob, whose project allows pickles, publishes a processing run whose output is a real
+    malicious pickle (unpickling it writes a marker file); alice, who allows pickles too but
+    does not list bob in ``trusted_users``, trains on it: her run fails with a clear error and
+    the marker is never written. Once she trusts bob, the output loads."""
+    import httpx
+
+    url = auth_server["url"]
+    bob = write(tmp_path / "bob" / "tiny", "allow_pickle = true")
+    alice = write(tmp_path / "alice" / "tiny", "allow_pickle = true")
+    marker = tmp_path / "pwned"
+    for user in ("alice", "bob"):
+        made = httpx.post(
+            f"{url}/api/2.0/mlflow/users/create",
+            json={"username": user, "password": f"{user}-Pw-123456"},
+            auth=ADMIN,
         )
-        monkeypatch.setenv("RELAY_TRACKING_URI", url)  # the client: the CLI in this process
-        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
-        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "admin-Pw-123456")
-        run = relay("run", "load", "transactions", "--json")
-        assert run.code == 0, run
-        assert json.loads(run.out)["status"] == "FINISHED"
-        assert "admin-Pw-123456" not in run.out + run.err
-        # the artifacts went through the server into its store
-        assert any((tmp_path / "store").rglob("*.parquet"))
-        monkeypatch.delenv("MLFLOW_TRACKING_USERNAME")  # anonymous from now on
-        monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD")
-        anonymous = relay("runs")
-        assert anonymous.code == 1, anonymous
-        assert "HTTP 401" in anonymous.err and "MLFLOW_TRACKING_USERNAME" in anonymous.err
-        assert "Traceback" not in anonymous.err
-    finally:
-        if server.poll() is None:
-            os.killpg(server.pid, signal.SIGTERM)
-        out, err = server.communicate(timeout=30)
-    assert secret not in out + err
-    assert "relay_team_test:***@" in err
-    with sa.create_engine(pg_empty_database).connect() as con:  # the role must go before the db
-        con.execute(sa.text(f'REASSIGN OWNED BY relay_team_test TO "{con.engine.url.username}"'))
-        con.execute(sa.text("DROP OWNED BY relay_team_test"))
-        con.execute(sa.text("DROP ROLE relay_team_test"))
-        con.commit()
+        assert made.status_code == 200, made.text
+
+    _as(monkeypatch, bob, url, "bob")
+    for args in (("load", "rows"), ("processing", "evil", "-P", f"marker={marker}")):
+        done = relay("run", *args, "--json")
+        assert done.code == 0, done
+    assert json.loads(done.out)["status"] == "FINISHED"
+    assert not marker.exists()
+
+    _as(monkeypatch, alice, url, "alice")
+    used = relay("run", "training", "use")
+    assert used.code == 1, used
+    assert "output 'box'" in used.err and "written by 'bob'" in used.err
+    assert "[outputs] trusted_users" in used.err
+    assert "Traceback" not in used.err
+    assert not marker.exists()
+    listed = relay("runs", "training", "--json")
+    assert [r["status"] for r in json.loads(listed.out)] == ["FAILED"], listed
+
+    set_outputs(alice, 'allow_pickle = true\ntrusted_users = ["bob"]')
+    used = relay("run", "training", "use")
+    assert used.code == 0, used
+    assert marker.read_text() == "pwned"  # trusted: bob's pickle was loaded (and ran)
 
 
 def test_ui_points_at_the_server_of_a_team_project(project: Path) -> None:

@@ -347,12 +347,20 @@ def _p95(values: list[float]) -> float | None:
 
 
 def seed_load(project: Path, env: dict[str, str]) -> str:
-    """Run one load in the project; its run id pins every chain of the session."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "relayml", "run", "load", "transactions", "--json"],
-        cwd=project, env={**os.environ, **env}, capture_output=True, text=True, check=True,
-    )  # fmt: skip
-    return json.loads(proc.stdout)["run_id"]
+    """Run one load in the project (in this process, with ``env`` set meanwhile); its run id
+    pins every chain of the session."""
+    import relayml
+
+    before = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)
+    try:
+        return relayml.run("load", "transactions", project=project).run_id
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def main() -> None:

@@ -255,16 +255,22 @@ def fresh_python(tmp_path_factory: pytest.TempPathFactory) -> str:
     return python
 
 
-def _predict_in(python: str, tracking: str, uri: str, data: Path, out: Path, cwd: Path) -> None:
+def _predict_in(
+    python: str, tracking: str, uri: str | dict[str, Path], data: Path, out: Path | None, cwd: Path
+) -> None:
+    """Predict ``data`` with the bundle at ``uri`` into ``out`` in ``python`` (no relayml), or
+    with each bundle of a ``{uri: out}`` mapping, in one process."""
+    jobs = {k: str(v) for k, v in (uri if isinstance(uri, dict) else {uri: out}).items()}
     script = textwrap.dedent(
         f"""
         import sys, mlflow, pandas as pd
         assert "relayml" not in sys.modules
         mlflow.set_tracking_uri({tracking!r})
-        model = mlflow.pyfunc.load_model({uri!r})
-        pred = model.predict(pd.read_parquet({str(data)!r}))
-        pd.DataFrame(pred if isinstance(pred, pd.DataFrame) else {{"p": pred}}).to_parquet(
-            {str(out)!r})
+        for uri, out in {jobs!r}.items():
+            model = mlflow.pyfunc.load_model(uri)
+            pred = model.predict(pd.read_parquet({str(data)!r}))
+            frame = pred if isinstance(pred, pd.DataFrame) else pd.DataFrame({{"p": pred}})
+            frame.to_parquet(out)
         assert not any(m == "relayml" or m.startswith("relayml.") for m in sys.modules)
         """
     )
@@ -279,13 +285,10 @@ def test_bundle_loads_without_relayml(fraud, fresh_python, tmp_path):
     data = tmp_path / "raw.parquet"
     fraud["test"].head(500).to_parquet(data)
     expected_plain = load_bundle(fraud["plain"]).predict(fraud["test"].head(500))
-    _predict_in(fresh_python, fraud["tracking"], fraud["plain"], data, tmp_path / "a.pq", tmp_path)
-    assert np.array_equal(pd.read_parquet(tmp_path / "a.pq")["p"].to_numpy(), expected_plain)
-
     expected_thr = load_bundle(fraud["threshold"]).predict(fraud["test"].head(500))
-    _predict_in(
-        fresh_python, fraud["tracking"], fraud["threshold"], data, tmp_path / "b.pq", tmp_path
-    )
+    both = {fraud["plain"]: tmp_path / "a.pq", fraud["threshold"]: tmp_path / "b.pq"}
+    _predict_in(fresh_python, fraud["tracking"], both, data, None, tmp_path)
+    assert np.array_equal(pd.read_parquet(tmp_path / "a.pq")["p"].to_numpy(), expected_plain)
     got = pd.read_parquet(tmp_path / "b.pq")
     assert np.array_equal(got["score"].to_numpy(), expected_thr["score"].to_numpy())
     assert np.array_equal(got["label"].to_numpy(), expected_thr["label"].to_numpy())

@@ -7,6 +7,7 @@ Tests talk to relayml through its public API and CLI. Everything a test creates 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import fcntl
 import inspect
 import os
@@ -396,6 +397,31 @@ def fresh_database(postgres_url: str, template: str | None) -> Iterator[str]:
             )
             con.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}"'))
         admin.dispose()
+
+
+@contextlib.contextmanager
+def login_role(database: str, role: str, password: str) -> Iterator[str]:
+    """A PostgreSQL role that logs in with ``password`` and may create tables in ``database``;
+    yields the database's URL as that role, without the password. The role is dropped after
+    (with what it owns: it must go before the database)."""
+    import sqlalchemy as sa
+
+    with sa.create_engine(database).connect() as con:
+        con.execute(sa.text(f"DROP ROLE IF EXISTS {role}"))
+        con.execute(sa.text(f"CREATE ROLE {role} LOGIN PASSWORD '{password}'"))
+        name = sa.engine.make_url(database).database
+        con.execute(sa.text(f'GRANT ALL ON DATABASE "{name}" TO {role}'))
+        con.execute(sa.text(f"GRANT ALL ON SCHEMA public TO {role}"))
+        con.commit()
+    url = sa.engine.make_url(database).set(username=role, password=None)
+    try:
+        yield url.render_as_string(hide_password=False)
+    finally:
+        with sa.create_engine(database).connect() as con:
+            con.execute(sa.text(f'REASSIGN OWNED BY {role} TO "{con.engine.url.username}"'))
+            con.execute(sa.text(f"DROP OWNED BY {role}"))
+            con.execute(sa.text(f"DROP ROLE {role}"))
+            con.commit()
 
 
 def _mlflow_template(postgres_url: str) -> str:

@@ -22,7 +22,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import free_port, relay_process, wait_http
+from conftest import free_port, login_role, relay_process, wait_http
 
 # any printable text: letters, digits, punctuation, symbols, spaces (no control characters)
 PASSWORDS = st.text(
@@ -243,46 +243,30 @@ def test_relay_server_puts_no_password_on_any_command_line(
     project.mkdir()
     (project / "relay.toml").write_text('[project]\nname = "team"\n')
     secret = "p@ss w0rd-Srv"
-    with sa.create_engine(pg_empty_database).connect() as con:
-        con.execute(sa.text("DROP ROLE IF EXISTS relay_secret_test"))
-        con.execute(sa.text(f"CREATE ROLE relay_secret_test LOGIN PASSWORD '{secret}'"))
-        db = sa.engine.make_url(pg_empty_database).database
-        con.execute(sa.text(f'GRANT ALL ON DATABASE "{db}" TO relay_secret_test'))
-        con.execute(sa.text("GRANT ALL ON SCHEMA public TO relay_secret_test"))
-        con.commit()
-    backend = (
-        sa.engine.make_url(pg_empty_database)
-        .set(username="relay_secret_test", password=None)
-        .render_as_string(hide_password=False)
-    )
-    port = free_port()
-    server = relay_process(
-        "server", "--backend", backend, "--password-env", "RELAY_DB_PASSWORD",
-        "--artifacts", str(tmp_path / "store"), "--port", str(port), "--workers", "2",
-        cwd=project, env={"RELAY_DB_PASSWORD": secret}, start_new_session=True,
-    )  # fmt: skip
-    try:
-        wait_http(f"http://127.0.0.1:{port}/health", timeout=180, proc=server)
-        top = psutil.Process(server.pid)
-        processes = [top, *top.children(recursive=True)]
-        assert len(processes) >= 3  # relay, mlflow server, its uvicorn workers
-        for proc in processes:
-            cmdline = " ".join(proc.cmdline())
-            assert _leaks(secret, cmdline) == [], cmdline
-        # the server did reach its backend: MLflow's tables exist, owned by the new role
-        with sa.create_engine(pg_empty_database).connect() as con:
-            owner = con.execute(
-                sa.text("SELECT tableowner FROM pg_tables WHERE tablename = 'experiments'")
-            ).scalar()
-        assert owner == "relay_secret_test"
-    finally:
-        if server.poll() is None:
-            os.killpg(server.pid, signal.SIGTERM)
-        out, err = server.communicate(timeout=60)
-    assert _leaks(secret, out + err) == []
-    assert "relay_secret_test:***@" in err
-    with sa.create_engine(pg_empty_database).connect() as con:  # the role must go before the db
-        con.execute(sa.text(f'REASSIGN OWNED BY relay_secret_test TO "{con.engine.url.username}"'))
-        con.execute(sa.text("DROP OWNED BY relay_secret_test"))
-        con.execute(sa.text("DROP ROLE relay_secret_test"))
-        con.commit()
+    with login_role(pg_empty_database, "relay_secret_test", secret) as backend:
+        port = free_port()
+        server = relay_process(
+            "server", "--backend", backend, "--password-env", "RELAY_DB_PASSWORD",
+            "--artifacts", str(tmp_path / "store"), "--port", str(port), "--workers", "2",
+            cwd=project, env={"RELAY_DB_PASSWORD": secret}, start_new_session=True,
+        )  # fmt: skip
+        try:
+            wait_http(f"http://127.0.0.1:{port}/health", timeout=180, proc=server)
+            top = psutil.Process(server.pid)
+            processes = [top, *top.children(recursive=True)]
+            assert len(processes) >= 3  # relay, mlflow server, its uvicorn workers
+            for proc in processes:
+                cmdline = " ".join(proc.cmdline())
+                assert _leaks(secret, cmdline) == [], cmdline
+            # the server did reach its backend: MLflow's tables exist, owned by the new role
+            with sa.create_engine(pg_empty_database).connect() as con:
+                owner = con.execute(
+                    sa.text("SELECT tableowner FROM pg_tables WHERE tablename = 'experiments'")
+                ).scalar()
+            assert owner == "relay_secret_test"
+        finally:
+            if server.poll() is None:
+                os.killpg(server.pid, signal.SIGTERM)
+            out, err = server.communicate(timeout=60)
+        assert _leaks(secret, out + err) == []
+        assert "relay_secret_test:***@" in err

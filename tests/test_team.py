@@ -25,7 +25,15 @@ from outputs_project import set_outputs, write
 
 from relayml.errors import UsageError
 
-from conftest import ROOT, free_port, fresh_database, make_project, relay_process, wait_http
+from conftest import (
+    ROOT,
+    free_port,
+    fresh_database,
+    login_role,
+    make_project,
+    relay_process,
+    wait_http,
+)
 
 sys.path.insert(0, str(ROOT / "bench"))
 import team
@@ -131,44 +139,25 @@ def auth_server(postgres_url: str, tmp_path_factory: pytest.TempPathFactory) -> 
     Yields ``{"url", "store", "project"}``. At the end the server's output must hold the
     role's URL with its password masked, and never the password itself.
     """
-    import sqlalchemy as sa
-
     project = make_project(tmp_path_factory.mktemp("team-auth") / "fraud")
     store = project.parent / "store"
     for database in fresh_database(postgres_url, template=None):
-        with sa.create_engine(database).connect() as con:  # a role with a password
-            con.execute(sa.text("DROP ROLE IF EXISTS relay_team_test"))
-            con.execute(sa.text(f"CREATE ROLE relay_team_test LOGIN PASSWORD '{SECRET}'"))
-            db = sa.engine.make_url(database).database
-            con.execute(sa.text(f'GRANT ALL ON DATABASE "{db}" TO relay_team_test'))
-            con.execute(sa.text("GRANT ALL ON SCHEMA public TO relay_team_test"))
-            con.commit()
-        backend = (
-            sa.engine.make_url(database)
-            .set(username="relay_team_test", password=None)
-            .render_as_string(hide_password=False)
-        )
-        port = free_port()
-        env = {"RELAY_DB_PASSWORD": SECRET, "MLFLOW_AUTH_ADMIN_PASSWORD": ADMIN[1]}
-        server = relay_process(
-            "server", "--backend", backend, "--password-env", "RELAY_DB_PASSWORD",
-            "--artifacts", str(store), "--port", str(port), "--auth", "--workers", "1",
-            cwd=project, env=env, start_new_session=True,
-        )  # fmt: skip
-        url = f"http://127.0.0.1:{port}"
-        try:
-            wait_http(f"{url}/health", timeout=300, proc=server)  # a busy machine: slow start
-            yield {"url": url, "store": store, "project": project}
-        finally:
-            if server.poll() is None:
-                os.killpg(server.pid, signal.SIGTERM)
-            out, err = server.communicate(timeout=30)
-            with sa.create_engine(database).connect() as con:  # the role goes before the db
-                owner = con.engine.url.username
-                con.execute(sa.text(f'REASSIGN OWNED BY relay_team_test TO "{owner}"'))
-                con.execute(sa.text("DROP OWNED BY relay_team_test"))
-                con.execute(sa.text("DROP ROLE relay_team_test"))
-                con.commit()
+        with login_role(database, "relay_team_test", SECRET) as backend:
+            port = free_port()
+            env = {"RELAY_DB_PASSWORD": SECRET, "MLFLOW_AUTH_ADMIN_PASSWORD": ADMIN[1]}
+            server = relay_process(
+                "server", "--backend", backend, "--password-env", "RELAY_DB_PASSWORD",
+                "--artifacts", str(store), "--port", str(port), "--auth", "--workers", "1",
+                cwd=project, env=env, start_new_session=True,
+            )  # fmt: skip
+            url = f"http://127.0.0.1:{port}"
+            try:
+                wait_http(f"{url}/health", timeout=300, proc=server)  # a busy machine: slow start
+                yield {"url": url, "store": store, "project": project}
+            finally:
+                if server.poll() is None:
+                    os.killpg(server.pid, signal.SIGTERM)
+                out, err = server.communicate(timeout=30)
         assert SECRET not in out + err
         assert "relay_team_test:***@" in err
 

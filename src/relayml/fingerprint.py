@@ -46,7 +46,7 @@ from pathlib import Path
 
 from relayml.codeinfo import canonical, digest
 from relayml.config import Settings
-from relayml.usercache import cache_file, is_private, write_private
+from relayml.usercache import cache_file, read_json, write_private
 
 __all__ = ["SCHEME", "changes", "code_parts", "parts_digest"]
 
@@ -431,12 +431,10 @@ def _distributions() -> dict[str, list[list[str]]]:
     if found is not None:
         return found
     cache = cache_file(f"dists-{key}.json")
-    try:
-        if cache is None or not is_private(cache):
-            raise OSError("no private cache")
-        found = json.loads(cache.read_text())
-        assert isinstance(found, dict)
-    except (OSError, ValueError, AssertionError):
+    cached = read_json(cache)
+    if isinstance(cached, dict):
+        found = cached
+    else:
         found = _scan_distributions()
         write_private(cache, json.dumps(found, sort_keys=True).encode())
     _DISTS[key] = found

@@ -132,7 +132,8 @@ def load_pipeline(root: Path, module: str, *, cached: bool = True) -> Pipeline:
     path = _module_path(root, module)
     mod = sys.modules.get(module)
     if mod is not None and _same_file(mod, path):
-        if _IMPORTED.get(module, {}) == _project_files(root, _IMPORTED.get(module, {})):
+        recorded = _IMPORTED.get(module, {})
+        if recorded == _digests(recorded):
             return _collect(mod, path)
         _forget_project_modules(root)  # edited since this process imported it: import again
     use_cache = cached and not os.environ.get(NO_CACHE_ENV)
@@ -154,7 +155,7 @@ def load_pipeline(root: Path, module: str, *, cached: bool = True) -> Pipeline:
     except Exception as e:
         sys.modules.pop(module, None)
         raise ConfigError(f"importing steps module {path} failed: {e!r}") from e
-    _IMPORTED[module] = _project_files(root)
+    _IMPORTED[module] = _digests(_project_modules(root).values())
     pipeline = _collect(mod, path)
     if use_cache and pipeline.module_digest == before:  # unchanged while it was imported
         _write_cache(root, module, pipeline)
@@ -167,11 +168,9 @@ them: a module edited since (a notebook, a long-lived server) is imported again,
 code that runs is the code whose digest the run records."""
 
 
-def _project_files(root: Path, only: Iterable[str] | None = None) -> dict[str, str]:
-    """``{file: digest}`` of the imported modules of the project in ``root`` (or of ``only``
-    those files; a file gone is left out)."""
-    files = only if only is not None else [str(p) for p in _project_modules(root).values()]
-    return {f: _file_digest(Path(f)) for f in files if Path(f).is_file()}
+def _digests(files: Iterable[str | Path]) -> dict[str, str]:
+    """``{file: digest}`` of the ``files`` that exist."""
+    return {str(f): _file_digest(Path(f)) for f in files if Path(f).is_file()}
 
 
 def _module_names(root: Path) -> set[str]:
@@ -334,8 +333,7 @@ def _encode(root: Path, module: str, pipeline: Pipeline) -> dict[str, Any]:
 def _local_modules(root: Path, module_file: Path) -> dict[str, str]:
     """``{path: sha256}`` of the imported Python files inside the project folder."""
     steps = module_file.resolve()
-    local = [p for p in _project_modules(root).values() if p.suffix == ".py" and p != steps]
-    return {str(p): _file_digest(p) for p in local if p.is_file()}
+    return _digests(p for p in _project_modules(root).values() if p.suffix == ".py" and p != steps)
 
 
 def _write_cache(root: Path, module: str, pipeline: Pipeline) -> None:

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from relayml.errors import UntrustedOutput
-from relayml.usercache import cache_file, is_private, write_private
+from relayml.usercache import cache_file, read_json, write_private
 
 __all__ = ["check_pickle", "current_user", "import_skops", "skops_types", "unsafe_types"]
 
@@ -105,7 +105,7 @@ def import_skops() -> types.ModuleType:
     names = _read_estimators(cache) if cache is not None else None
     skops_io = import_skops_named(names)
     if names is None and cache is not None:
-        _write_estimators(cache, skops_io._general.SKLEARN_ESTIMATOR_TYPE_NAMES)
+        write_private(cache, json.dumps(skops_io._general.SKLEARN_ESTIMATOR_TYPE_NAMES).encode())
     return skops_io
 
 
@@ -124,21 +124,12 @@ def _estimator_cache() -> Path | None:
 
 def _read_estimators(path: Path) -> list[str] | None:
     """The cached names, or None for a missing, foreign, writable-by-others or odd file."""
-    if not is_private(path):
-        return None
-    try:
-        names = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
+    names = read_json(path)
     if not isinstance(names, list) or not names:
         return None
     if not all(isinstance(n, str) and _ESTIMATOR_NAME.fullmatch(n) for n in names):
         return None
     return names
-
-
-def _write_estimators(path: Path, names: list[str]) -> None:
-    write_private(path, json.dumps(names).encode())
 
 
 def unsafe_types(types: Iterable[str]) -> list[str]:

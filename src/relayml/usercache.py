@@ -16,13 +16,14 @@ Example:
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["cache_file", "is_private", "write_private"]
+__all__ = ["cache_file", "is_private", "read_json", "write_private"]
 
 
 def cache_file(name: str) -> Path | None:
@@ -55,6 +56,22 @@ def is_private(path: Path) -> bool:
         and info.st_uid == os.getuid()
         and not info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
     )
+
+
+def read_json(path: Path | None) -> object:
+    """The JSON value of a private cache file, or None (missing, not private, not JSON).
+
+    Example:
+        >>> write_private(cache_file("n.json"), b"[1, 2]")
+        >>> read_json(cache_file("n.json")), read_json(cache_file("missing.json"))
+        ([1, 2], None)
+    """
+    if path is None or not is_private(path):
+        return None
+    try:
+        return json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return None
 
 
 def write_private(path: Path | None, data: bytes | Callable[[Path], None]) -> None:

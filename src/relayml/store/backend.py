@@ -236,8 +236,8 @@ def seed_sqlite(path: Path) -> None:
     revisions: seconds of a new project's first run). relay keeps one empty store per MLflow
     version in the user's cache (:mod:`relayml.usercache`), migrated by MLflow itself, and
     copies it; MLflow then only checks the schema's revision and adds its default experiment.
-    A cached store is used only when it is private to
-    the user and holds a migrated schema without experiments; else MLflow migrates as before.
+    A cached store is used only when it is private to the user and holds a migrated schema
+    without experiments; else MLflow migrates as before.
 
     Example:
         >>> import tempfile
@@ -265,9 +265,9 @@ def _schema_template() -> Path | None:
     cached = cache_file(f"mlflow-{mlflow.__version__}-sqlite-schema.db")
     if cached is None:
         return None
-    if not (is_private(cached) and _empty_schema(cached)):
+    if not _usable(cached):
         write_private(cached, _migrate)
-    return cached if is_private(cached) and _empty_schema(cached) else None
+    return cached if _usable(cached) else None
 
 
 def _migrate(path: Path) -> None:
@@ -286,8 +286,10 @@ def _migrate(path: Path) -> None:
         engine.dispose()
 
 
-def _empty_schema(path: Path) -> bool:
-    """A migrated MLflow schema with no experiment (read-only look)."""
+def _usable(path: Path) -> bool:
+    """A private file holding a migrated MLflow schema with no experiment (read-only look)."""
+    if not is_private(path):
+        return False
     try:
         con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
         try:
